@@ -79,7 +79,8 @@ class LoadVideoWithPriors(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, video: str, **kwargs) -> bool | str:
+    def validate_inputs(cls, video: str) -> bool | str:
+        # Only `video` in the signature: a **kwargs here would make ComfyUI skip its min/max checks.
         if not video or not folder_paths.exists_annotated_filepath(video):
             return f"Invalid video file: {video!r} is not in ComfyUI's input folder"
         return True
