@@ -1,0 +1,1 @@
+"""Inference drivers. Stage one: ``pipeline.restore`` (chunked/tiled CPFP) and ``pipeline.cli`` (``deblur``)."""

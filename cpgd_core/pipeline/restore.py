@@ -1,0 +1,262 @@
+"""Stage-one (CPFP) inference driver: temporal chunks with linear cross-fades, optional feathered spatial
+tiles, padding to multiples of 4, precision selection, progress and interruption.
+
+Memory is bounded by the chunk (and tile) size: :func:`restore_stream` holds at most one chunk of
+predictions besides the chunk being processed, whatever the video length. :func:`restore_video` is the
+in-memory front end (its output is of course O(T)).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..codec.priors import CodecPriors
+from ..errors import CPGDInputError
+from ..models.cpfp import CPFP, priors_to_model_inputs
+
+Progress = Optional[Callable[[int, int], None]]
+Interrupt = Optional[Callable[[], None]]
+
+
+# -- scheduling --------------------------------------------------------------------------------------
+def temporal_chunks(num_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, stop) windows covering ``num_frames``; consecutive windows overlap by at least ``overlap``.
+
+    The spare frames are spread evenly (no tiny tail chunk with little temporal context).
+    """
+    if chunk_size < 1 or overlap < 0 or overlap >= chunk_size:
+        raise CPGDInputError(f"chunk_size must be >= 1 and chunk_overlap in [0, chunk_size): got "
+                             f"chunk_size={chunk_size}, chunk_overlap={overlap}")
+    if num_frames <= chunk_size:
+        return [(0, num_frames)]
+    n = -(-(num_frames - overlap) // (chunk_size - overlap))
+    starts = [round(k * (num_frames - chunk_size) / (n - 1)) for k in range(n)]
+    return [(s, s + chunk_size) for s in starts]
+
+
+def spatial_tiles(size: int, tile: int, overlap: int, align: int = 4) -> list[tuple[int, int]]:
+    """[start, stop) intervals of length ``tile`` covering ``size`` with >= ``overlap`` overlap; starts on
+    multiples of ``align`` (so the 1/4 prior grid is cut exactly) except that the last tile ends at ``size``.
+    ``size`` and ``tile`` must be multiples of ``align``."""
+    if tile <= 0 or tile >= size:
+        return [(0, size)]
+    if overlap >= tile:
+        raise CPGDInputError(f"tile_overlap ({overlap}) must be smaller than tile_size ({tile})")
+    n = -(-(size - overlap) // (tile - overlap))
+    n = max(n, 2)
+    starts = [int(round(k * (size - tile) / (n - 1) / align)) * align for k in range(n)]
+    starts[-1] = size - tile
+    return [(s, s + tile) for s in starts]
+
+
+def _ramp_1d(length: int, lo_overlap: int, hi_overlap: int, device=None) -> torch.Tensor:
+    """Trapezoid: rises over ``lo_overlap`` samples, falls over ``hi_overlap``, 1 in between, > 0 everywhere."""
+    i = torch.arange(length, dtype=torch.float64, device=device)
+    w = torch.ones(length, dtype=torch.float64, device=device)
+    if lo_overlap > 0:
+        w = torch.minimum(w, (i + 1) / (lo_overlap + 1))
+    if hi_overlap > 0:
+        w = torch.minimum(w, (length - i) / (hi_overlap + 1))
+    return w
+
+
+def tile_weights(intervals: list[tuple[int, int]], size: int) -> list[torch.Tensor]:
+    """Per-interval feather weights along one axis, normalised so that they sum to exactly 1 everywhere
+    (up to float rounding). Each entry is a float64 vector of the interval's length."""
+    raw = []
+    for k, (s, e) in enumerate(intervals):
+        lo = intervals[k - 1][1] - s if k > 0 else 0
+        hi = e - intervals[k + 1][0] if k + 1 < len(intervals) else 0
+        raw.append(_ramp_1d(e - s, max(lo, 0), max(hi, 0)))
+    total = torch.zeros(size, dtype=torch.float64)
+    for (s, e), w in zip(intervals, raw):
+        total[s:e] += w
+    return [w / total[s:e] for (s, e), w in zip(intervals, raw)]
+
+
+class ChunkBlender:
+    """Cross-fades overlapping temporal chunks and releases frames as soon as no later chunk can cover them.
+
+    ``add(start, pred)`` with non-decreasing starts, contiguous or overlapping coverage; returns the frames
+    that became final (possibly none). In an overlap of length o the earlier chunk fades out linearly
+    (weights (o-i)/(o+1)) and the later one in ((i+1)/(o+1)); the two weights sum to 1.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Optional[torch.Tensor] = None  # frames [self.start, self.start + len)
+        self.start = 0
+        self.emitted = 0
+
+    def add(self, start: int, pred: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.pending is None:
+            if start != 0:
+                raise ValueError(f"first chunk must start at frame 0, not {start}")
+            self.pending, self.start = pred, 0
+            return None
+        end = self.start + len(self.pending)
+        if start < self.emitted or start > end:
+            raise ValueError(f"chunk at {start} leaves a gap or overlaps emitted frames (emitted {self.emitted}, "
+                             f"pending up to {end})")
+        out = self.pending[: start - self.start]
+        o = min(end, start + len(pred)) - start
+        if o > 0:
+            w = (torch.arange(1, o + 1, dtype=torch.float64) / (o + 1)).to(pred.dtype).view(-1, 1, 1, 1)
+            old = self.pending[start - self.start: start - self.start + o]
+            mixed = old * (1 - w) + pred[:o] * w
+            tail = pred[o:] if start + len(pred) >= end else torch.cat([pred[o:], self.pending[start - self.start + o:]])
+            self.pending = torch.cat([mixed, tail])
+        else:
+            self.pending = pred
+        self.start = start
+        self.emitted = start
+        return out if len(out) else None
+
+    def flush(self) -> Optional[torch.Tensor]:
+        out, self.pending = self.pending, None
+        if out is not None:
+            self.emitted = self.start + len(out)
+        return out
+
+
+# -- precision / device ------------------------------------------------------------------------------
+def _autocast(device: torch.device, dtype: str):
+    if dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise CPGDInputError(f"dtype must be one of auto, fp32, fp16, bf16; got {dtype!r}")
+    if dtype == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype == "fp16" and device.type == "cpu":
+        raise CPGDInputError("dtype 'fp16' is not supported on CPU: use 'fp32' or 'bf16'")
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if dtype == "fp16" else torch.bfloat16)
+
+
+def _check_match(frames: torch.Tensor, priors: CodecPriors, what: str = "") -> None:
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise CPGDInputError(f"frames{what} must be (T, 3, H, W), got {tuple(frames.shape)}")
+    if len(priors) != frames.shape[0]:
+        raise CPGDInputError(f"frame count mismatch{what}: {frames.shape[0]} frames but codec priors for "
+                             f"{len(priors)} frames")
+    if (priors.height, priors.width) != tuple(frames.shape[-2:]):
+        raise CPGDInputError(f"frame size mismatch{what}: frames are {frames.shape[-1]}x{frames.shape[-2]} but "
+                             f"codec priors are {priors.width}x{priors.height}")
+
+
+# -- core: one chunk ---------------------------------------------------------------------------------
+@torch.no_grad()
+def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_size: int = 0,
+                  tile_overlap: int = 32, dtype: str = "auto", device: Optional[torch.device | str] = None,
+                  check_interrupt: Interrupt = None) -> torch.Tensor:
+    """Run the model on one temporal chunk: (T, 3, H, W) in [0, 1] -> (T, 3, H, W) float32 on CPU, clamped.
+
+    Frames are padded (reflect) to multiples of 4 and cropped back. With ``tile_size`` > 0 the frame is
+    cut into tiles of about that size (multiples of 4) overlapping by ``tile_overlap`` px and blended with
+    feathered weights that sum to 1.
+    """
+    _check_match(frames, priors)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    t, _, h, w = frames.shape
+    hp, wp = -(-h // 4) * 4, -(-w // 4) * 4
+    inputs = priors_to_model_inputs(priors, device="cpu", size=(hp, wp))
+    x = frames.float().cpu()
+    if (hp, wp) != (h, w):
+        mode = "reflect" if hp - h < h and wp - w < w else "replicate"
+        x = F.pad(x, (0, wp - w, 0, hp - h), mode=mode)
+    x = x.unsqueeze(0)
+    ts = -(-tile_size // 4) * 4 if tile_size > 0 else 0
+    ov = -(-max(tile_overlap, 0) // 4) * 4
+    if ts and ov >= ts:
+        raise CPGDInputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
+    ys, xs = spatial_tiles(hp, ts, ov), spatial_tiles(wp, ts, ov)
+    wy, wx = tile_weights(ys, hp), tile_weights(xs, wp)
+    out = torch.zeros(t, 3, hp, wp, dtype=torch.float64) if len(ys) * len(xs) > 1 else None
+    with _autocast(dev, dtype):
+        for (y0, y1), wgt_y in zip(ys, wy):
+            for (x0, x1), wgt_x in zip(xs, wx):
+                if check_interrupt is not None:
+                    check_interrupt()
+                q = (slice(y0 // 4, y1 // 4), slice(x0 // 4, x1 // 4))
+                args = [x[..., y0:y1, x0:x1]]
+                for key in ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next"):
+                    args.append(inputs[key][..., q[0], q[1]])
+                args.append(inputs["residual"][..., y0:y1, x0:x1])
+                pred = model(*[a.to(dev) for a in args])[0].float().cpu()
+                if out is None:
+                    out = pred
+                else:
+                    weight = (wgt_y.view(-1, 1) * wgt_x.view(1, -1))
+                    out[..., y0:y1, x0:x1] += pred.double() * weight
+    return out[..., :h, :w].float().clamp_(0, 1)
+
+
+# -- drivers -----------------------------------------------------------------------------------------
+def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_size: int = 16,
+                  chunk_overlap: int = 4, tile_size: int = 0, tile_overlap: int = 32, dtype: str = "auto",
+                  device: Optional[torch.device | str] = None, progress: Progress = None,
+                  check_interrupt: Interrupt = None) -> torch.Tensor:
+    """Deblur a whole clip: frames (T, 3, H, W) float in [0, 1] with their priors -> (T, 3, H, W) float32.
+
+    Temporal chunks of ``chunk_size`` frames overlapping by >= ``chunk_overlap`` are cross-faded linearly.
+    ``progress(done, total)`` is called after each chunk, ``check_interrupt()`` before each chunk and tile.
+    """
+    _check_match(frames, priors)
+    if frames.shape[0] == 0:
+        raise CPGDInputError("no frames to restore")
+    windows = temporal_chunks(frames.shape[0], chunk_size, chunk_overlap)
+    blender = ChunkBlender()
+    parts = []
+    for k, (s, e) in enumerate(windows):
+        if check_interrupt is not None:
+            check_interrupt()
+        pred = restore_chunk(model, frames[s:e], priors.slice(s, e), tile_size, tile_overlap, dtype, device,
+                             check_interrupt)
+        done = blender.add(s, pred)
+        if done is not None:
+            parts.append(done)
+        if progress is not None:
+            progress(k + 1, len(windows))
+    parts.append(blender.flush())
+    return torch.cat(parts)
+
+
+def restore_stream(model: CPFP, chunks: Iterable[tuple[torch.Tensor, CodecPriors]], overlap: int = 4,
+                   tile_size: int = 0, tile_overlap: int = 32, dtype: str = "auto",
+                   device: Optional[torch.device | str] = None, progress: Optional[Callable[[int], None]] = None,
+                   check_interrupt: Interrupt = None) -> Iterator[torch.Tensor]:
+    """Streaming variant for long videos: memory is flat in the video length.
+
+    ``chunks`` yields ``(frames (t_k, 3, H, W), priors)``; every chunk after the first begins with the
+    last ``overlap`` frames of the previous one (the shape that ``codec.decode.iter_video_chunks`` yields).
+    Yields restored (n, 3, H, W) float32 blocks in order, each frame exactly once; the overlaps are
+    cross-faded. ``progress(frames_done)`` is called after each emitted block.
+    """
+    blender = ChunkBlender()
+    start = 0
+    done = 0
+    for k, (frames, priors) in enumerate(chunks):
+        _check_match(frames, priors, f" in chunk {k}")
+        if k > 0:
+            if frames.shape[0] <= overlap:
+                continue  # nothing new in this chunk
+            start += prev_len - overlap
+        if check_interrupt is not None:
+            check_interrupt()
+        pred = restore_chunk(model, frames, priors, tile_size, tile_overlap, dtype, device, check_interrupt)
+        prev_len = frames.shape[0]
+        out = blender.add(start, pred)
+        if out is not None:
+            done += len(out)
+            if progress is not None:
+                progress(done)
+            yield out
+    out = blender.flush()
+    if out is not None:
+        done += len(out)
+        if progress is not None:
+            progress(done)
+        yield out

@@ -1,0 +1,187 @@
+"""Stage-one inference driver: chunk/tile scheduling, blending exactness, seams, input checks, streaming."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from fractions import Fraction
+
+import pytest
+import torch
+
+import cpgd_core.ops as ops
+from cpgd_core.codec.priors import CodecPriors
+from cpgd_core.errors import CPGDInputError
+from cpgd_core.models.cpfp import CPFP, CPFPConfig
+from cpgd_core.pipeline.restore import (ChunkBlender, restore_stream, restore_video, spatial_tiles,
+                                        temporal_chunks, tile_weights)
+
+if not hasattr(ops, "deform_conv2d"):  # TEMPORARY until cpgd_core/ops/deform_conv.py lands
+    _spec = importlib.util.spec_from_file_location(
+        "cpfp_dcn_fallback", os.path.join(os.path.dirname(__file__), "cpfp_dcn_fallback.py"))
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    _mod.install()
+
+
+def make_priors(t: int, h: int, w: int, seed: int = 0) -> CodecPriors:
+    g = torch.Generator().manual_seed(seed)
+    gh, gw = -(-h // 4), -(-w // 4)
+    vp = torch.rand(t, 1, gh, gw, generator=g) < 0.8
+    vp[0] = False
+    vn = torch.rand(t, 1, gh, gw, generator=g) < 0.8
+    vn[-1] = False
+    return CodecPriors(
+        flow_to_prev=(torch.randn(t, 2, gh, gw, generator=g) * 4).half(), valid_to_prev=vp,
+        flow_to_next=(torch.randn(t, 2, gh, gw, generator=g) * 4).half(), valid_to_next=vn,
+        residual=(torch.randn(t, 1, h, w, generator=g) * 0.02).half(),
+        frame_types=["I"] + ["P"] * (t - 1), height=h, width=w, fps=Fraction(25))
+
+
+class Pointwise(torch.nn.Module):
+    """Same call signature as CPFP, output a per-pixel function of the input (no spatial/temporal context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, frames, fp, vp, fn, vn, res):
+        assert frames.shape[-1] % 4 == 0 and fp.shape[-1] * 4 == frames.shape[-1]
+        return frames * 0.5 + 0.25
+
+
+def identity_cpfp() -> CPFP:
+    """A real CPFP whose last conv is zero: the output is the input through the global skip."""
+    torch.manual_seed(0)
+    m = CPFP(CPFPConfig.lite()).eval()
+    with torch.no_grad():
+        m.conv_out.weight.zero_()
+    return m
+
+
+@pytest.mark.parametrize("t,cs,ov", [(1, 16, 4), (16, 16, 4), (17, 16, 4), (29, 16, 4), (100, 8, 3), (40, 5, 0)])
+def test_temporal_chunks_cover_with_overlap(t, cs, ov):
+    wins = temporal_chunks(t, cs, ov)
+    assert wins[0][0] == 0 and wins[-1][1] == t
+    assert all(e - s == min(cs, t) for s, e in wins)
+    for (s0, e0), (s1, e1) in zip(wins, wins[1:]):
+        assert s0 < s1 and e0 - s1 >= ov
+
+
+def test_temporal_chunks_bad_args():
+    with pytest.raises(CPGDInputError, match="chunk_overlap"):
+        temporal_chunks(10, 4, 4)
+
+
+@pytest.mark.parametrize("size,tile,ov", [(128, 48, 16), (100, 32, 8), (64, 64, 8), (200, 56, 32)])
+def test_tile_weights_sum_to_one(size, tile, ov):
+    tiles = spatial_tiles(size, tile, ov)
+    assert tiles[0][0] == 0 and tiles[-1][1] == size
+    assert all(s % 4 == 0 for s, _ in tiles)
+    total = torch.zeros(size, dtype=torch.float64)
+    for (s, e), w in zip(tiles, tile_weights(tiles, size)):
+        assert (w > 0).all()
+        total[s:e] += w
+    torch.testing.assert_close(total, torch.ones(size, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_chunk_blender_weights_are_exact_linear_crossfade():
+    blender = ChunkBlender()
+    outs = [blender.add(0, torch.zeros(8, 1, 1, 1))]
+    outs.append(blender.add(4, torch.ones(8, 1, 1, 1)))  # overlap of 4 frames: 4..7
+    outs.append(blender.flush())
+    y = torch.cat([o for o in outs if o is not None]).flatten()
+    assert len(y) == 12
+    torch.testing.assert_close(y[4:8], torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    assert (y[:4] == 0).all() and (y[8:] == 1).all()
+
+
+def test_chunked_video_equals_pointwise_map_exactly():
+    frames = torch.rand(23, 3, 20, 28)
+    out = restore_video(Pointwise(), frames, make_priors(23, 20, 28), chunk_size=8, chunk_overlap=3)
+    torch.testing.assert_close(out, frames * 0.5 + 0.25, atol=1e-6, rtol=0)
+
+
+def test_constant_video_stays_constant_across_chunk_and_tile_seams():
+    frames = torch.full((10, 3, 44, 60), 0.3)
+    priors = make_priors(10, 44, 60)
+    out = restore_video(identity_cpfp(), frames, priors, chunk_size=4, chunk_overlap=2, tile_size=24,
+                        tile_overlap=8)
+    assert out.shape == frames.shape
+    torch.testing.assert_close(out, frames, atol=1e-6, rtol=0)
+    # a per-pixel map must be unchanged by tiling whatever the content
+    frames = torch.rand(5, 3, 37, 50)  # odd sizes: padded to multiples of 4 inside, cropped back
+    out = restore_video(Pointwise(), frames, make_priors(5, 37, 50), tile_size=16, tile_overlap=8)
+    torch.testing.assert_close(out, frames * 0.5 + 0.25, atol=1e-6, rtol=0)
+
+
+def test_real_model_tiled_close_to_untiled_away_from_seams():
+    torch.manual_seed(3)
+    m = CPFP(CPFPConfig.lite()).eval()
+    frames, priors = torch.rand(3, 3, 32, 64), make_priors(3, 32, 64)
+    full = restore_video(m, frames, priors)
+    tiled = restore_video(m, frames, priors, tile_size=48, tile_overlap=32)
+    assert full.shape == tiled.shape == frames.shape
+    assert torch.isfinite(tiled).all()
+    assert (full - tiled).abs().mean() < 0.02
+
+
+def test_mismatched_counts_and_sizes_are_rejected():
+    m = Pointwise()
+    with pytest.raises(CPGDInputError, match=r"12 frames.*10 frames"):
+        restore_video(m, torch.rand(12, 3, 16, 16), make_priors(10, 16, 16))
+    with pytest.raises(CPGDInputError, match=r"16x16.*20x16"):
+        restore_video(m, torch.rand(4, 3, 16, 16), make_priors(4, 16, 20))
+    with pytest.raises(CPGDInputError, match="dtype"):
+        restore_video(m, torch.rand(4, 3, 16, 16), make_priors(4, 16, 16), dtype="int8")
+
+
+def test_progress_and_interrupt():
+    calls = []
+    frames = torch.rand(20, 3, 16, 16)
+    restore_video(Pointwise(), frames, make_priors(20, 16, 16), chunk_size=8, chunk_overlap=2,
+                  progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+    class Stop(Exception):
+        pass
+
+    n = []
+
+    def interrupt():
+        n.append(1)
+        if len(n) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        restore_video(Pointwise(), frames, make_priors(20, 16, 16), chunk_size=8, chunk_overlap=2,
+                      check_interrupt=interrupt)
+
+
+def _chunks(frames, priors, size, overlap):
+    s = 0
+    while True:
+        e = min(s + size, len(frames))
+        yield frames[s:e], priors.slice(s, e)
+        if e == len(frames):
+            return
+        s = e - overlap
+
+
+def test_stream_emits_every_frame_once_in_order():
+    frames = torch.rand(27, 3, 16, 24)
+    priors = make_priors(27, 16, 24)
+    blocks = list(restore_stream(Pointwise(), _chunks(frames, priors, 8, 3), overlap=3))
+    out = torch.cat(blocks)
+    torch.testing.assert_close(out, frames * 0.5 + 0.25, atol=1e-6, rtol=0)
+    assert max(len(b) for b in blocks) <= 8
+
+
+def test_stream_matches_restore_video_on_same_windows():
+    torch.manual_seed(4)
+    m = CPFP(CPFPConfig.lite()).eval()
+    frames, priors = torch.rand(10, 3, 16, 16), make_priors(10, 16, 16)
+    # 10 frames, chunk 6, overlap 2 -> windows [0,6) [4,10) in both drivers
+    assert temporal_chunks(10, 6, 2) == [(0, 6), (4, 10)]
+    a = restore_video(m, frames, priors, chunk_size=6, chunk_overlap=2)
+    b = torch.cat(list(restore_stream(m, _chunks(frames, priors, 6, 2), overlap=2)))
+    torch.testing.assert_close(a, b)
