@@ -35,6 +35,15 @@ def _video_path(video: str) -> str:
     return folder_paths.get_annotated_filepath(video)
 
 
+def _keep_aspect(width: int, height: int, src_width: int, src_height: int) -> tuple[int, int]:
+    """(width, height) with a 0 side derived from the source aspect ratio, rounded to a multiple of 8."""
+    if width and height:
+        return width, height
+    if width:
+        return width, max(8, int(round(width * src_height / src_width / 8)) * 8)
+    return max(8, int(round(height * src_width / src_height / 8)) * 8), height
+
+
 class LoadVideoWithPriors(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -98,11 +107,14 @@ class LoadVideoWithPriors(io.ComfyNode):
     @classmethod
     def execute(cls, video: str, skip_first_frames: int, frame_load_cap: int, select_every_nth: int,
                 custom_width: int, custom_height: int, export_qp: bool) -> io.NodeOutput:
-        from ..cpgd_core.codec.decode import load_video
+        from ..cpgd_core.codec.decode import load_video, probe
 
         path = _video_path(video)
         progress, check_interrupt = progress_callbacks(frame_load_cap or 1)
-        size = (custom_width, custom_height) if (custom_width or custom_height) else None
+        size = None
+        if custom_width or custom_height:
+            info = probe(path)
+            size = _keep_aspect(custom_width, custom_height, info.width, info.height)
         frames, priors, audio, info = load_video(
             path, start=skip_first_frames, cap=frame_load_cap, every_nth=select_every_nth, size=size,
             progress=progress, check_interrupt=check_interrupt, export_qp=export_qp)
