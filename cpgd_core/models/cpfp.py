@@ -371,6 +371,8 @@ def priors_to_model_inputs(priors: CodecPriors, device: torch.device | str | Non
         return (x > 0.5 if is_mask else x / 4.0).to(dtype)
 
     res = priors.residual.to(device=device, dtype=torch.float32)
+    if res.shape[1] == 3:  # some decoders keep an RGB residual: the guidance is luma
+        res = (res * torch.tensor([0.299, 0.587, 0.114], device=res.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     if res.shape[-2:] != (hh, ww):
         res = F.pad(res, (0, ww - res.shape[-1], 0, hh - res.shape[-2]), mode="replicate")
     return {

@@ -224,30 +224,36 @@ def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_
     return torch.cat(parts)
 
 
-def restore_stream(model: CPFP, chunks: Iterable[tuple[torch.Tensor, CodecPriors]], overlap: int = 4,
+def restore_stream(model: CPFP, chunks: Iterable[tuple], overlap: int = 4,
                    tile_size: int = 0, tile_overlap: int = 32, dtype: str = "auto",
                    device: Optional[torch.device | str] = None, progress: Optional[Callable[[int], None]] = None,
                    check_interrupt: Interrupt = None) -> Iterator[torch.Tensor]:
     """Streaming variant for long videos: memory is flat in the video length.
 
-    ``chunks`` yields ``(frames (t_k, 3, H, W), priors)``; every chunk after the first begins with the
-    last ``overlap`` frames of the previous one (the shape that ``codec.decode.iter_video_chunks`` yields).
+    ``chunks`` yields ``(frames (t_k, 3, H, W), priors)`` where every chunk after the first begins with
+    the last ``overlap`` frames of the previous one, or ``(frames, priors, first_index)`` (what
+    ``codec.decode.iter_video_chunks`` yields; ``overlap`` is then unused).
     Yields restored (n, 3, H, W) float32 blocks in order, each frame exactly once; the overlaps are
     cross-faded. ``progress(frames_done)`` is called after each emitted block.
     """
     blender = ChunkBlender()
     start = 0
     done = 0
-    for k, (frames, priors) in enumerate(chunks):
+    end = 0
+    for k, item in enumerate(chunks):
+        frames, priors = item[0], item[1]
         _check_match(frames, priors, f" in chunk {k}")
-        if k > 0:
-            if frames.shape[0] <= overlap:
-                continue  # nothing new in this chunk
+        if len(item) > 2:
+            start = int(item[2])
+        elif k > 0:
             start += prev_len - overlap
+        prev_len = frames.shape[0]
+        if k > 0 and start + prev_len <= end:
+            continue  # nothing new in this chunk
         if check_interrupt is not None:
             check_interrupt()
         pred = restore_chunk(model, frames, priors, tile_size, tile_overlap, dtype, device, check_interrupt)
-        prev_len = frames.shape[0]
+        end = start + prev_len
         out = blender.add(start, pred)
         if out is not None:
             done += len(out)

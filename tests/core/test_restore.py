@@ -157,11 +157,11 @@ def test_progress_and_interrupt():
                       check_interrupt=interrupt)
 
 
-def _chunks(frames, priors, size, overlap):
+def _chunks(frames, priors, size, overlap, with_index=False):
     s = 0
     while True:
         e = min(s + size, len(frames))
-        yield frames[s:e], priors.slice(s, e)
+        yield (frames[s:e], priors.slice(s, e)) + ((s,) if with_index else ())
         if e == len(frames):
             return
         s = e - overlap
@@ -174,6 +174,9 @@ def test_stream_emits_every_frame_once_in_order():
     out = torch.cat(blocks)
     torch.testing.assert_close(out, frames * 0.5 + 0.25, atol=1e-6, rtol=0)
     assert max(len(b) for b in blocks) <= 8
+    # (frames, priors, first_index) items, as codec.decode.iter_video_chunks yields them
+    out3 = torch.cat(list(restore_stream(Pointwise(), _chunks(frames, priors, 8, 3, True))))
+    torch.testing.assert_close(out3, out)
 
 
 def test_stream_matches_restore_video_on_same_windows():
