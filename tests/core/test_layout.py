@@ -1,0 +1,79 @@
+"""Layout rules that keep the pack loadable by ComfyUI and the core usable without it (docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import stat
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server",
+                 "execution", "node_helpers", "latent_preview"}
+
+
+def _py_files(top: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        out += [os.path.join(dirpath, f) for f in filenames if f.endswith(".py")]
+    return out
+
+
+def _absolute_imports(path: str) -> set[str]:
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_never_imports_comfyui_and_pack_uses_relative_imports():
+    files = _py_files("cpgd_core")
+    assert files
+    for path in files:
+        imported = _absolute_imports(path)
+        rel = os.path.relpath(path, ROOT)
+        assert not imported & COMFY_MODULES, f"{rel} imports ComfyUI: {imported & COMFY_MODULES}"
+        assert "cpgd_core" not in imported, f"{rel}: use relative imports inside cpgd_core"
+    for path in _py_files("nodes") + [os.path.join(ROOT, "__init__.py")]:
+        assert "cpgd_core" not in _absolute_imports(path), f"{os.path.relpath(path, ROOT)}: import cpgd_core relatively"
+
+
+def test_entry_point_is_v3_only():
+    with open(os.path.join(ROOT, "__init__.py")) as f:
+        tree = ast.parse(f.read())
+    assigned = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    funcs = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert "NODE_CLASS_MAPPINGS" not in assigned, "ComfyUI would ignore comfy_entrypoint"
+    assert "comfy_entrypoint" in funcs and "WEB_DIRECTORY" in assigned
+
+
+def test_no_top_level_names_that_shadow_comfyui():
+    for name in ("utils", "server", "execution", "app", "folder_paths", "comfy"):
+        assert not os.path.exists(os.path.join(ROOT, name)) and not os.path.exists(os.path.join(ROOT, name + ".py")), name
+
+
+def test_packaging_metadata():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"] == ">=0.3.75"
+    assert "build-system" not in meta, "a build step could make `pip install` resolve torch"
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        reqs = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert meta["project"]["dependencies"] == reqs, "pyproject dependencies must mirror requirements.txt"
+    assert not any(re.match(r"torch\b", r) for r in reqs), "torch comes from ComfyUI, never from this pack"
+    assert meta["project"]["urls"]["Repository"]
+
+
+def test_ci_entry_point_runs_make_test():
+    path = os.path.join(ROOT, ".ci", "run")
+    assert os.stat(path).st_mode & stat.S_IXUSR
+    with open(path) as f:
+        text = f.read()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text and "make test" in text
