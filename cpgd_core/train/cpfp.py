@@ -1,0 +1,337 @@
+"""Stage-one (CPFP) training: ``python -m cpgd_core.train cpfp ...`` and ``... make-val ...``.
+
+Data are made on the fly by ``cpgd_core.data.synth.make_training_example`` (sharp clip -> synthetic blur ->
+real libx264 encode -> decoded frames + codec priors) in DataLoader worker processes, each seeded from
+(seed, rank, worker, resume step) so runs are reproducible. Validation uses a FIXED file written once by
+``make-val`` from the held-out image split. Works on CPU and CUDA, single process or torchrun/DDP.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import CPGDInputError
+from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
+from ..weights import save_cpfp
+from .common import (DistInfo, JsonLogger, barrier, charbonnier, cleanup_distributed, cosine_lr, init_distributed,
+                     load_checkpoint, psnr, rng_state, save_checkpoint, seed_everything, set_rng_state, ssim)
+
+PRIOR_KEYS = ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual")
+CKPT_NAME = "checkpoint.pt"
+FINAL_NAME = "cpfp_final.safetensors"
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _synth_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int],
+                   split: str) -> dict:
+    """One synthetic clip from cpgd_core.data.synth, from the requested image split."""
+    from ..data import synth
+
+    fn = synth.make_training_example
+    params = inspect.signature(fn).parameters
+    kw = {}
+    if "split" in params:
+        kw["split"] = split
+    elif "images" in params:
+        kw["images"] = synth.training_images(split)
+    elif split != "train":
+        raise CPGDInputError("cpgd_core.data.synth.make_training_example cannot select the validation split")
+    return fn(rng, (crop, crop), frames, crf_range=tuple(crf_range), **kw)
+
+
+def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=None, split: str = "train") -> dict:
+    """Debug data source (no codec): smooth random sharp clip translating by a known shift, box-blurred.
+
+    Only for smoke tests of the training loop; it teaches nothing about real blur.
+    """
+    from ..codec.priors import CodecPriors
+
+    g = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+    big = torch.nn.functional.interpolate(torch.rand(1, 3, crop // 4 + 4, crop // 4 + 4, generator=g),
+                                          scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)[0]
+    dx = int(rng.integers(-2, 3))
+    sharp = torch.stack([torch.roll(big, shifts=(0, dx * i), dims=(1, 2))[:, :crop, :crop] for i in range(frames)])
+    blurry = torch.nn.functional.avg_pool2d(sharp, 5, 1, 2, count_include_pad=False)
+    gh = gw = crop // 4
+    fp = torch.zeros(frames, 2, gh, gw)
+    fp[:, 0] = -dx
+    vp = torch.ones(frames, 1, gh, gw, dtype=torch.bool)
+    vp[0] = False
+    vn = torch.ones(frames, 1, gh, gw, dtype=torch.bool)
+    vn[-1] = False
+    pri = CodecPriors(flow_to_prev=fp.half(), valid_to_prev=vp, flow_to_next=(-fp).half(), valid_to_next=vn,
+                      residual=(torch.randn(frames, 1, crop, crop, generator=g) * 0.01).half(),
+                      frame_types=["I"] + ["P"] * (frames - 1), height=crop, width=crop)
+    return {"blurry_decoded": blurry, "sharp": sharp, "priors": pri}
+
+
+SOURCES = {"synth": _synth_example, "random": _random_example}
+
+
+def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
+    """synth example -> flat float32 tensors (batch dim removed) ready for collation."""
+    inp = priors_to_model_inputs(ex["priors"], device="cpu", dtype=torch.float32)
+    out = {k: inp[k][0] for k in PRIOR_KEYS}
+    out["blurry"] = torch.as_tensor(ex["blurry_decoded"]).float()
+    out["sharp"] = torch.as_tensor(ex["sharp"]).float()
+    h, w = out["blurry"].shape[-2:]
+    if h % 4 or w % 4:
+        raise CPGDInputError(f"training crops must be multiples of 4, got {h}x{w}")
+    return out
+
+
+def augment(sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random horizontal flip (negate flow x) and time reversal (swap the prev/next priors)."""
+    s = dict(sample)
+    if rng.random() < 0.5:
+        s = {k: v.flip(-1) for k, v in s.items()}
+        for k in ("flow_to_prev", "flow_to_next"):
+            s[k] = s[k] * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+    if rng.random() < 0.5:
+        s = {k: v.flip(0) for k, v in s.items()}
+        s["flow_to_prev"], s["flow_to_next"] = s["flow_to_next"], s["flow_to_prev"]
+        s["valid_to_prev"], s["valid_to_next"] = s["valid_to_next"], s["valid_to_prev"]
+    return s
+
+
+class SynthClips(IterableDataset):
+    """Endless stream of training clips; deterministic per (seed, rank, worker, start_step)."""
+
+    def __init__(self, source: str, crop: int, frames: int, seed: int, rank: int = 0, start_step: int = 0,
+                 crf_range: tuple[int, int] = (18, 30)) -> None:
+        if source not in SOURCES:
+            raise CPGDInputError(f"unknown data source {source!r}: expected one of {sorted(SOURCES)}")
+        self.source, self.crop, self.frames = source, crop, frames
+        self.seed, self.rank, self.start_step, self.crf_range = seed, rank, start_step, crf_range
+
+    def __iter__(self) -> Iterator[dict]:
+        wi = get_worker_info()
+        worker = wi.id if wi is not None else 0
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
+        make = SOURCES[self.source]
+        while True:
+            ex = make(rng, self.crop, self.frames, self.crf_range, "train")
+            yield augment(example_to_tensors(ex), rng)
+
+
+# -- validation --------------------------------------------------------------------------------------
+def make_val(out: str, seed: int = 0, count: int = 8, crop: int = 128, frames: int = 7, source: str = "synth",
+             crf_range: tuple[int, int] = (18, 30)) -> str:
+    """Write the fixed validation set (held-out image split) to ``out`` (torch file of fp16 tensors)."""
+    rng = np.random.default_rng([seed, 987654321])
+    clips = []
+    for _ in range(count):
+        t = example_to_tensors(SOURCES[source](rng, crop, frames, crf_range, "val"))
+        clips.append({k: (v if k.startswith("valid") else v.half()) for k, v in t.items()})
+    meta = {"seed": seed, "count": count, "crop": crop, "frames": frames, "source": source,
+            "crf_range": list(crf_range)}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    torch.save({"meta": json.dumps(meta), "clips": clips}, out)
+    return out
+
+
+def load_val(path: str) -> list[dict[str, torch.Tensor]]:
+    if not os.path.isfile(path):
+        raise CPGDInputError(f"validation set not found: {path} (create it with python -m cpgd_core.train make-val)")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data["clips"]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, clips: list[dict], device: torch.device) -> dict[str, float]:
+    """Mean PSNR/SSIM over the validation clips for the model output and for the blurry input."""
+    was_training = model.training
+    model.eval()
+    acc = {"val_psnr": 0.0, "val_ssim": 0.0, "input_psnr": 0.0, "input_ssim": 0.0}
+    for c in clips:
+        args = [c["blurry"].float()] + [c[k].float() for k in PRIOR_KEYS]
+        y = model(*[a.unsqueeze(0).to(device) for a in args])[0].float().cpu()
+        sharp, blurry = c["sharp"].float(), c["blurry"].float()
+        acc["val_psnr"] += psnr(y, sharp)
+        acc["val_ssim"] += ssim(y, sharp)
+        acc["input_psnr"] += psnr(blurry, sharp)
+        acc["input_ssim"] += ssim(blurry, sharp)
+    model.train(was_training)
+    return {k: round(v / max(len(clips), 1), 4) for k, v in acc.items()}
+
+
+# -- training ----------------------------------------------------------------------------------------
+def _param_groups(model: CPFP, lr: float, offset_ratio: float, weight_decay: float) -> list[dict]:
+    offset, rest = [], []
+    for name, p in model.named_parameters():
+        (offset if ".conv_offset." in name else rest).append(p)
+    return [{"params": rest, "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
+            {"params": offset, "lr": lr * offset_ratio, "lr_mult": offset_ratio, "weight_decay": weight_decay}]
+
+
+def _amp_settings(device: torch.device, amp: bool) -> tuple[Optional[torch.dtype], bool]:
+    """(autocast dtype or None, use GradScaler). AMP only on CUDA."""
+    if not amp or device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def train(args: argparse.Namespace) -> dict:
+    info: DistInfo = init_distributed(args.device)
+    dev = info.device
+    seed_everything(args.seed + 1000 * info.rank)
+    os.makedirs(args.out, exist_ok=True)
+    log = JsonLogger(os.path.join(args.out, "log.jsonl"), enabled=info.is_main)
+    cfg = CPFPConfig.from_name(args.config, use_priors=not args.no_priors)
+    model = CPFP(cfg).to(dev)
+    opt = torch.optim.AdamW(_param_groups(model, args.lr, args.offset_lr_ratio, args.weight_decay),
+                            lr=args.lr, betas=(0.9, 0.99))
+    amp_dtype, use_scaler = _amp_settings(dev, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    if args.amp and amp_dtype is None:
+        log.log(event="note", message="--amp ignored: AMP is only used on CUDA")
+
+    start = 0
+    ckpt_path = os.path.join(args.out, CKPT_NAME)
+    if args.resume and os.path.isfile(ckpt_path):
+        ck = load_checkpoint(ckpt_path)
+        if ck["config"] != cfg.to_json():
+            raise CPGDInputError(f"{ckpt_path} was trained with config {ck['config']}, not {cfg.to_json()}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start = int(ck["step"])
+        if ck.get("rng") and info.rank in ck["rng"]:
+            set_rng_state(ck["rng"][info.rank])
+        log.log(event="resume", step=start, checkpoint=ckpt_path)
+    elif args.resume:
+        log.log(event="note", message=f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    val_clips = load_val(args.val) if (args.val and info.is_main) else []
+    data = SynthClips(args.data, args.crop, args.frames, args.seed, info.rank, start, tuple(args.crf))
+    loader = DataLoader(data, batch_size=args.batch, num_workers=args.workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
+                        prefetch_factor=2 if args.workers > 0 else None)
+    it = iter(loader)
+    nparams = sum(p.numel() for p in model.parameters())
+    log.log(event="start", config=args.config, params=nparams, device=str(dev), world_size=info.world_size,
+            steps=args.steps, batch=args.batch, crop=args.crop, frames=args.frames, use_priors=cfg.use_priors,
+            amp=str(amp_dtype) if amp_dtype else "off")
+    last = {}
+    if val_clips and start == 0:
+        last = evaluate(model, val_clips, dev)
+        log.log(event="val", step=0, **last)
+    net.train()
+    loss_acc, n_acc = 0.0, 0
+    for step in range(start, args.steps):
+        batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
+        mult = cosine_lr(step, args.steps, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * g["lr_mult"] * mult
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            pred = net(batch["blurry"], *[batch[k] for k in PRIOR_KEYS])
+        loss = charbonnier(pred, batch["sharp"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        loss_acc += loss.item()
+        n_acc += 1
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            log.log(event="train", step=done, loss=round(loss_acc / n_acc, 6), grad_norm=round(float(gnorm), 4),
+                    lr=args.lr * mult)
+            loss_acc, n_acc = 0.0, 0
+        if val_clips and (done % args.val_every == 0 or done == args.steps):
+            last = evaluate(model, val_clips, dev)
+            log.log(event="val", step=done, **last)
+        if done % args.ckpt_every == 0 or done == args.steps:
+            if info.is_main:
+                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                                scaler=scaler.state_dict() if scaler is not None else None, step=done,
+                                config=cfg.to_json(), rng={info.rank: rng_state()}, args=vars(args))
+            barrier(info)
+    final = os.path.join(args.out, FINAL_NAME)
+    if info.is_main:
+        meta = {"recipe": json.dumps({k: v for k, v in vars(args).items() if k != "func"}), "steps": args.steps}
+        meta.update({k: v for k, v in last.items()})
+        save_cpfp(model, final, meta)
+        log.log(event="done", step=args.steps, weights=final, **last)
+    log.close()
+    cleanup_distributed()
+    return {"weights": final, "step": args.steps, **last}
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cpgd_core.train cpfp", description="train the stage-one CPFP network")
+    p.add_argument("--config", choices=("lite", "base"), default="lite")
+    p.add_argument("--steps", type=int, default=100000)
+    p.add_argument("--batch", type=int, default=4, help="clips per process (per GPU under torchrun)")
+    p.add_argument("--crop", type=int, default=128, help="square crop size in px (multiple of 4)")
+    p.add_argument("--frames", type=int, default=7, help="frames per training clip")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, cpfp_final.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    p.add_argument("--no-priors", action="store_true", help="ablation: same network with MV/CR priors zeroed")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 if supported, else fp16)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--offset-lr-ratio", type=float, default=0.25, help="lr multiplier of the DCN offset predictors")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--crf", type=int, nargs=2, default=(18, 30), metavar=("MIN", "MAX"))
+    p.add_argument("--val", default=None, help="fixed validation set written by make-val")
+    p.add_argument("--val-every", type=int, default=2000)
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--data", choices=sorted(SOURCES), default="synth",
+                   help="'synth' (real pipeline) or 'random' (debug only: smoke tests without the codec)")
+    p.add_argument("--device", default=None, help="default: cuda if available else cpu")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.crop % 4 or args.crop < 16:
+        raise CPGDInputError(f"--crop must be a multiple of 4 and >= 16, got {args.crop}")
+    if args.frames < 2:
+        raise CPGDInputError(f"--frames must be >= 2, got {args.frames}")
+    train(args)
+    return 0
+
+
+def make_val_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m cpgd_core.train make-val",
+                                description="write the fixed CPFP validation set from held-out images")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--frames", type=int, default=7)
+    p.add_argument("--data", choices=sorted(SOURCES), default="synth")
+    a = p.parse_args(argv)
+    path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data)
+    print(json.dumps({"event": "make-val", "out": path, "count": a.count, "seed": a.seed}))
+    return 0
