@@ -150,7 +150,9 @@ def test_gradcheck(case):
     def fn(*ts):
         return deform_conv2d(**dict(zip(names, ts)), **fixed, backend="torch")
 
-    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-4)
+    # full Jacobians for the small cases, random projections (fast_mode) for the larger one
+    fast = n * c * h * w > 100
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=fast)
 
 
 def test_gradcheck_row_blocks():
@@ -162,7 +164,7 @@ def test_gradcheck_row_blocks():
     def fn(*ts):
         return deform_conv2d(**dict(zip(names, ts)), **fixed, block_rows=2)
 
-    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
