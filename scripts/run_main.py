@@ -35,6 +35,7 @@ def _harness():
     # Reuse the one boot recipe instead of keeping a second copy of it here.
     spec = importlib.util.spec_from_file_location("cpgd_comfy_harness", os.path.join(ROOT, "tests", "conftest.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
