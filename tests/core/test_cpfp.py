@@ -1,24 +1,15 @@
 """CPFP network: shapes, global skip, priors ablation, validity gating, prior conversion."""
 from __future__ import annotations
 
-import importlib.util
-import os
 from fractions import Fraction
 
 import pytest
 import torch
 
-import cpgd_core.ops as ops
 from cpgd_core.codec.priors import CodecPriors
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
 
-if not hasattr(ops, "deform_conv2d"):  # TEMPORARY until cpgd_core/ops/deform_conv.py lands
-    _spec = importlib.util.spec_from_file_location(
-        "cpfp_dcn_fallback", os.path.join(os.path.dirname(__file__), "cpfp_dcn_fallback.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    _mod.install()
 
 N, T, H, W = 1, 4, 32, 48
 

@@ -1,23 +1,15 @@
 """CPFP training loop: tiny end-to-end runs (make-val, train, checkpoint, resume, export)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-import cpgd_core.ops as ops
 from cpgd_core.train.__main__ import main
 from cpgd_core.weights import inspect_weights, load_cpfp, read_cpfp_metadata
 
-if not hasattr(ops, "deform_conv2d"):  # TEMPORARY until cpgd_core/ops/deform_conv.py lands
-    _spec = importlib.util.spec_from_file_location(
-        "cpfp_dcn_fallback", os.path.join(os.path.dirname(__file__), "cpfp_dcn_fallback.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    _mod.install()
 
 TINY = ["--batch", "1", "--crop", "16", "--frames", "2", "--workers", "0", "--warmup", "1", "--log-every", "1",
         "--val-every", "2", "--ckpt-every", "2"]

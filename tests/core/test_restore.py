@@ -1,26 +1,17 @@
 """Stage-one inference driver: chunk/tile scheduling, blending exactness, seams, input checks, streaming."""
 from __future__ import annotations
 
-import importlib.util
-import os
 from fractions import Fraction
 
 import pytest
 import torch
 
-import cpgd_core.ops as ops
 from cpgd_core.codec.priors import CodecPriors
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpfp import CPFP, CPFPConfig
 from cpgd_core.pipeline.restore import (ChunkBlender, restore_stream, restore_video, spatial_tiles,
                                         temporal_chunks, tile_weights)
 
-if not hasattr(ops, "deform_conv2d"):  # TEMPORARY until cpgd_core/ops/deform_conv.py lands
-    _spec = importlib.util.spec_from_file_location(
-        "cpfp_dcn_fallback", os.path.join(os.path.dirname(__file__), "cpfp_dcn_fallback.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    _mod.install()
 
 
 def make_priors(t: int, h: int, w: int, seed: int = 0) -> CodecPriors:
