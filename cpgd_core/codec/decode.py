@@ -1,0 +1,634 @@
+"""Video decoding with codec priors (PyAV): probe, a streaming per-frame iterator, whole-clip and chunked loaders.
+
+Motion comes from the decoder's exported motion vectors (``flags2=+export_mvs``); see ``motion.py`` for
+the rasteriser and ``residual.py`` for the residual. How vectors become the per-frame fields of
+:class:`~.priors.CodecPriors`:
+
+- Frames come out of the decoder in display order. I and P frames are *anchors*; a P-frame's past
+  vectors point into the previous anchor, a B-frame's past/future vectors into the anchors around it.
+  (This is exact for ``ref=1`` streams without B-pyramid; with more references FFmpeg does not say which
+  picture a vector uses, so the nearest anchor is assumed.)
+- A vector into a reference ``d`` frames away is divided by ``d`` to give the field into the adjacent
+  frame (constant velocity, as H.264 temporal direct mode assumes). B-frames are buffered until their
+  future anchor has been decoded.
+- ``flow_to_next[t]`` comes from B-frame future vectors where they exist; elsewhere it is the approximate
+  inverse (``motion.invert_grid``) of ``flow_to_prev[t+1]``, valid where that back-projection lands on
+  known motion. For P-only streams that is the whole field.
+- With ``every_nth > 1`` the fields of the skipped frames are chained (``motion.compose_grid``) so that
+  they connect *kept* frames; the residual stays the coding residual of the kept frame itself.
+- Codecs whose decoder exports no vectors (HEVC, VP9, AV1, ProRes, image formats...) are re-encoded on
+  the fly with libx264 (``bframes=0:ref=1``), and the priors of that stream are used; ``priors.source``
+  then reads ``reencode:libx264``.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Iterable, Iterator, Optional
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from ..errors import CPGDInputError
+from .motion import compose_grid, grid_size, invert_grid, mvs_to_flow, resize_grid
+from .priors import CodecPriors
+from .residual import RESIDUAL_CHANNELS, mc_residual
+
+# Decoders whose FFmpeg implementation exports MOTION_VECTORS side data (measured, FFmpeg 8.1).
+MV_CODECS = {"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
+# MPEG-4 part 2 family: B-frame vectors are exported as zeros (direct mode), i.e. unusable.
+_ZERO_B_CODECS = {"mpeg4", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
+_PICT = {1: "I", 2: "P", 3: "B", 4: "P", 5: "I", 6: "P", 7: "B"}  # S -> P, SI -> I, SP -> P, BI -> B
+_LUMA_PLANE_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv411p",
+                       "yuv410p", "nv12", "nv21", "gray", "yuv440p", "yuvj440p"}
+STRIDE = 4
+
+
+@dataclass
+class VideoInfo:
+    """What ``probe`` learns about a file without decoding pictures."""
+
+    path: str
+    width: int
+    height: int
+    fps: Fraction            # average frame rate (frames / duration for variable-rate files)
+    frame_count: int         # video packets in the file
+    codec: str
+    has_audio: bool
+    variable_fps: bool
+    duration: float          # seconds
+    pix_fmt: str = ""
+    exports_mvs: bool = True  # False: priors come from a libx264 re-encode
+
+    def describe(self) -> str:
+        vfr = " (variable)" if self.variable_fps else ""
+        return (f"{os.path.basename(self.path)}: {self.codec} {self.width}x{self.height} @ {float(self.fps):.3f} fps"
+                f"{vfr}, {self.frame_count} frames, {self.duration:.2f} s, audio {'yes' if self.has_audio else 'no'}")
+
+
+@dataclass
+class DecodedFrame:
+    """One kept frame with its priors (numpy, grid shapes as in CodecPriors with ``h, w = ceil(H/4), ceil(W/4)``)."""
+
+    index: int                      # display-order index in the source
+    time: float                     # presentation time, seconds
+    pict_type: str                  # 'I' / 'P' / 'B'
+    rgb: np.ndarray                 # (H, W, 3) uint8
+    flow_to_prev: np.ndarray        # (2, h, w) float32 pixels
+    valid_to_prev: np.ndarray       # (1, h, w) bool
+    flow_to_next: np.ndarray        # (2, h, w) float32 pixels
+    valid_to_next: np.ndarray       # (1, h, w) bool
+    residual: np.ndarray            # (C, H, W) float32, C = 1 (luma) or 3 (rgb)
+    qp: Optional[np.ndarray] = None  # (1, ceil(H/16), ceil(W/16)) float32
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+def _open(path: str) -> "av.container.InputContainer":
+    if not isinstance(path, (str, os.PathLike)):
+        raise CPGDInputError(f"video path must be a string, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CPGDInputError(f"video file not found: {path}")
+    if os.path.isdir(path):
+        raise CPGDInputError(f"expected a video file, got a folder: {path}")
+    if os.path.getsize(path) == 0:
+        raise CPGDInputError(f"video file is empty: {path}")
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:
+        raise CPGDInputError(f"not a readable media file (corrupt, truncated or not a video): {path} ({e})") from e
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+        raise CPGDInputError(f"no video stream in {path} (it contains {kinds})")
+    return container.streams.video[0]
+
+
+def probe(path: str) -> VideoInfo:
+    """Size, average fps, frame count, codec, audio, variable-rate flag and duration of a video file.
+
+    Demuxes (no decoding) to count frames and check the timestamps, so it is exact for files whose
+    headers lie about the frame count (phones, mkv).
+    """
+    with _open(path) as c:
+        vs = _video_stream(c, path)
+        codec = vs.codec_context.name
+        width, height = vs.codec_context.width, vs.codec_context.height
+        pix_fmt = vs.codec_context.pix_fmt or ""
+        has_audio = bool(c.streams.audio)
+        tb = vs.time_base or Fraction(1, 1000)
+        pts: list[int] = []
+        try:
+            for pkt in c.demux(vs):
+                if pkt.size and pkt.pts is not None:
+                    pts.append(pkt.pts)
+                elif pkt.size:
+                    pts.append(len(pts))
+        except av.error.FFmpegError as e:
+            raise CPGDInputError(f"corrupt or truncated video {path}: {e}") from e
+    if width <= 0 or height <= 0:
+        raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
+    pts.sort()
+    n = len(pts)
+    rate = vs.average_rate or vs.guessed_rate or Fraction(25)
+    variable = False
+    duration = 0.0
+    if n >= 2:
+        deltas = np.diff(np.asarray(pts, np.int64))
+        deltas = deltas[deltas > 0]
+        if len(deltas):
+            # Muxers round timestamps by a tick; anything beyond that (phones drop/stretch frames) is variable.
+            variable = bool(deltas.max() - deltas.min() > max(2, 0.001 * float(np.median(deltas))))
+            span = float((pts[-1] - pts[0]) * tb)
+            duration = span * n / (n - 1)
+            if variable and span > 0:
+                rate = Fraction((n - 1) / span).limit_denominator(1001000)
+    elif n == 1:
+        duration = float(1 / rate)
+    if not rate:
+        rate = Fraction(25)
+    return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
+                     codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
+                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS)
+
+
+# ------------------------------------------------------------------------------------- raw decoding
+
+@dataclass
+class _Raw:
+    index: int
+    time: float
+    pict: str
+    frame: "av.VideoFrame"
+    mvs: Optional[np.ndarray]
+    qp: Optional[np.ndarray]
+    _luma: Optional[np.ndarray] = None
+    _rgb: Optional[np.ndarray] = None
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = frame_to_rgb(self.frame)
+        return self._rgb
+
+    def luma(self) -> np.ndarray:
+        if self._luma is None:
+            self._luma = frame_to_luma(self.frame)
+        return self._luma
+
+
+def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
+    """Decoded frame -> (H, W, 3) uint8 RGB, honouring the stream's matrix and range tags."""
+    kwargs = {}
+    if fr.color_range in (1, 2):  # MPEG (limited) / JPEG (full); unspecified -> pix_fmt decides
+        kwargs["src_color_range"] = int(fr.color_range)
+        kwargs["dst_color_range"] = 2
+    return fr.to_ndarray(format="rgb24", **kwargs)
+
+
+def frame_to_luma(fr: "av.VideoFrame") -> np.ndarray:
+    """(H, W) uint8 decoded luma: the Y plane itself when the format has one (exactly what the codec predicted)."""
+    if fr.format.name in _LUMA_PLANE_FORMATS:
+        p = fr.planes[0]
+        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width].copy()
+    return fr.to_ndarray(format="gray")
+
+
+def _pict_of(fr, has_mvs: bool) -> str:
+    try:
+        return _PICT.get(int(fr.pict_type), "P" if has_mvs else "I")
+    except (TypeError, ValueError):
+        return "P" if has_mvs else "I"
+
+
+def _side(fr, name: str):
+    try:
+        return fr.side_data.get(name)
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def _raw_from_frame(fr, index: int, time: float, export_mvs: bool, export_qp: bool) -> _Raw:
+    mvs = None
+    if export_mvs:
+        sd = _side(fr, "MOTION_VECTORS")
+        mvs = sd.to_ndarray() if sd is not None else None
+    qp = None
+    if export_qp:
+        ep = _side(fr, "VIDEO_ENC_PARAMS")
+        if ep is not None and ep.nb_blocks:
+            qp = np.asarray(ep.qp_map(), np.float32)
+    return _Raw(index, time, _pict_of(fr, mvs is not None), fr, mvs, qp)
+
+
+def _container_raws(path: str, export_mvs: bool, export_qp: bool,
+                    check_interrupt: Optional[Callable[[], None]]) -> Iterator[_Raw]:
+    c = _open(path)
+    try:
+        vs = _video_stream(c, path)
+        opts = []
+        if export_mvs:
+            opts.append("mvs")
+        if export_qp:
+            opts.append("venc_params")
+        if opts:
+            vs.codec_context.options = {"export_side_data": "+".join(opts)}
+        vs.thread_type = "AUTO"
+        tb = vs.time_base or Fraction(1, 1000)
+        index = 0
+        try:
+            for fr in c.decode(vs):
+                if check_interrupt is not None:
+                    check_interrupt()
+                t = float(fr.pts * tb) if fr.pts is not None else index / float(vs.average_rate or 25)
+                yield _raw_from_frame(fr, index, t, export_mvs, export_qp)
+                index += 1
+        except av.error.FFmpegError as e:
+            raise CPGDInputError(f"corrupt or truncated video {path} (decoding failed after {index} frames: {e})") from e
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------------------------ motion stages
+
+@dataclass
+class _Motion:
+    raw: _Raw
+    fprev: np.ndarray
+    vprev: np.ndarray
+    fnext: np.ndarray  # from future vectors only (B-frames)
+    vnext: np.ndarray
+    residual: Optional[np.ndarray]
+
+
+def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid: bool, want_residual: Callable[[int], bool],
+                  residual_channels: str, signed: bool) -> Iterator[_Motion]:
+    """Attach per-frame fields into the adjacent frames (+ residual) to raw frames, in display order."""
+    gh, gw = grid_size(height, width, STRIDE)
+    zf = np.zeros((2, gh, gw), np.float32)
+    zv = np.zeros((1, gh, gw), bool)
+    img = (lambda r: r.luma()) if residual_channels == "luma" else (lambda r: r.rgb())
+    prev_anchor: Optional[_Raw] = None
+    last: Optional[_Raw] = None
+    pending_b: list[_Raw] = []
+
+    def finish(r: _Raw, past: Optional[_Raw], future: Optional[_Raw]) -> _Motion:
+        fp, vp = mvs_to_flow(r.mvs, height, width, -1, STRIDE, zero_b_invalid and r.pict == "B")
+        fn, vn = mvs_to_flow(r.mvs, height, width, +1, STRIDE, zero_b_invalid and r.pict == "B")
+        if past is None:
+            vp = zv.copy()
+        if future is None:
+            vn = zv.copy()
+        res = None
+        if want_residual(r.index):
+            res, _ = mc_residual(img(r), img(past) if past is not None else None, fp, vp,
+                                 img(future) if future is not None else None, fn, vn, STRIDE, signed)
+        dp = r.index - past.index if past is not None else 1
+        dn = future.index - r.index if future is not None else 1
+        return _Motion(r, fp / dp if dp > 1 else fp, vp, fn / dn if dn > 1 else fn, vn, res)
+
+    for r in raws:
+        if r.pict == "B":
+            pending_b.append(r)
+            continue
+        # The vectors of a P frame point into the previous anchor; a frame without vectors (I) gets the
+        # zero-motion residual against the frame displayed just before it (mc_residual's fallback).
+        ref = prev_anchor if r.mvs is not None else _last_before(pending_b, prev_anchor, last)
+        for b in pending_b:
+            yield finish(b, prev_anchor, r)
+        pending_b = []
+        yield finish(r, ref, None)
+        prev_anchor = r
+        last = r
+    for b in pending_b:
+        yield finish(b, prev_anchor, None)
+
+
+def _last_before(pending_b: list, prev_anchor, last):
+    """Frame displayed just before the current anchor (for the zero-motion residual of an I-frame)."""
+    return pending_b[-1] if pending_b else (last if last is not None else prev_anchor)
+
+
+def _next_stage(motions: Iterable[_Motion]) -> Iterator[tuple[_Motion, np.ndarray, np.ndarray]]:
+    """Fill ``flow_to_next`` where no future vector exists with the inverse of the next frame's past field."""
+    pend: Optional[_Motion] = None
+    for m in motions:
+        if pend is not None:
+            yield pend, *_merge_next(pend, m)
+        pend = m
+    if pend is not None:
+        yield pend, pend.fnext, pend.vnext & False
+
+
+def _merge_next(cur: _Motion, nxt: _Motion) -> tuple[np.ndarray, np.ndarray]:
+    if nxt.raw.index != cur.raw.index + 1 or not nxt.vprev.any():
+        return cur.fnext, cur.vnext
+    if cur.vnext.all():
+        return cur.fnext, cur.vnext
+    g, gv = invert_grid(torch.from_numpy(nxt.fprev)[None], torch.from_numpy(nxt.vprev)[None], STRIDE)
+    g, gv = g[0].numpy(), gv[0].numpy()
+    flow = np.where(cur.vnext, cur.fnext, g)
+    return flow.astype(np.float32), cur.vnext | gv
+
+
+# ---------------------------------------------------------------------------------------- selection
+
+def _check_range(start: int, cap: int, every_nth: int) -> None:
+    if start < 0:
+        raise CPGDInputError(f"start frame must be >= 0, got {start}")
+    if cap < 0:
+        raise CPGDInputError(f"frame cap must be >= 0 (0 = all), got {cap}")
+    if every_nth < 1:
+        raise CPGDInputError(f"every_nth must be >= 1, got {every_nth}")
+
+
+def _check_size(size) -> Optional[tuple[int, int]]:
+    if size is None:
+        return None
+    w, h = int(size[0]), int(size[1])
+    if w < 8 or h < 8:
+        raise CPGDInputError(f"output size must be at least 8x8 pixels, got {w}x{h}")
+    return w, h
+
+
+def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start: int, cap: int, every_nth: int,
+                  size: Optional[tuple[int, int]], src_hw: tuple[int, int], crop_hw: Optional[tuple[int, int]],
+                  check_interrupt=None) -> Iterator[DecodedFrame]:
+    """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame."""
+    t = torch.from_numpy
+    back_f = back_v = None      # field from the current frame into the last kept frame
+    fwd_f = fwd_v = None        # field from the last kept frame into the current frame
+    held: Optional[DecodedFrame] = None  # kept frame waiting for its flow_to_next
+    kept = 0
+    for m, fnext, vnext in items:
+        i = m.raw.index
+        if i < start:
+            continue
+        fp, vp = t(m.fprev)[None], t(m.vprev)[None]
+        # Chaining only when frames were skipped: a plain field keeps its out-of-frame vectors valid.
+        back_f, back_v = (fp, vp) if back_f is None else compose_grid(fp, vp, back_f, back_v, STRIDE)
+        is_kept = (i - start) % every_nth == 0
+        if held is not None and is_kept:
+            held.flow_to_next, held.valid_to_next = _finish_grid(fwd_f, fwd_v, size, src_hw, crop_hw)
+            yield held
+            held = None
+        if is_kept:
+            if kept == 0:
+                back_v = torch.zeros_like(back_v)
+            df = _make_frame(m, back_f, back_v, size, src_hw, crop_hw)
+            kept += 1
+            back_f = back_v = None
+            fwd_f, fwd_v = t(fnext)[None], t(vnext)[None]
+            if cap and kept >= cap:
+                df.valid_to_next = np.zeros_like(df.valid_to_next)
+                yield df
+                return
+            held = df
+        elif held is not None:
+            fwd_f, fwd_v = compose_grid(fwd_f, fwd_v, t(fnext)[None], t(vnext)[None], STRIDE)
+    if held is not None:
+        held.valid_to_next = np.zeros_like(held.valid_to_next)
+        yield held
+
+
+def _finish_grid(f: torch.Tensor, v: torch.Tensor, size, src_hw, crop_hw) -> tuple[np.ndarray, np.ndarray]:
+    if crop_hw is not None:
+        gh, gw = grid_size(crop_hw[0], crop_hw[1], STRIDE)
+        f, v = f[..., :gh, :gw], v[..., :gh, :gw]
+        src_hw = crop_hw
+    if size is not None and (size[1], size[0]) != tuple(src_hw):
+        f, v = resize_grid(f, v, (size[1], size[0]), src_hw, STRIDE)
+    return f[0].numpy().astype(np.float32), v[0].numpy().astype(bool)
+
+
+def _resize_img(a: np.ndarray, size) -> np.ndarray:
+    h, w = a.shape[:2]
+    if size is None or (w, h) == tuple(size):
+        return a
+    interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_CUBIC
+    out = cv2.resize(a, tuple(size), interpolation=interp)
+    return np.clip(out, 0, 255) if out.dtype == np.uint8 else out
+
+
+def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFrame:
+    rgb = m.raw.rgb()
+    res = m.residual
+    qp = m.raw.qp
+    if crop_hw is not None:
+        rgb = rgb[:crop_hw[0], :crop_hw[1]]
+        if res is not None:
+            res = res[:, :crop_hw[0], :crop_hw[1]]
+        if qp is not None:
+            qp = qp[:-(-crop_hw[0] // 16), :-(-crop_hw[1] // 16)]
+    h, w = rgb.shape[:2]
+    if res is None:
+        res = np.zeros((1, h, w), np.float32)
+    fp, vp = _finish_grid(back_f, back_v, size, src_hw, crop_hw)
+    rgb = _resize_img(np.ascontiguousarray(rgb), size)
+    if size is not None and (w, h) != tuple(size):
+        res = np.stack([cv2.resize(c, tuple(size), interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
+                        for c in res], 0)
+        if qp is not None:
+            qp = cv2.resize(qp, (-(-size[0] // 16), -(-size[1] // 16)), interpolation=cv2.INTER_NEAREST)
+    return DecodedFrame(index=m.raw.index, time=m.raw.time, pict_type=m.raw.pict, rgb=rgb,
+                        flow_to_prev=fp, valid_to_prev=vp, flow_to_next=np.zeros_like(fp),
+                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float32),
+                        qp=None if qp is None else qp[None].astype(np.float32))
+
+
+def _pipeline(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int, cap: int, every_nth: int,
+              size, residual_channels: str, signed: bool, crop_hw=None) -> Iterator[DecodedFrame]:
+    if residual_channels not in RESIDUAL_CHANNELS:
+        raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
+
+    def want(i: int) -> bool:
+        return i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
+
+    motions = _motion_stage(raws, src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want, residual_channels, signed)
+    return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
+
+
+# -------------------------------------------------------------------------------------- public API
+
+def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size: Optional[tuple[int, int]] = None,
+                 export_mvs: bool = True, export_qp: bool = False,
+                 check_interrupt: Optional[Callable[[], None]] = None, residual_channels: str = "luma",
+                 signed_residual: bool = True, info: Optional[VideoInfo] = None) -> Iterator[DecodedFrame]:
+    """Stream the kept frames of a video with their priors, one :class:`DecodedFrame` at a time.
+
+    Args:
+        path: video file.
+        start: first display-order frame to keep. cap: at most this many kept frames (0 = all).
+        every_nth: keep every n-th frame from ``start``; the fields connect kept frames.
+        size: (width, height) to resize frames and priors to, or None.
+        export_mvs: False skips motion (all fields invalid, residual = frame difference).
+        export_qp: also return the per-macroblock QP map (H.264 / MPEG-4 only).
+        residual_channels / signed_residual: see ``residual.py``.
+
+    Memory is bounded by a few decoded frames (plus the run of B-frames waiting for their anchor).
+    Non-MV codecs are re-encoded with libx264 on the fly (see module docstring).
+    """
+    _check_range(start, cap, every_nth)
+    size = _check_size(size)
+    info = info or probe(path)
+    if not info.exports_mvs and export_mvs:
+        from .reencode import reencode_pipeline
+        src = _select_stage(_next_stage(_motion_stage(
+            _container_raws(path, False, False, check_interrupt), info.height, info.width, False,
+            lambda i: False, "luma", True)), start, cap, every_nth, size, (info.height, info.width), None)
+        yield from reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
+                                     signed=signed_residual, check_interrupt=check_interrupt)
+        return
+    raws = _container_raws(path, export_mvs, export_qp, check_interrupt)
+    yield from _pipeline(raws, (info.height, info.width), info.codec, start, cap, every_nth, size,
+                         residual_channels, signed_residual)
+
+
+def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) -> CodecPriors:
+    """Stack DecodedFrames into a CodecPriors (fp16 fields); motion out of the list is marked invalid."""
+    if not frames:
+        raise CPGDInputError("no frames to build priors from")
+    h, w = frames[0].rgb.shape[:2]
+    st = lambda k: torch.from_numpy(np.stack([getattr(f, k) for f in frames], 0))  # noqa: E731
+    vp, vn = st("valid_to_prev"), st("valid_to_next")
+    vp[0] = False
+    vn[-1] = False
+    qps = [f.qp for f in frames]
+    qp = torch.from_numpy(np.stack(qps, 0)).half() if all(q is not None for q in qps) else None
+    return CodecPriors(flow_to_prev=st("flow_to_prev").half(), valid_to_prev=vp, flow_to_next=st("flow_to_next").half(),
+                       valid_to_next=vn, residual=st("residual").half(), frame_types=[f.pict_type for f in frames],
+                       height=h, width=w, fps=Fraction(fps), flow_stride=STRIDE, qp=qp,
+                       source_indices=[f.index for f in frames], source=source)
+
+
+def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
+    """(T, 3, H, W) float32 in [0, 1]."""
+    arr = np.stack([f.rgb for f in frames], 0)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def _source_name(info: VideoInfo, export_mvs: bool) -> str:
+    if not export_mvs:
+        return "none"
+    return f"bitstream:{info.codec}" if info.exports_mvs else "reencode:libx264"
+
+
+def _kept_count(info: VideoInfo, start: int, cap: int, every_nth: int) -> int:
+    n = max(0, -(-(info.frame_count - start) // every_nth))
+    return min(n, cap) if cap else n
+
+
+def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size: Optional[tuple[int, int]] = None,
+               progress: Optional[Callable[[int, int], None]] = None,
+               check_interrupt: Optional[Callable[[], None]] = None, export_qp: bool = False,
+               max_frames_in_memory: Optional[int] = None, export_mvs: bool = True,
+               ) -> tuple[torch.Tensor, CodecPriors, Optional[dict], str]:
+    """Decode a clip with its priors.
+
+    Returns:
+        frames (T, 3, H, W) float32 in [0, 1]; CodecPriors aligned with them; audio trimmed to the kept
+        time range as ``{"waveform": (1, C, N) float32, "sample_rate": int}`` or None; an info line.
+    Raises:
+        CPGDInputError for a missing/unreadable file, no video stream, an empty frame range, or more
+        frames than ``max_frames_in_memory`` (use ``iter_video_chunks`` for long videos).
+    """
+    _check_range(start, cap, every_nth)
+    info = probe(path)
+    if info.frame_count and start >= info.frame_count:
+        raise CPGDInputError(f"start frame {start} is past the end of {path} ({info.frame_count} frames)")
+    expected = _kept_count(info, start, cap, every_nth)
+    if max_frames_in_memory is not None and expected > max_frames_in_memory:
+        raise CPGDInputError(f"{path}: {expected} frames would be loaded, more than the limit of "
+                             f"{max_frames_in_memory}; lower the frame cap, raise every_nth, or process it in chunks")
+    frames: list[DecodedFrame] = []
+    for f in iter_decoded(path, start, cap, every_nth, size, export_mvs, export_qp, check_interrupt, info=info):
+        frames.append(f)
+        if progress is not None:
+            progress(len(frames), max(expected, len(frames)))
+    if not frames:
+        raise CPGDInputError(f"no frames in the requested range of {path} (start {start}, cap {cap})")
+    fps = info.fps / every_nth
+    priors = priors_from_decoded(frames, fps, _source_name(info, export_mvs))
+    audio = None
+    if info.has_audio:
+        t0 = frames[0].time
+        t1 = frames[-1].time + float(1 / fps)
+        audio = read_audio(path, t0, t1)
+    nth = f", every {every_nth}th" if every_nth > 1 else ""
+    fallback = " (no motion vectors in this codec: priors from a libx264 re-encode)" \
+        if export_mvs and not info.exports_mvs else ""
+    text = (f"{info.describe()}; loaded {len(frames)} frames from {start}{nth} at "
+            f"{priors.width}x{priors.height}; {priors.summary()}{fallback}")
+    return frames_to_tensor(frames), priors, audio, text
+
+
+def iter_video_chunks(path: str, chunk: int, overlap: int = 0, start: int = 0, cap: int = 0, every_nth: int = 1,
+                      size: Optional[tuple[int, int]] = None, export_qp: bool = False,
+                      check_interrupt: Optional[Callable[[], None]] = None,
+                      ) -> Iterator[tuple[torch.Tensor, CodecPriors, int]]:
+    """Bounded-memory processing: yield (frames (T,3,H,W), CodecPriors, first_index) windows of ``chunk`` kept frames.
+
+    Consecutive windows share ``overlap`` frames; ``first_index`` counts kept frames. The last window may be
+    shorter. Motion crossing a window edge is marked invalid (as ``CodecPriors.slice`` does).
+    """
+    if chunk < 1 or overlap < 0 or overlap >= chunk:
+        raise CPGDInputError(f"chunk must be >= 1 and 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
+    info = probe(path)
+    fps = info.fps / every_nth
+    src = _source_name(info, True)
+    buf: deque[DecodedFrame] = deque()
+    first = 0
+    emitted_to = 0  # kept frames [0, emitted_to) have been emitted
+    total = 0
+    for f in iter_decoded(path, start, cap, every_nth, size, True, export_qp, check_interrupt, info=info):
+        buf.append(f)
+        total += 1
+        if len(buf) == chunk:
+            yield frames_to_tensor(list(buf)), priors_from_decoded(list(buf), fps, src), first
+            emitted_to = first + chunk
+            for _ in range(chunk - overlap):
+                buf.popleft()
+            first += chunk - overlap
+    if total == 0:
+        raise CPGDInputError(f"no frames in the requested range of {path} (start {start}, cap {cap})")
+    if buf and first + len(buf) > emitted_to:
+        yield frames_to_tensor(list(buf)), priors_from_decoded(list(buf), fps, src), first
+
+
+def read_audio(path: str, start_s: float = 0.0, end_s: Optional[float] = None) -> Optional[dict]:
+    """Decode the first audio stream between ``start_s`` and ``end_s`` seconds.
+
+    Returns ``{"waveform": (1, C, N) float32 in [-1, 1], "sample_rate": int}`` (ComfyUI AUDIO layout) or None
+    when the file has no audio.
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            return None
+        a = c.streams.audio[0]
+        sr = a.codec_context.sample_rate or a.rate
+        resampler = av.AudioResampler(format="fltp", layout=a.codec_context.layout, rate=sr)
+        chunks, first_t = [], None
+        try:
+            for fr in c.decode(a):
+                for rf in resampler.resample(fr):
+                    if first_t is None:
+                        first_t = float(rf.pts * rf.time_base) if rf.pts is not None else 0.0
+                    chunks.append(rf.to_ndarray())
+            for rf in resampler.resample(None):
+                chunks.append(rf.to_ndarray())
+        except av.error.FFmpegError as e:
+            raise CPGDInputError(f"corrupt audio in {path}: {e}") from e
+    if not chunks:
+        return None
+    data = np.concatenate(chunks, axis=1).astype(np.float32)
+    # Sample index of a time: relative to the first decoded sample (AAC priming is already removed by FFmpeg).
+    first_t = first_t or 0.0
+    i0 = max(0, int(round((start_s - first_t) * sr)))
+    i1 = data.shape[1] if end_s is None else max(i0, int(round((end_s - first_t) * sr)))
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(data[:, i0:i1]))[None], "sample_rate": int(sr)}

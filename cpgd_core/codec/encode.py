@@ -1,0 +1,221 @@
+"""Writing video: files (with audio) and in-memory H.264 for the re-encode path.
+
+Colour: frames are converted RGB -> YUV with the BT.709 matrix in limited ("tv") range and the stream is
+tagged bt709/tv, so players and our own decoder (which honours the tags) convert back identically.
+"""
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+from typing import Iterable, Iterator, Optional, Union
+
+import av
+import numpy as np
+import torch
+
+from ..errors import CPGDInputError
+
+FrameSource = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
+
+# FFmpeg enum values (AVColorPrimaries / AVColorTransferCharacteristic / AVColorSpace / AVColorRange).
+_BT709 = 1
+_RANGE_TV = 1
+
+
+def to_uint8_hwc(frames: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    """(T, 3, H, W) float in [0, 1] or uint8 (tensor or array) -> (T, H, W, 3) uint8."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        if frames.dtype != torch.uint8:
+            frames = (frames.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        frames = frames.numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise CPGDInputError(f"frames must be (T, 3, H, W), got shape {tuple(frames.shape)}")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames.astype(np.float32), 0, 1) * 255.0).round().astype(np.uint8)
+    return np.ascontiguousarray(frames.transpose(0, 2, 3, 1))
+
+
+def _chunks(frames: FrameSource) -> Iterator[np.ndarray]:
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        yield to_uint8_hwc(frames)
+        return
+    for c in frames:
+        yield to_uint8_hwc(c)
+
+
+_RGB_FORMATS = {"gbrp", "bgr0", "rgb24", "bgr24", "rgb0", "0rgb"}
+
+
+def _yuv_frame(rgb: np.ndarray, pix_fmt: str) -> "av.VideoFrame":
+    fr = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    if pix_fmt in _RGB_FORMATS:  # lossless RGB storage (e.g. ffv1 ground truth): no matrix involved
+        return fr.reformat(format=pix_fmt)
+    out = fr.reformat(format=pix_fmt, dst_colorspace="ITU709", src_color_range="JPEG", dst_color_range="MPEG")
+    out.colorspace = _BT709
+    out.color_range = _RANGE_TV
+    out.color_primaries = _BT709
+    out.color_trc = _BT709
+    return out
+
+
+def _tag_stream(stream) -> None:
+    cc = stream.codec_context
+    cc.colorspace = _BT709
+    cc.color_range = _RANGE_TV
+    cc.color_primaries = _BT709
+    cc.color_trc = _BT709
+
+
+def _encode_video(container, frames: FrameSource, rate: Fraction, codec: str, pix_fmt: str, options: dict,
+                  on_stream=None) -> int:
+    """Encode all frames into a new stream of ``container``; ``on_stream`` runs once the stream exists
+    (before the first packet is muxed, so more streams can still be added). Returns the frame count."""
+    vs = None
+    n = 0
+    for chunk in _chunks(frames):
+        for rgb in chunk:
+            if vs is None:
+                h, w = rgb.shape[:2]
+                vs = container.add_stream(codec, rate=rate)
+                vs.width, vs.height = _even(w, pix_fmt), _even(h, pix_fmt)
+                vs.pix_fmt = pix_fmt
+                vs.time_base = Fraction(1) / rate
+                vs.codec_context.options = options
+                if pix_fmt not in _RGB_FORMATS:
+                    _tag_stream(vs)
+                if on_stream is not None:
+                    on_stream()
+            fr = _yuv_frame(_pad_even(rgb, vs.width, vs.height), pix_fmt)
+            fr.pts = n
+            fr.time_base = Fraction(1) / rate
+            for p in vs.encode(fr):
+                container.mux(p)
+            n += 1
+    if vs is None:
+        raise CPGDInputError("no frames to encode")
+    for p in vs.encode():
+        container.mux(p)
+    return n
+
+
+def _rate(fps) -> Fraction:
+    if not fps or float(fps) <= 0:
+        raise CPGDInputError(f"fps must be positive, got {fps}")
+    return Fraction(fps).limit_denominator(100000)
+
+
+def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], audio: Optional[dict] = None,
+                codec: str = "libx264", crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p",
+                overwrite: bool = False, x264_params: Optional[str] = None) -> str:
+    """Encode frames to a video file, muxing ``audio`` (ComfyUI AUDIO dict) as AAC in sync with frame 0.
+
+    Args:
+        frames: (T, 3, H, W) float [0, 1] or uint8, or an iterator of such chunks (bounded memory).
+        fps: frame rate. crf/preset: quality knobs for libx264/libx265 (ignored by ffv1 and similar).
+        pix_fmt: yuv420p (odd sizes are padded by one pixel, edge-replicated) or e.g. yuv444p for ffv1.
+        overwrite: refuse to replace an existing file unless True.
+    Returns the path. The container follows the extension (.mp4, .mkv, .mov). The file appears atomically
+    (written to a temporary name first).
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise CPGDInputError(f"output file already exists: {path} (pass overwrite=True to replace it)")
+    rate = _rate(fps)
+    options = {}
+    if codec in ("libx264", "libx265"):
+        options = {"crf": str(crf), "preset": preset}
+        params = x264_params or ""
+        if codec == "libx265":  # x265 prints its whole configuration to stderr otherwise
+            params = ":".join(p for p in (params, "log-level=error") if p)
+        if params:
+            options["x264-params" if codec == "libx264" else "x265-params"] = params
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".part" + os.path.splitext(path)[1]
+    container = av.open(tmp, "w", format=_format_for(path))
+    astream = []
+    try:
+        add_audio = (lambda: astream.append(_add_audio(container, audio))) if audio is not None else None
+        try:
+            _encode_video(container, frames, rate, codec, pix_fmt, options, add_audio)
+        except CPGDInputError as e:
+            raise CPGDInputError(f"{e} ({path})") from e
+        if astream:
+            _mux_audio(container, astream[0], audio)
+        container.close()
+    except BaseException:
+        container.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def _format_for(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    return {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}.get(ext, "mp4")
+
+
+def _even(n: int, pix_fmt: str) -> int:
+    return n + (n % 2) if pix_fmt in ("yuv420p", "yuvj420p", "nv12", "yuv422p") else n
+
+
+def _pad_even(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+    if rgb.shape[1] == w and rgb.shape[0] == h:
+        return rgb
+    return np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")
+
+
+def _add_audio(container, audio: dict):
+    wav = audio["waveform"]
+    sr = int(audio["sample_rate"])
+    channels = int(wav.shape[-2])
+    a = container.add_stream("aac", rate=sr)
+    a.layout = "mono" if channels == 1 else "stereo"
+    return a
+
+
+def _mux_audio(container, a, audio: dict) -> None:
+    wav = audio["waveform"]
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().float().numpy()
+    wav = np.asarray(wav, np.float32)
+    if wav.ndim == 3:
+        wav = wav[0]
+    channels = 1 if a.layout.name == "mono" else 2
+    if wav.shape[0] > channels:  # more than stereo: keep the first two channels
+        wav = wav[:channels]
+    elif wav.shape[0] < channels:
+        wav = np.repeat(wav, channels, 0)
+    wav = np.ascontiguousarray(np.clip(wav, -1, 1))
+    sr = int(audio["sample_rate"])
+    fr = av.AudioFrame.from_ndarray(wav, format="fltp", layout=a.layout.name)
+    fr.sample_rate = sr
+    fr.pts = 0
+    fr.time_base = Fraction(1, sr)
+    # The encoder needs fixed-size frames: a resampler with frame_size does the re-chunking.
+    rs = av.AudioResampler(format=a.codec_context.format or "fltp", layout=a.layout.name, rate=sr,
+                           frame_size=a.codec_context.frame_size or 1024)
+    for rf in list(rs.resample(fr)) + list(rs.resample(None)):
+        for p in a.encode(rf):
+            container.mux(p)
+    for p in a.encode():
+        container.mux(p)
+
+
+def encode_h264_bytes(frames: FrameSource, fps: Union[float, Fraction], crf: int = 18, preset: str = "superfast",
+                      x264_params: str = "bframes=0:ref=1") -> bytes:
+    """Encode frames to an in-memory H.264 MP4 (no audio). Same frame arguments as ``write_video``."""
+    buf = io.BytesIO()
+    c = av.open(buf, "w", format="mp4")
+    try:
+        _encode_video(c, frames, _rate(fps), "libx264", "yuv420p",
+                      {"crf": str(crf), "preset": preset, "x264-params": x264_params})
+    finally:
+        c.close()
+    return buf.getvalue()

@@ -1,0 +1,335 @@
+"""Decoding with codec priors: real PyAV encodes of real photos moved along known camera paths."""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from cpgd_core.codec.decode import iter_decoded, iter_video_chunks, load_video, probe, read_audio
+from cpgd_core.codec.encode import write_video
+from cpgd_core.codec.motion import grid_size
+from cpgd_core.data.synth import load_photo, pan_zoom_path, render_path
+from cpgd_core.errors import CPGDInputError
+
+SIZE = (320, 240)
+T = 12
+DX, DY = 3.25, -1.5
+
+
+def _epe(flow: torch.Tensor, valid: torch.Tensor, true_dense: torch.Tensor) -> float:
+    """Median end-point error of a block-grid field (2,h,w) against a dense true field (2,H,W), on valid cells."""
+    h, w = flow.shape[-2:]
+    # True flow at the centre pixel of each 4x4 cell.
+    ys = torch.arange(h) * 4 + 2
+    xs = torch.arange(w) * 4 + 2
+    ys = ys.clamp(max=true_dense.shape[-2] - 1)
+    xs = xs.clamp(max=true_dense.shape[-1] - 1)
+    t = true_dense[:, ys][:, :, xs]
+    e = (flow.float() - t).norm(dim=0)[valid[0]]
+    return float(e.median())
+
+
+def _clip(tmp, name, matrices, codec="libx264", params="bframes=0:ref=1", crf=18, audio=None, size=SIZE):
+    img = load_photo("astronaut")
+    frames, flows = render_path(img, matrices, size)
+    path = os.path.join(tmp, name)
+    write_video(path, torch.from_numpy(frames), 24, audio=audio, codec=codec, crf=crf, preset="medium",
+                x264_params=params)
+    return path, torch.from_numpy(frames), torch.from_numpy(flows)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("codec"))
+    img_shape = load_photo("astronaut").shape
+    pan = pan_zoom_path(img_shape, SIZE, T, DX, DY)
+    zoom = pan_zoom_path(img_shape, SIZE, T, 1.0, 0.5, zoom_per_frame=1.012, angle_per_frame=0.004)
+    out = {
+        "pan": _clip(tmp, "pan.mp4", pan),
+        "zoom": _clip(tmp, "zoom.mp4", zoom),
+        "bframes": _clip(tmp, "bframes.mp4", pan, params="bframes=2:b-pyramid=none:ref=1"),
+        "intpan": _clip(tmp, "intpan.mp4", pan_zoom_path(img_shape, SIZE, 6, 4.0, 0.0),
+                        params="bframes=0:ref=1:weightp=0:no-deblock=1"),
+        "hevc": _clip(tmp, "hevc.mkv", pan, codec="libx265", params=None),
+    }
+    out["tmp"] = tmp
+    return out
+
+
+def test_pan_flow_matches_true_motion(clips):
+    path, frames, true = clips["pan"]
+    x, pri, audio, info = load_video(path)
+    assert x.shape == (T, 3, SIZE[1], SIZE[0]) and x.dtype == torch.float32
+    assert pri.flow_to_prev.shape == (T, 2, *grid_size(SIZE[1], SIZE[0]))
+    assert pri.source == "bitstream:h264" and pri.frame_types[0] == "I" and set(pri.frame_types[1:]) == {"P"}
+    assert not pri.valid_to_prev[0].any() and not pri.valid_to_next[-1].any()
+    assert audio is None
+    for t in range(1, T):
+        assert pri.valid_to_prev[t].float().mean() > 0.9
+        assert _epe(pri.flow_to_prev[t], pri.valid_to_prev[t], true[t]) <= 0.5
+    # P-only stream: flow_to_next is the inverted next field; true flow to next of a pan is minus the pan.
+    for t in range(T - 1):
+        assert pri.valid_to_next[t].float().mean() > 0.85
+        assert _epe(pri.flow_to_next[t], pri.valid_to_next[t], -true[t + 1]) <= 0.5
+    # Decoded pixels are close to the source (crf 18).
+    assert float((x - frames).abs().mean()) < 0.02
+    assert "bitstream:h264" in info and "12 frames" in info
+
+
+def test_zoom_rotation_flow(clips):
+    path, _, true = clips["zoom"]
+    _, pri, _, _ = load_video(path)
+    errs = [_epe(pri.flow_to_prev[t], pri.valid_to_prev[t], true[t]) for t in range(1, T)]
+    assert max(errs) <= 0.5, errs
+
+
+def test_residual_is_motion_compensated(clips):
+    path, _, _ = clips["pan"]
+    x, pri, _, _ = load_video(path)
+    res = pri.residual[1:].float().abs().mean()
+    diff = (x[1:] - x[:-1]).abs().mean()
+    assert pri.residual.shape == (T, 1, SIZE[1], SIZE[0])
+    assert res < 0.2 * diff, (float(res), float(diff))
+    assert float(pri.residual[0].abs().max()) == 0.0  # first frame: nothing to predict from
+    assert float(pri.residual.float().min()) < 0 < float(pri.residual.float().max())  # signed
+
+
+def test_residual_exactly_zero_blocks_without_deblocking(clips):
+    # Integer-pel pan, ref=1, no deblocking: skipped macroblocks are exact copies, so a large share of
+    # 16x16 blocks has an exactly zero residual, which an approximate predictor could not produce.
+    path, _, _ = clips["intpan"]
+    _, pri, _, _ = load_video(path)
+    r = pri.residual[1:, 0].float()
+    h, w = (r.shape[1] // 16) * 16, (r.shape[2] // 16) * 16
+    blocks = r[:, :h, :w].reshape(r.shape[0], h // 16, 16, w // 16, 16).abs().amax(dim=(2, 4))
+    assert float((blocks == 0).float().mean()) > 0.3
+
+
+def test_range_nth_cap_bookkeeping(clips):
+    path, _, true = clips["pan"]
+    full, pfull, _, _ = load_video(path)
+    x, pri, _, info = load_video(path, start=1, cap=4, every_nth=3)
+    assert pri.source_indices == [1, 4, 7, 10]
+    assert torch.equal(x, full[[1, 4, 7, 10]])
+    assert pri.fps == Fraction(8)
+    assert torch.equal(pri.residual, pfull.residual[[1, 4, 7, 10]])
+    assert not pri.valid_to_prev[0].any() and not pri.valid_to_next[-1].any()
+    # Chained fields connect kept frames: three frames of pan.
+    for t in range(1, 4):
+        assert pri.valid_to_prev[t].float().mean() > 0.8
+        assert _epe(pri.flow_to_prev[t], pri.valid_to_prev[t], 3 * true[1]) <= 0.5
+        assert _epe(pri.flow_to_next[t - 1], pri.valid_to_next[t - 1], -3 * true[1]) <= 0.5
+    x2, p2, _, _ = load_video(path, start=10)
+    assert p2.source_indices == [10, 11] and x2.shape[0] == 2
+    with pytest.raises(CPGDInputError, match="past the end"):
+        load_video(path, start=T)
+    with pytest.raises(CPGDInputError, match="every_nth"):
+        load_video(path, every_nth=0)
+    with pytest.raises(CPGDInputError, match="limit"):
+        load_video(path, max_frames_in_memory=5)
+
+
+def test_resize_scales_frames_and_priors(clips):
+    path, _, _ = clips["pan"]
+    x, pri, _, _ = load_video(path, size=(160, 120), cap=4)
+    assert x.shape == (4, 3, 120, 160)
+    assert pri.flow_to_prev.shape == (4, 2, 30, 40) and pri.residual.shape == (4, 1, 120, 160)
+    v = pri.valid_to_prev[2, 0]
+    med = pri.flow_to_prev[2].float()[:, v].median(dim=1).values
+    assert torch.allclose(med, torch.tensor([DX / 2, DY / 2]), atol=0.25)
+
+
+def test_bframe_stream_gives_future_motion(clips):
+    path, _, true = clips["bframes"]
+    _, pri, _, _ = load_video(path)
+    assert "B" in pri.frame_types
+    b = [t for t, k in enumerate(pri.frame_types) if k == "B" and t < T - 1]
+    assert len(b) >= 4
+    errs = []
+    for t in b:
+        assert pri.valid_to_next[t].float().mean() > 0.4
+        errs.append(_epe(pri.flow_to_next[t], pri.valid_to_next[t], -true[t + 1]))
+    # x264's threaded lookahead makes its B-frame decisions timing dependent; one odd frame is tolerated.
+    assert sum(e <= 0.5 for e in errs) >= len(errs) - 1, errs
+    # P-frames after B-frames point 3 frames back; rescaled to the adjacent frame.
+    for t, k in enumerate(pri.frame_types):
+        if t and pri.valid_to_prev[t].any():
+            assert _epe(pri.flow_to_prev[t], pri.valid_to_prev[t], true[t]) <= 0.5
+
+
+def test_hevc_falls_back_to_reencode(clips):
+    path, _, true = clips["hevc"]
+    info = probe(path)
+    assert info.codec == "hevc" and not info.exports_mvs
+    x, pri, _, text = load_video(path, cap=6)
+    assert pri.source == "reencode:libx264" and "re-encode" in text
+    assert x.shape[0] == 6
+    for t in range(1, 6):
+        assert _epe(pri.flow_to_prev[t], pri.valid_to_prev[t], true[t]) <= 0.5
+
+
+def test_qp_map(clips):
+    path, _, _ = clips["pan"]
+    _, pri, _, _ = load_video(path, export_qp=True, cap=3)
+    assert pri.qp is not None and pri.qp.shape == (3, 1, 15, 20)
+    assert 0 <= float(pri.qp.min()) and float(pri.qp.max()) <= 51 and float(pri.qp.std()) > 0
+
+
+def test_streaming_iterator_matches_loader(clips):
+    path, _, _ = clips["pan"]
+    x, pri, _, _ = load_video(path, cap=5)
+    items = list(iter_decoded(path, cap=5))
+    assert [f.index for f in items] == list(range(5))
+    assert np.array_equal(items[3].rgb, (x[3].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert np.allclose(items[3].flow_to_prev, pri.flow_to_prev[3].float().numpy(), atol=1e-2)
+    assert items[2].time == pytest.approx(2 / 24)
+
+
+def test_chunks_cover_clip_with_overlap(clips):
+    path, _, _ = clips["pan"]
+    full, pfull, _, _ = load_video(path)
+    chunks = list(iter_video_chunks(path, chunk=5, overlap=2))
+    assert [c[2] for c in chunks] == [0, 3, 6, 9]
+    for frames, pri, first in chunks:
+        n = frames.shape[0]
+        assert torch.equal(frames, full[first:first + n])
+        assert pri.source_indices == list(range(first, first + n))
+        assert not pri.valid_to_prev[0].any()
+        assert torch.equal(pri.flow_to_prev[1:], pfull.flow_to_prev[first + 1:first + n])
+    assert chunks[-1][0].shape[0] == 3
+
+
+def test_mpeg4_clip(tmp_path):
+    img = load_photo("coffee")
+    frames, true = render_path(img, pan_zoom_path(img.shape, SIZE, 9, 2.0, 1.0), SIZE)
+    path = str(tmp_path / "m4v.mp4")
+    c = av.open(path, "w")
+    s = c.add_stream("mpeg4", rate=24)
+    s.width, s.height, s.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+    s.codec_context.options = {"qscale": "3"}
+    s.codec_context.max_b_frames = 2
+    for f in frames:
+        for p in s.encode(av.VideoFrame.from_ndarray((f.transpose(1, 2, 0) * 255).round().astype(np.uint8), "rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    _, pri, _, _ = load_video(path)
+    assert pri.source == "bitstream:mpeg4"
+    assert "B" in pri.frame_types
+    true = torch.from_numpy(true)
+    checked = 0
+    for t, k in enumerate(pri.frame_types):
+        if k == "B":  # MPEG-4 direct-mode B vectors are exported as zeros: never reported as motion
+            assert not pri.valid_to_prev[t].any()
+        elif k == "P" and pri.valid_to_prev[t].any():  # the encoder's last P-frame here is all intra
+            checked += 1
+            assert _epe(pri.flow_to_prev[t], pri.valid_to_prev[t], true[t]) <= 0.5
+    assert checked >= 2
+
+
+def test_variable_frame_rate(tmp_path):
+    img = load_photo("chelsea")
+    frames, _ = render_path(img, pan_zoom_path(img.shape, (160, 128), 10, 2.0, 0.0), (160, 128))
+    path = str(tmp_path / "vfr.mp4")
+    c = av.open(path, "w")
+    s = c.add_stream("libx264", rate=30)
+    s.width, s.height, s.pix_fmt = 160, 128, "yuv420p"
+    s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+    s.codec_context.options = {"x264-params": "bframes=0:ref=1"}
+    pts = np.cumsum([0, 33, 33, 50, 33, 66, 33, 40, 33, 33])
+    for f, p in zip(frames, pts):
+        vf = av.VideoFrame.from_ndarray((f.transpose(1, 2, 0) * 255).astype(np.uint8), "rgb24")
+        vf.pts, vf.time_base = int(p), Fraction(1, 1000)
+        for pk in s.encode(vf):
+            c.mux(pk)
+    for pk in s.encode():
+        c.mux(pk)
+    c.close()
+    info = probe(path)
+    assert info.variable_fps and info.frame_count == 10
+    assert float(info.fps) == pytest.approx(9 / 0.354, rel=0.02)
+    items = list(iter_decoded(path))
+    assert [round(f.time, 3) for f in items] == [round(p / 1000, 3) for p in pts]
+    _, pri, _, _ = load_video(path)
+    assert len(pri) == 10 and pri.valid_to_prev[1:].any()
+
+
+def test_audio_is_trimmed_to_kept_frames(tmp_path):
+    img = load_photo("astronaut")
+    frames, _ = render_path(img, pan_zoom_path(img.shape, (128, 96), 24, 1.0, 0.0), (128, 96))
+    sr = 16000
+    t = np.arange(sr) / sr
+    wav = torch.from_numpy((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)).view(1, 1, -1).repeat(1, 2, 1)
+    path = str(tmp_path / "a.mp4")
+    write_video(path, torch.from_numpy(frames), 24, audio={"waveform": wav, "sample_rate": sr})
+    assert probe(path).has_audio
+    _, _, audio, _ = load_video(path)
+    assert audio["sample_rate"] == sr and audio["waveform"].shape[:2] == (1, 2)
+    assert audio["waveform"].shape[2] == pytest.approx(sr, abs=sr * 0.05)
+    _, _, part, _ = load_video(path, start=6, cap=6)  # 0.25 s .. 0.5 s
+    assert part["waveform"].shape[2] == pytest.approx(sr // 4, abs=sr * 0.01)
+    assert read_audio(path, 0.0, 0.5)["waveform"].shape[2] == pytest.approx(sr // 2, abs=sr * 0.01)
+
+
+def test_bad_inputs(tmp_path, clips):
+    with pytest.raises(CPGDInputError, match="not found"):
+        load_video(str(tmp_path / "missing.mp4"))
+    txt = tmp_path / "notes.mp4"
+    txt.write_text("this is not a video\n" * 50)
+    with pytest.raises(CPGDInputError, match="not a readable media file"):
+        load_video(str(txt))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(CPGDInputError, match="empty"):
+        probe(str(empty))
+    data = open(clips["pan"][0], "rb").read()
+    cut = tmp_path / "truncated.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CPGDInputError, match="corrupt|truncated|not a readable"):
+        load_video(str(cut))
+    # Audio-only file.
+    apath = str(tmp_path / "tone.m4a")
+    c = av.open(apath, "w", format="mp4")
+    a = c.add_stream("aac", rate=16000)
+    a.layout = "mono"
+    fr = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+    fr.sample_rate, fr.pts = 16000, 0
+    rs = av.AudioResampler(format="fltp", layout="mono", rate=16000, frame_size=1024)
+    for rf in list(rs.resample(fr)) + list(rs.resample(None)):
+        for p in a.encode(rf):
+            c.mux(p)
+    for p in a.encode():
+        c.mux(p)
+    c.close()
+    with pytest.raises(CPGDInputError, match="no video stream"):
+        load_video(apath)
+
+
+def test_single_image_file(tmp_path):
+    import cv2
+
+    p = str(tmp_path / "still.png")
+    cv2.imwrite(p, load_photo("chelsea")[:, :, ::-1])
+    x, pri, _, _ = load_video(p)
+    assert x.shape == (1, 3, 300, 451)
+    assert pri.source == "reencode:libx264" and not pri.valid_to_prev.any()
+
+
+def test_real_phone_clips(real_clips):
+    for path in real_clips[:2]:
+        info = probe(path)
+        assert info.codec == "mpeg4" and (info.width, info.height) == (1280, 768)
+        x, pri, audio, _ = load_video(path, cap=8, size=(640, 384))
+        assert x.shape == (8, 3, 384, 640) and audio is None
+        assert pri.source == "bitstream:mpeg4"
+        p = [t for t, k in enumerate(pri.frame_types) if k == "P" and t > 0]
+        cover = [float(pri.valid_to_prev[t].float().mean()) for t in p]
+        # Shaky phone footage: some P-frames are mostly intra-coded, most are not.
+        assert p and np.mean(cover) > 0.5 and max(cover) > 0.8
+        assert float(pri.residual[p].float().abs().mean()) < float((x[1:] - x[:-1]).abs().mean())
+    assert any(probe(p).variable_fps for p in real_clips)

@@ -1,0 +1,110 @@
+"""Block rasteriser and grid-flow arithmetic against straightforward references."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, resize_grid
+from cpgd_core.codec.residual import mc_residual
+
+MV_DTYPE = np.dtype({"names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x",
+                               "motion_y", "motion_scale"],
+                     "formats": ["<i4", "u1", "u1", "<i2", "<i2", "<i2", "<i2", "<u8", "<i4", "<i4", "<u2"],
+                     "offsets": [0, 4, 5, 6, 8, 10, 12, 16, 24, 28, 32], "itemsize": 40, "aligned": True})
+
+
+def _random_partition(rng, height, width, hole_p=0.1):
+    """H.264-like macroblock partitions (16x16, 16x8, 8x16, 8x8), both directions, with intra holes."""
+    rows = []
+    for my in range(0, height, 16):
+        for mx in range(0, width, 16):
+            if rng.random() < hole_p:
+                continue
+            shape = [(16, 16), (16, 8), (8, 16), (8, 8)][rng.integers(4)]
+            for oy in range(0, 16, shape[1]):
+                for ox in range(0, 16, shape[0]):
+                    for src in ([-1], [1], [-1, 1])[rng.integers(3)]:
+                        w, h = shape
+                        rows.append((src, w, h, 0, 0, mx + ox + w // 2, my + oy + h // 2, 0,
+                                     int(rng.integers(-64, 64)), int(rng.integers(-64, 64)), 4))
+    return np.array(rows, dtype=MV_DTYPE)
+
+
+def _naive(mvs, height, width, source, stride):
+    gh, gw = -(-height // stride), -(-width // stride)
+    flow = np.zeros((2, gh, gw), np.float32)
+    valid = np.zeros((1, gh, gw), bool)
+    for m in mvs:
+        if m["source"] != source:
+            continue
+        x0, y0 = m["dst_x"] - m["w"] // 2, m["dst_y"] - m["h"] // 2
+        for y in range(max(0, y0), min(height, y0 + m["h"])):
+            for x in range(max(0, x0), min(width, x0 + m["w"])):
+                flow[:, y // stride, x // stride] = (m["motion_x"] / m["motion_scale"], m["motion_y"] / m["motion_scale"])
+                valid[0, y // stride, x // stride] = True
+    return flow, valid
+
+
+def test_rasteriser_matches_naive_loop():
+    rng = np.random.default_rng(3)
+    height, width = 72, 104  # not multiples of 16: edge blocks hang off the frame
+    mvs = _random_partition(rng, height, width)
+    for source in (-1, 1):
+        f, v = mvs_to_flow(mvs, height, width, source, stride=4)
+        nf, nv = _naive(mvs, height, width, source, 4)
+        assert f.shape == (2, 18, 26) and v.shape == (1, 18, 26)
+        assert np.array_equal(v, nv) and np.array_equal(f, nf)
+        assert 0.3 < v.mean() < 0.95
+
+
+def test_no_vectors_is_invalid_not_zero_motion():
+    f, v = mvs_to_flow(None, 64, 64)
+    assert not v.any() and f.shape == (2, 16, 16)
+    zeros = np.zeros(4, MV_DTYPE)
+    zeros["source"], zeros["w"], zeros["h"], zeros["motion_scale"] = -1, 16, 16, 2
+    zeros["dst_x"], zeros["dst_y"] = [8, 24, 8, 24], [8, 8, 24, 24]
+    assert mvs_to_flow(zeros, 32, 32)[1].all()  # genuine zero motion on a P-frame
+    assert not mvs_to_flow(zeros, 32, 32, zero_means_missing=True)[1].any()  # MPEG-4 B direct-mode zeros
+
+
+def test_compose_and_invert_constant_fields():
+    f1 = torch.zeros(1, 2, 10, 12)
+    f1[:, 0], f1[:, 1] = 6.0, -2.0
+    f2 = torch.zeros(1, 2, 10, 12)
+    f2[:, 0], f2[:, 1] = 2.0, 4.0
+    ones = torch.ones(1, 1, 10, 12, dtype=torch.bool)
+    c, cv = compose_grid(f1, ones, f2, ones, stride=4)
+    assert torch.allclose(c[0, :, 5, 5], torch.tensor([8.0, 2.0]))
+    # 6 px = 1.5 cells to the right: the last columns land outside and become invalid.
+    assert cv[0, 0, 5, :10].all() and not cv[0, 0, 5, -1]
+    g, gv = invert_grid(f1, ones, stride=4)
+    assert torch.allclose(g[0, :, 5, 5], torch.tensor([-6.0, 2.0]))
+    half = ones.clone()
+    half[..., 6:] = False
+    _, hv = invert_grid(f1, half, stride=4)
+    assert hv[0, 0, 5, 2] and not hv[0, 0, 5, 8]
+
+
+def test_resize_grid_scales_vectors():
+    f = torch.ones(1, 2, 8, 10) * torch.tensor([4.0, 2.0]).view(1, 2, 1, 1)
+    v = torch.ones(1, 1, 8, 10, dtype=torch.bool)
+    r, rv = resize_grid(f, v, (16, 20), (32, 40))
+    assert r.shape == (1, 2, 4, 5) and torch.allclose(r[0, :, 0, 0], torch.tensor([2.0, 1.0])) and rv.all()
+
+
+def test_residual_of_exact_shift_is_zero():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (32, 48)).astype(np.uint8)
+    cur = np.roll(ref, -3, axis=1)  # cur(x) = ref(x + 3)
+    flow = np.zeros((2, 8, 12), np.float32)
+    flow[0] = 3.0
+    valid = np.ones((1, 8, 12), bool)
+    res, comp = mc_residual(cur, ref, flow, valid)
+    assert res.shape == (1, 32, 48) and comp.all()
+    assert np.abs(res[0, :, :44]).max() == 0.0
+    valid[:, :, :6] = False
+    res2, comp2 = mc_residual(cur, ref, flow, valid, signed=False)
+    assert not comp2[:, :24].any() and comp2[:, 24:].all()
+    assert np.allclose(res2[0, :, :24], np.abs(cur[:, :24].astype(np.float32) - ref[:, :24]) / 255.0)
+    rgb, _ = mc_residual(np.dstack([cur] * 3), np.dstack([ref] * 3), flow, np.ones((1, 8, 12), bool))
+    assert rgb.shape == (3, 32, 48) and np.abs(rgb[:, :, :44]).max() == 0.0
