@@ -58,7 +58,7 @@ function buildPanel(node) {
   bar.style.cssText = "display:flex;gap:4px;align-items:center;font:11px sans-serif;color:#ccc;";
   const buttons = MODES.map((mode) => {
     const b = document.createElement("button");
-    b.textContent = mode === "off" ? "no overlay" : mode;
+    b.textContent = mode;
     b.dataset.mode = mode;
     b.style.cssText = "flex:1;padding:1px 4px;border-radius:4px;border:1px solid #555;cursor:pointer;";
     b.onclick = () => setMode(node, mode);
