@@ -8,7 +8,7 @@ from __future__ import annotations
 
 SAMPLE = "cpgd_sample_blurry.mp4"
 SD_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"
-CPCONTROLNET_FILE = "cpcontrolnet.safetensors"   # docs/CPC.md; replaced by the documented name when it lands
+CPCONTROLNET_FILE = "cpgd_cpcontrolnet.safetensors"  # models/controlnet or models/cpgd (nodes/cpc_nodes.py)
 CPFP_FILE = "cpfp_lite.safetensors"              # shipped: cpgd_core/weights/cpfp_lite.safetensors
 
 # node: key -> {"type", "pos", "widgets" (name -> value), optional "title", "size", "mode"}
@@ -29,7 +29,7 @@ INSPECT_PRIORS = {
                    "title": "Motion vectors (colour wheel)"},
         "residual": {"type": "PreviewImage", "pos": (1250, 380), "size": (340, 300), "title": "Residual (heat map)"},
         "info": {"type": "PreviewAny", "pos": (480, 420), "title": "Decode info"},
-        "note": _note((40, 760), (
+        "note": _note((-440, 120), (
             "## Inspect codec priors\n\n"
             "Decodes the clip and shows what the H.264 stream already knows about it:\n\n"
             "- **Motion vectors** on a colour wheel (hue = direction, saturation = speed, black = no vector:"
@@ -48,8 +48,141 @@ INSPECT_PRIORS = {
 }
 
 
+def _stage_one(y: int = 120) -> tuple[dict, list]:
+    """Loader -> CPFP restore, shared by every deblurring workflow (keys: load, cpfp, restore)."""
+    nodes = {
+        "load": {"type": "CPGD_LoadVideoWithPriors", "pos": (40, y), "widgets": {"video": SAMPLE}},
+        "cpfp": {"type": "CPGD_CPFPLoader", "pos": (40, y + 640), "widgets": {"model_name": CPFP_FILE}},
+        "restore": {"type": "CPGD_CPFPRestore", "pos": (480, y)},
+    }
+    links = [
+        ("load", "images", "restore", "images"),
+        ("load", "priors", "restore", "priors"),
+        ("cpfp", "model", "restore", "model"),
+    ]
+    return nodes, links
+
+
+def _save_video(key: str, pos: tuple[int, int], prefix: str, images: tuple[str, str]) -> tuple[dict, list]:
+    """CreateVideo with the source fps and audio -> SaveVideo (keys: <key>_create, <key>_save)."""
+    nodes = {
+        f"{key}_create": {"type": "CreateVideo", "pos": pos},
+        f"{key}_save": {"type": "SaveVideo", "pos": (pos[0] + 360, pos[1]), "size": (400, 420),
+                        "widgets": {"filename_prefix": prefix}},
+    }
+    links = [
+        (images[0], images[1], f"{key}_create", "images"),
+        ("load", "fps", f"{key}_create", "fps"),
+        ("load", "audio", f"{key}_create", "audio"),
+        (f"{key}_create", "VIDEO", f"{key}_save", "video"),
+    ]
+    return nodes, links
+
+
+def _stage_one_workflow() -> dict:
+    nodes, links = _stage_one()
+    for extra in (_save_video("out", (900, 40), "cpgd/deblurred", ("restore", "images")),
+                  _save_video("ba", (900, 560), "cpgd/before_after", ("stitch", "IMAGE"))):
+        nodes.update(extra[0])
+        links += extra[1]
+    nodes["stitch"] = {"type": "ImageStitch", "pos": (480, 560), "title": "Before | after",
+                       "widgets": {"direction": "right", "spacing_width": 8}}
+    nodes["note"] = _note((-440, 120), (
+        "## Stage one: CPFP deblurring\n\n"
+        "Deblurs a video with the CPFP network guided by the codec's motion vectors and residuals. "
+        "Runs on a CPU with the shipped `cpfp_lite` weights.\n\n"
+        "- **Load Video with Codec Priors** decodes the clip and reads its H.264 priors.\n"
+        "- **CPFP Restore** deblurs in overlapping temporal chunks (and tiles for large frames).\n"
+        "- **Create Video → Save Video** keep the source fps and audio.\n"
+        "- The second video shows the input and the result side by side.\n\n"
+        f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder."))
+    links += [("load", "images", "stitch", "image1"), ("restore", "images", "stitch", "image2")]
+    return {"nodes": nodes, "links": links}
+
+
+def _stage_two(sampler: str) -> dict:
+    """Stage one -> CPControlNet -> sampler -> VAE decode -> colour fix -> video with fps and audio."""
+    nodes, links = _stage_one()
+    nodes["load"]["widgets"]["frame_load_cap"] = 16
+    nodes.update({
+        "ckpt": {"type": "CheckpointLoaderSimple", "pos": (40, 1000), "widgets": {"ckpt_name": SD_CHECKPOINT}},
+        "prompt": {"type": "CPGD_DefaultPrompt", "pos": (480, 1000), "size": (380, 160)},
+        "pos": {"type": "CLIPTextEncode", "pos": (900, 1000), "title": "Positive prompt", "size": (380, 160)},
+        "neg": {"type": "CLIPTextEncode", "pos": (900, 1200), "title": "Negative prompt", "size": (380, 160),
+                "widgets": {"text": "blurry, motion blur, low quality, noisy, oversmoothed"}},
+        "cn": {"type": "CPGD_CPControlNetLoader", "pos": (480, 1250), "widgets": {"control_net_name": CPCONTROLNET_FILE}},
+        "apply": {"type": "CPGD_CPControlNetApply", "pos": (1320, 640)},
+        "encode": {"type": "VAEEncode", "pos": (900, 640), "title": "Encode stage-one frames"},
+        "decode": {"type": "VAEDecode", "pos": (2140, 120)},
+        "colorfix": {"type": "CPGD_ColorFix", "pos": (2140, 260)},
+    })
+    links += [
+        ("prompt", "text", "pos", "text"),
+        ("ckpt", "CLIP", "pos", "clip"),
+        ("ckpt", "CLIP", "neg", "clip"),
+        ("pos", "CONDITIONING", "apply", "positive"),
+        ("neg", "CONDITIONING", "apply", "negative"),
+        ("cn", "CONTROL_NET", "apply", "control_net"),
+        ("ckpt", "VAE", "apply", "vae"),
+        ("restore", "images", "apply", "image"),
+        ("load", "priors", "apply", "priors"),
+        ("restore", "images", "encode", "pixels"),
+        ("ckpt", "VAE", "encode", "vae"),
+        ("ckpt", "VAE", "decode", "vae"),
+        ("decode", "IMAGE", "colorfix", "image"),
+        ("restore", "images", "colorfix", "reference"),
+    ]
+    if sampler == "ksampler":
+        nodes["sampler"] = {"type": "KSampler", "pos": (1740, 120),
+                            "widgets": {"steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+                                        "denoise": 1.0}}
+        links += [("ckpt", "MODEL", "sampler", "model"), ("apply", "positive", "sampler", "positive"),
+                  ("apply", "negative", "sampler", "negative"), ("encode", "LATENT", "sampler", "latent_image"),
+                  ("sampler", "LATENT", "decode", "samples")]
+    else:
+        nodes["load"]["widgets"]["frame_load_cap"] = 0
+        nodes.update({
+            "select": {"type": "KSamplerSelect", "pos": (1320, 1000), "widgets": {"sampler_name": "euler"}},
+            "sigmas": {"type": "BasicScheduler", "pos": (1320, 1120),
+                       "widgets": {"scheduler": "normal", "steps": 20, "denoise": 1.0}},
+            "sampler": {"type": "CPGD_VideoSampler", "pos": (1740, 120), "size": (360, 420),
+                        "widgets": {"chunk_size": 6, "chunk_overlap": 2, "tile_size": 64, "tile_overlap": 32,
+                                    "noise_mode": "mv-warped", "cfg": 1.0}},
+        })
+        links += [("ckpt", "MODEL", "sigmas", "model"),
+                  ("ckpt", "MODEL", "sampler", "model"), ("apply", "positive", "sampler", "positive"),
+                  ("apply", "negative", "sampler", "negative"), ("encode", "LATENT", "sampler", "latent"),
+                  ("select", "SAMPLER", "sampler", "sampler"), ("sigmas", "SIGMAS", "sampler", "sigmas"),
+                  ("load", "priors", "sampler", "priors"), ("sampler", "LATENT", "decode", "samples")]
+    video_nodes, video_links = _save_video("out", (2540, 120), "cpgd/cpgd", ("colorfix", "IMAGE"))
+    nodes.update(video_nodes)
+    links += video_links
+    long_video = sampler != "ksampler"
+    nodes["note"] = _note((-480, 120), (
+        ("## Long video: chunked CPGD sampler\n\n"
+         "Same pipeline as *Full CPGD*, but **CPGD Video Sampler** samples the clip in chunks of "
+         "`chunk_size` frames sharing `chunk_overlap` frames (cross-faded) and in latent tiles of "
+         "`tile_size` with `tile_overlap` (Gaussian-blended), so memory stays bounded for any length "
+         "and resolution. `noise_mode` mv-warped carries the initial noise along the codec motion vectors. "
+         "Sampler and scheduler come from the stock *KSamplerSelect* / *BasicScheduler* nodes.\n\n")
+        if long_video else
+        ("## Full CPGD (stage one + CPControlNet + diffusion)\n\n"
+         "Stage one deblurs with CPFP; its frames and the codec priors then steer SD 2.1-base through "
+         "the **CPControlNet**. The sampler is the stock **KSampler** (swap sampler, scheduler or the "
+         "node itself freely). **Colour Fix** restores the stage-one colours; the video keeps the "
+         "source fps and audio.\n\n")) + (
+        "Model files (not downloaded by this pack):\n\n"
+        f"- `models/checkpoints/{SD_CHECKPOINT}` (Stable Diffusion 2.1-base)\n"
+        f"- `models/controlnet/{CPCONTROLNET_FILE}` (CPControlNet, see the README)\n\n"
+        "Needs a GPU for useful speed."), size=(420, 300))
+    return {"nodes": nodes, "links": links}
+
+
 WORKFLOWS: dict[str, dict] = {
+    "cpgd_stage_one_deblur": _stage_one_workflow(),
+    "cpgd_full": _stage_two("ksampler"),
     "cpgd_inspect_priors": INSPECT_PRIORS,
+    "cpgd_long_video": _stage_two("video_sampler"),
 }
 
 # Workflows the browser tests queue and wait for (the others are loaded, converted and validated only:
