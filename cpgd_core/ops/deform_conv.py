@@ -189,14 +189,14 @@ class TorchBackend:
         tap_x = (torch.arange(g.kw, device=dev, dtype=dt) * dw).repeat(g.kh)
         base_y = tap_y.view(-1, 1, 1) + (torch.arange(r0, r1, device=dev, dtype=dt) * sh - ph).view(1, -1, 1)
         base_x = tap_x.view(-1, 1, 1) + (torch.arange(g.wo, device=dev, dtype=dt) * sw - pw).view(1, 1, -1)
-        y = off[:, :, :, 0] + base_y  # (n, G, K, rows, Wo)
-        x = off[:, :, :, 1] + base_x
 
+        # Band bounds from min/max of the offsets plus the base range: one reduction over the offsets only,
+        # at worst a slightly wider (still correct) band than the exact sample range.
         lo, hi = 0, g.h - 1
-        y_min, y_max = (float(v) for v in torch.aminmax(y))
-        if math.isfinite(y_min) and math.isfinite(y_max):
-            lo = min(max(math.floor(y_min), 0), g.h - 1)
-            hi = min(max(math.floor(y_max) + 1, lo), g.h - 1)
+        off_min, off_max = (float(v) for v in torch.aminmax(off[:, :, :, 0]))
+        if math.isfinite(off_min) and math.isfinite(off_max):
+            lo = min(max(math.floor(off_min + float(base_y.min())), 0), g.h - 1)
+            hi = min(max(math.floor(off_max + float(base_y.max())) + 1, lo), g.h - 1)
         if hi == lo and g.h > 1:  # align_corners=True needs >= 2 rows; widen with real rows when there are any
             lo, hi = (lo, hi + 1) if hi + 1 < g.h else (lo - 1, hi)
         band = inp[n0:n1, :, lo:hi + 1]
@@ -205,7 +205,10 @@ class TorchBackend:
             band = F.pad(band, (0, int(band.shape[3] == 1), 0, int(band.shape[2] == 1)))
         hb, wb = band.shape[2], band.shape[3]
         sy, sx = 2.0 / (hb - 1), 2.0 / (wb - 1)
-        grid = torch.stack(((x * sx - 1.0), ((y - lo) * sy - 1.0)), dim=-1)
+        # normalised = base_norm + scale * offset, written straight into the grid (one pass per coordinate)
+        grid = torch.empty(n, g.offset_groups, g.k, rows, g.wo, 2, device=dev, dtype=dt)
+        torch.add(base_x * sx - 1.0, off[:, :, :, 1], alpha=sx, out=grid[..., 0])
+        torch.add((base_y - lo) * sy - 1.0, off[:, :, :, 0], alpha=sy, out=grid[..., 1])
         grid = grid.view(n * g.offset_groups, g.k, rows * g.wo, 2)
         band = band.reshape(n * g.offset_groups, g.c_per_offset_group, hb, wb)
         return band, grid, lo, hi - lo + 1, sy, sx
