@@ -10,7 +10,6 @@ from fractions import Fraction
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 import folder_paths
@@ -165,11 +164,6 @@ class PriorsFromImages(io.ComfyNode):
         return io.NodeOutput(priors, info)
 
 
-def _upsample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    # Nearest keeps codec block edges visible, which is what a debug view should show.
-    return x if x.shape[-2:] == (height, width) else F.interpolate(x.float(), size=(height, width), mode="nearest")
-
-
 class VisualizePriors(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -179,7 +173,8 @@ class VisualizePriors(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Renders codec priors as images: the motion field on a colour wheel (hue = direction, "
-                "saturation = magnitude, black = no motion vector) and the coding residual as a heat map, "
+                "saturation = speed, white = still, black = no motion vector) and the signed coding residual "
+                "as a heat map (red/yellow positive, blue/cyan negative), "
                 "both at full frame size, for stock Preview/Save nodes."),
             inputs=[
                 CodecPriorsSocket.Input("priors", tooltip="Codec priors from a CPGD loader or priors node."),
@@ -192,7 +187,7 @@ class VisualizePriors(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output(display_name="motion", tooltip="Motion field as colour-wheel images, one per frame."),
-                io.Image.Output(display_name="residual", tooltip="Residual magnitude heat maps, one per frame."),
+                io.Image.Output(display_name="residual", tooltip="Signed residual heat maps, one per frame."),
             ],
         )
 
@@ -202,9 +197,10 @@ class VisualizePriors(io.ComfyNode):
 
         flow, valid = ((priors.flow_to_prev, priors.valid_to_prev) if direction == "to_prev"
                        else (priors.flow_to_next, priors.valid_to_next))
-        motion = flow_to_color(flow.float(), valid, max_motion if max_motion > 0 else None)
-        motion = _upsample(motion, priors.height, priors.width)
-        heat = _upsample(residual_heatmap(priors.residual.float(), residual_scale), priors.height, priors.width)
+        size = (priors.height, priors.width)
+        motion = flow_to_color(flow.float(), valid, max_motion if max_motion > 0 else None, size=size)
+        # gain g: |residual| = 1/g reaches full intensity
+        heat = residual_heatmap(priors.residual, 1.0 / residual_scale, size=size)
         return io.NodeOutput(frames_to_image(motion), frames_to_image(heat))
 
 
