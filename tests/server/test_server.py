@@ -61,13 +61,17 @@ def test_object_info_lists_every_node_with_tooltips(comfy_server):
     info = comfy_server.get_json("/object_info")
     ours = {k: v for k, v in info.items() if k.startswith("CPGD")}
     assert VIDEO_NODES <= set(ours)
+    missing = []
     for node_id, node in ours.items():
         assert node_id.startswith("CPGD_") and node["category"].split("/")[0] == "CPGD", node_id
-        assert node["description"], f"{node_id} has no description"
+        if not node["description"]:
+            missing.append(f"{node_id} (description)")
         for section in ("required", "optional"):
             for name, spec in node["input"].get(section, {}).items():
-                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-        assert all(node["output_tooltips"]), f"{node_id} has an output without a tooltip"
+                if len(spec) < 2 or not spec[1].get("tooltip"):
+                    missing.append(f"{node_id}.{name}")
+        missing += [f"{node_id} -> {name}" for name, tip in zip(node["output_name"], node["output_tooltips"]) if not tip]
+    assert not missing, "no tooltip/description: " + ", ".join(missing)
     assert ours["CPGD_LoadVideoWithPriors"]["input"]["required"]["video"][1].get("video_upload") is True
 
 
