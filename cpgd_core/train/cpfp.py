@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import os
+import time
 from typing import Iterator, Optional
 
 import numpy as np
@@ -233,9 +234,17 @@ def train(args: argparse.Namespace) -> dict:
         log.log(event="val", step=0, **last)
     net.train()
     loss_acc, n_acc = 0.0, 0
+    t0 = time.monotonic()
+    done = start
     for step in range(start, args.steps):
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
-        mult = cosine_lr(step, args.steps, args.warmup)
+        # With a wall-clock budget the cosine schedule follows whichever runs out first, steps or time,
+        # so a run cut short by --time-limit still ends with an annealed learning rate.
+        sched_step = step
+        if args.time_limit:
+            frac = (time.monotonic() - t0) / args.time_limit
+            sched_step = max(step, args.warmup + int(frac * (args.steps - args.warmup)))
+        mult = cosine_lr(sched_step, args.steps, args.warmup)
         for g in opt.param_groups:
             g["lr"] = args.lr * g["lr_mult"] * mult
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -258,28 +267,38 @@ def train(args: argparse.Namespace) -> dict:
         loss_acc += loss.item()
         n_acc += 1
         done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
+        out_of_time = bool(args.time_limit) and time.monotonic() - t0 >= args.time_limit
+        if info.enabled:  # every rank must stop at the same step
+            flag = torch.tensor([float(out_of_time)], device=dev)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last_step = done == args.steps or out_of_time
+        if done % args.log_every == 0 or last_step:
             log.log(event="train", step=done, loss=round(loss_acc / n_acc, 6), grad_norm=round(float(gnorm), 4),
                     lr=args.lr * mult)
             loss_acc, n_acc = 0.0, 0
-        if val_clips and (done % args.val_every == 0 or done == args.steps):
+        if val_clips and (done % args.val_every == 0 or last_step):
             last = evaluate(model, val_clips, dev)
             log.log(event="val", step=done, **last)
-        if done % args.ckpt_every == 0 or done == args.steps:
+        if done % args.ckpt_every == 0 or last_step:
             if info.is_main:
                 save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
                                 scaler=scaler.state_dict() if scaler is not None else None, step=done,
                                 config=cfg.to_json(), rng={info.rank: rng_state()}, args=vars(args))
             barrier(info)
+        if out_of_time:
+            log.log(event="time_limit", step=done, seconds=round(time.monotonic() - t0, 1))
+            break
     final = os.path.join(args.out, FINAL_NAME)
     if info.is_main:
-        meta = {"recipe": json.dumps({k: v for k, v in vars(args).items() if k != "func"}), "steps": args.steps}
+        meta = {"recipe": json.dumps({k: v for k, v in vars(args).items() if k != "func"}), "steps": done,
+                "train_seconds": round(time.monotonic() - t0, 1)}
         meta.update({k: v for k, v in last.items()})
         save_cpfp(model, final, meta)
-        log.log(event="done", step=args.steps, weights=final, **last)
+        log.log(event="done", step=done, weights=final, **last)
     log.close()
     cleanup_distributed()
-    return {"weights": final, "step": args.steps, **last}
+    return {"weights": final, "step": done, **last}
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -295,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-priors", action="store_true", help="ablation: same network with MV/CR priors zeroed")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, default=0,
+                   help="wall-clock budget in seconds (0 = none): stop, validate and export when it is spent")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 if supported, else fp16)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--offset-lr-ratio", type=float, default=0.25, help="lr multiplier of the DCN offset predictors")
