@@ -135,7 +135,7 @@ def _grads(args, **kw):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if isinstance(v, torch.Tensor)}
     out = deform_conv2d(**{**args, **leaves}, **kw)
     gen = torch.Generator().manual_seed(1)
-    (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum().backward()
+    (out * torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)).sum().backward()
     return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
