@@ -163,6 +163,15 @@ def _after_run_checks(name, page, hist, res, screenshot_dir) -> None:
             assert page.driver.execute_script(f"return window.CPGD.setOverlay({loader}, '{mode}')") == mode
             count = page.driver.execute_script(f"return window.CPGD.overlayImages({loader}, '{mode}').length")
             assert count == frames, (mode, count)
+            # The overlay canvas really shows the visualisation (not just a state flag).
+            page.wait_for(f"""
+                const root = app.graph.getNodeById({loader}).cpgdPanel.root;
+                root.querySelector('video').currentTime = 0.2;
+                const c = root.querySelector('canvas');
+                if (!c.width || !c.height) return false;
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return root.dataset.mode === '{mode}';
+                return false;""", 30, f"the {mode} overlay was never drawn")
         shot = os.path.join(screenshot_dir, f"{name}_overlay.png")
         page.screenshot(shot)
         if os.environ.get("CPGD_UPDATE_SCREENSHOTS") == "1":
