@@ -136,7 +136,8 @@ def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], aud
             options["x264-params" if codec == "libx264" else "x265-params"] = params
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".part" + os.path.splitext(path)[1]
-    container = av.open(tmp, "w", format=_format_for(path))
+    # bitexact: no random segment UIDs or version strings, so the same frames give the same file.
+    container = av.open(tmp, "w", format=_format_for(path), options={"fflags": "+bitexact"})
     astream = []
     try:
         add_audio = (lambda: astream.append(_add_audio(container, audio))) if audio is not None else None
