@@ -89,6 +89,18 @@ def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def random_crop(sample: dict[str, torch.Tensor], crop: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A crop x crop window (top-left on the 4-px grid so the 1/4-resolution priors crop exactly)."""
+    h, w = sample["blurry"].shape[-2:]
+    y0 = 4 * int(rng.integers(0, (h - crop) // 4 + 1))
+    x0 = 4 * int(rng.integers(0, (w - crop) // 4 + 1))
+    out = {}
+    for k, v in sample.items():
+        s = 4 if v.shape[-1] != w else 1  # priors grids live at 1/4 resolution
+        out[k] = v[..., y0 // s:(y0 + crop) // s, x0 // s:(x0 + crop) // s]
+    return out
+
+
 def augment(sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Random horizontal flip (negate flow x) and time reversal (swap the prev/next priors)."""
     s = dict(sample)
@@ -107,20 +119,25 @@ class SynthClips(IterableDataset):
     """Endless stream of training clips; deterministic per (seed, rank, worker, start_step)."""
 
     def __init__(self, source: str, crop: int, frames: int, seed: int, rank: int = 0, start_step: int = 0,
-                 crf_range: tuple[int, int] = (18, 30)) -> None:
+                 crf_range: tuple[int, int] = (18, 30), crops_per_clip: int = 1) -> None:
         if source not in SOURCES:
             raise CPGDInputError(f"unknown data source {source!r}: expected one of {sorted(SOURCES)}")
         self.source, self.crop, self.frames = source, crop, frames
         self.seed, self.rank, self.start_step, self.crf_range = seed, rank, start_step, crf_range
+        self.crops_per_clip = crops_per_clip
 
     def __iter__(self) -> Iterator[dict]:
         wi = get_worker_info()
         worker = wi.id if wi is not None else 0
         rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
         make = SOURCES[self.source]
+        # Encoding a clip costs far more than a training step on a GPU, so with crops_per_clip > 1 each
+        # encoded clip is rendered twice as large and several random crops of it are used.
+        size = self.crop * (2 if self.crops_per_clip > 1 else 1)
         while True:
-            ex = make(rng, self.crop, self.frames, self.crf_range, "train")
-            yield augment(example_to_tensors(ex), rng)
+            full = example_to_tensors(make(rng, size, self.frames, self.crf_range, "train"))
+            for _ in range(self.crops_per_clip):
+                yield augment(random_crop(full, self.crop, rng), rng)
 
 
 # -- validation --------------------------------------------------------------------------------------
@@ -219,7 +236,8 @@ def train(args: argparse.Namespace) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     val_clips = load_val(args.val) if (args.val and info.is_main) else []
-    data = SynthClips(args.data, args.crop, args.frames, args.seed, info.rank, start, tuple(args.crf))
+    data = SynthClips(args.data, args.crop, args.frames, args.seed, info.rank, start, tuple(args.crf),
+                      args.crops_per_clip)
     loader = DataLoader(data, batch_size=args.batch, num_workers=args.workers,
                         pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
                         prefetch_factor=2 if args.workers > 0 else None)
@@ -312,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, cpfp_final.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.add_argument("--no-priors", action="store_true", help="ablation: same network with MV/CR priors zeroed")
+    p.add_argument("--crops-per-clip", type=int, default=1,
+                   help="random crops taken from each encoded clip (>1 renders clips at twice the crop size)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=0,
