@@ -1,0 +1,107 @@
+"""Dataset tool: GoPro/DVD folders -> encoded clips with priors, ours and the official layout, round trips."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cpgd_core.data import dataset_tool as dt
+from cpgd_core.data.synth import load_photo, make_blur_clip
+from cpgd_core.errors import CPGDInputError
+
+SIZE = (96, 72)
+N = 6
+
+
+def _make_layout(root, layout):
+    for k, photo in enumerate(("astronaut", "rocket")):
+        clip = make_blur_clip(load_photo(photo), N, SIZE, seed=k)
+        if layout == "gopro":
+            base = os.path.join(root, "train", f"clip{k}")
+            dirs = (os.path.join(base, "blur"), os.path.join(base, "sharp"))
+            ext = "png"
+        else:
+            base = os.path.join(root, f"clip{k}")
+            dirs = (os.path.join(base, "input"), os.path.join(base, "GT"))
+            ext = "jpg"
+        dt.write_frames(dirs[0], clip["blurry"], [f"{i:06d}.{ext}" for i in range(N)])
+        dt.write_frames(dirs[1], clip["sharp"], [f"{i:06d}.{ext}" for i in range(N)])
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    src = str(tmp_path_factory.mktemp("gopro"))
+    out = str(tmp_path_factory.mktemp("out"))
+    _make_layout(src, "gopro")
+    assert dt.main(["encode", src, out, "--format", "both", "--crf", "20", "--preset", "fast"]) == 0
+    return src, out
+
+
+def test_gopro_layout_is_encoded_with_priors(encoded):
+    src, out = encoded
+    clips = dt.find_clips(src)
+    assert [(c["split"], c["name"], len(c["blur"])) for c in clips] == [("train", "clip0", N), ("train", "clip1", N)]
+    d = os.path.join(out, "train", "clip0")
+    assert os.path.isfile(os.path.join(d, "blur.mp4"))
+    pri = dt.read_priors_dir(d)
+    assert len(pri) == N and pri.source == "bitstream:h264" and pri.frame_types[0] == "I"
+    assert pri.flow_to_prev.shape == (N, 2, 18, 24) and pri.residual.shape == (N, 1, 72, 96)
+    assert pri.valid_to_prev[1:].float().mean() > 0.5
+    assert len(os.listdir(os.path.join(d, "residual"))) == N
+
+
+def test_official_layout_round_trip(encoded):
+    _, out = encoded
+    root = os.path.join(out, "official", "train")
+    ours = dt.read_priors_dir(os.path.join(out, "train", "clip1"))
+    names = sorted(os.listdir(os.path.join(root, "MVs", "clip1")))
+    assert names[0] == "clip1_00000_00001.npy" and len(names) == N - 1
+    raw = np.load(os.path.join(root, "MVs", "clip1", names[0]))
+    assert raw.shape == (2, 9, 12) and raw.dtype == np.int16
+    resi = np.load(os.path.join(root, "resi", "clip1", names[0]))
+    assert resi.shape == (72, 96) and resi.dtype == np.int16
+    with open(os.path.join(root, "meta_info.txt")) as f:
+        assert f.read().splitlines() == [f"clip0 {N} (72,96,3)", f"clip1 {N} (72,96,3)"]
+    lq, gt, back = dt.read_official_clip(root, "clip1")
+    assert lq.shape == gt.shape == (N, 3, 72, 96)
+    # Motion: quarter-pel storage of quarter-pel codec vectors is exact on valid cells.
+    assert torch.equal(back.valid_to_prev, ours.valid_to_prev)
+    v = ours.valid_to_prev.expand_as(ours.flow_to_prev)
+    assert torch.equal(back.flow_to_prev[v], ours.flow_to_prev[v])
+    # Residual: (raw + 1) / 255 is within half a grey level.
+    err = (back.residual.float() - ours.residual.float()).abs()
+    assert float(err.max()) <= 0.5 / 255 + 1e-3
+    # Without the validity sidecar every stored pair counts as motion (the format has no mask).
+    import shutil
+    shutil.rmtree(os.path.join(root, "MVs_valid", "clip1"))
+    _, _, nomask = dt.read_official_clip(root, "clip1")
+    assert nomask.valid_to_prev[1:].all() and not nomask.valid_to_prev[0].any()
+
+
+def test_lq_frames_are_the_decoded_video(encoded):
+    from cpgd_core.codec.decode import load_video
+
+    _, out = encoded
+    decoded, _, _, _ = load_video(os.path.join(out, "train", "clip0", "blur.mp4"))
+    lq, _, _ = dt.read_official_clip(os.path.join(out, "official", "train"), "clip0")
+    assert torch.equal((decoded * 255).round(), (lq * 255).round())
+
+
+def test_dvd_layout_and_errors(tmp_path):
+    src = str(tmp_path / "dvd")
+    _make_layout(src, "dvd")
+    clips = dt.find_clips(src)
+    assert [(c["split"], c["name"]) for c in clips] == [("", "clip0"), ("", "clip1")]
+    out = str(tmp_path / "o")
+    assert dt.encode_dataset(src, out, max_frames=3, log=lambda s: None) == 2
+    assert len(dt.read_priors_dir(os.path.join(out, "clip1"))) == 3
+    with pytest.raises(CPGDInputError, match="no clips found"):
+        dt.find_clips(str(tmp_path))
+    with pytest.raises(CPGDInputError, match="not found"):
+        dt.find_clips(str(tmp_path / "nope"))
+    os.remove(os.path.join(src, "clip0", "GT", "000000.jpg"))
+    with pytest.raises(CPGDInputError, match="sharp frames"):
+        dt.find_clips(src)
+    assert dt.main(["encode", str(tmp_path / "nope"), out]) == 2
