@@ -135,7 +135,7 @@ def _stage_two(sampler: str) -> dict:
     if sampler == "ksampler":
         nodes["sampler"] = {"type": "KSampler", "pos": (1740, 120),
                             "widgets": {"steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
-                                        "denoise": 1.0}}
+                                        "denoise": 1.0, "control_after_generate": "fixed"}}
         links += [("ckpt", "MODEL", "sampler", "model"), ("apply", "positive", "sampler", "positive"),
                   ("apply", "negative", "sampler", "negative"), ("encode", "LATENT", "sampler", "latent_image"),
                   ("sampler", "LATENT", "decode", "samples")]
@@ -147,7 +147,7 @@ def _stage_two(sampler: str) -> dict:
                        "widgets": {"scheduler": "normal", "steps": 20, "denoise": 1.0}},
             "sampler": {"type": "CPGD_VideoSampler", "pos": (1740, 120), "size": (360, 420),
                         "widgets": {"chunk_size": 6, "chunk_overlap": 2, "tile_size": 64, "tile_overlap": 32,
-                                    "noise_mode": "mv-warped", "cfg": 1.0}},
+                                    "noise_mode": "mv-warped", "cfg": 1.0, "control_after_generate": "fixed"}},
         })
         links += [("ckpt", "MODEL", "sigmas", "model"),
                   ("ckpt", "MODEL", "sampler", "model"), ("apply", "positive", "sampler", "positive"),
