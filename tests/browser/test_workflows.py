@@ -30,11 +30,14 @@ thumbs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(thumbs)
 
 LOAD_JS = """
-const [pack, name] = args;
-// The template browser fetches exactly this route for a custom node pack's workflow.
-const r = await fetch(`/api/workflow_templates/${pack}/${name}.json`);
-if (!r.ok) throw new Error(`template fetch failed: HTTP ${r.status}`);
-const wf = await r.json();
+const [pack, name, given] = args;
+let wf = given;
+if (!wf) {
+    // The template browser fetches exactly this route for a custom node pack's workflow.
+    const r = await fetch(`/api/workflow_templates/${pack}/${name}.json`);
+    if (!r.ok) throw new Error(`template fetch failed: HTTP ${r.status}`);
+    wf = await r.json();
+}
 await app.loadGraphData(wf, true, true, name);
 await new Promise(res => setTimeout(res, 300));
 const registered = LiteGraph.registered_node_types;
@@ -83,6 +86,18 @@ def _decode_frames(data: bytes) -> int:
     import av
     with av.open(io.BytesIO(data)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def test_missing_node_detection_works(page, pack_name):
+    """The checks below must be able to fail: a workflow with an unknown node type is caught."""
+    with open(os.path.join(WORKFLOWS_DIR, "cpgd_inspect_priors.json"), encoding="utf-8") as f:
+        wf = json.load(f)
+    wf["nodes"][0]["type"] = "CPGD_NoSuchNode"
+    res = page.run_async(LOAD_JS, pack_name, "broken", wf)
+    assert res["missing"] == ["CPGD_NoSuchNode"]
+    assert any("CPGD_NoSuchNode" in d for d in res["dialogs"]), res["dialogs"]
+    page.driver.execute_script("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+    page.console_errors()
 
 
 def test_every_workflow_is_specified_and_built():
