@@ -86,10 +86,39 @@ function buildPanel(node) {
   root.append(bar, stage);
 
   const cache = new Map(); // url -> HTMLImageElement
+  // The overlay images are the loaded frames: source frames skip, skip+nth, ... (at most the cap).
+  // The source frame on screen needs the frame rate, which <video> does not expose; it is measured
+  // from requestVideoFrameCallback (smallest media-time step). Until then, map proportionally.
+  let frameStep = 0;
+  let lastMediaTime = -1;
+  const onFrame = (_now, meta) => {
+    if (lastMediaTime >= 0) {
+      const d = meta.mediaTime - lastMediaTime;
+      if (d > 1e-4 && (!frameStep || d < frameStep)) frameStep = d;
+    }
+    lastMediaTime = meta.mediaTime;
+    draw();
+    video.requestVideoFrameCallback?.(onFrame);
+  };
+  video.requestVideoFrameCallback?.(onFrame);
+
+  function frameIndex(count) {
+    const widget = (name, fallback) => Number(node.widgets?.find((w) => w.name === name)?.value ?? fallback);
+    const skip = widget("skip_first_frames", 0), nth = Math.max(1, widget("select_every_nth", 1));
+    if (!frameStep || !video.duration) {
+      const t = video.duration > 0 ? video.currentTime / video.duration : 0;
+      return Math.min(count - 1, Math.floor(t * count));
+    }
+    const source = Math.round(video.currentTime / frameStep);
+    const i = Math.floor((source - skip) / nth);
+    return i >= 0 && i < count ? i : -1; // -1: this part of the clip was not loaded, so nothing to overlay
+  }
+
   function frameImage(images) {
     if (!images.length) return null;
-    const t = video.duration > 0 ? video.currentTime / video.duration : 0;
-    const url = viewUrl(images[Math.min(images.length - 1, Math.floor(t * images.length))]);
+    const index = frameIndex(images.length);
+    if (index < 0) return null;
+    const url = viewUrl(images[index]);
     if (!cache.has(url)) {
       const img = new Image();
       img.onload = () => draw();
