@@ -40,12 +40,11 @@ def to_uint8_hwc(frames: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(frames.transpose(0, 2, 3, 1))
 
 
-def _chunks(frames: FrameSource) -> Iterator[np.ndarray]:
+def _chunks(frames: FrameSource) -> Iterator[Union[torch.Tensor, np.ndarray]]:
     if isinstance(frames, (torch.Tensor, np.ndarray)):
-        yield to_uint8_hwc(frames)
+        yield frames
         return
-    for c in frames:
-        yield to_uint8_hwc(c)
+    yield from frames
 
 
 _RGB_FORMATS = {"gbrp", "bgr0", "rgb24", "bgr24", "rgb0", "0rgb"}
@@ -71,42 +70,130 @@ def _tag_stream(stream) -> None:
     cc.color_trc = _BT709
 
 
-def _encode_video(container, frames: FrameSource, rate: Fraction, codec: str, pix_fmt: str, options: dict,
-                  on_stream=None) -> int:
-    """Encode all frames into a new stream of ``container``; ``on_stream`` runs once the stream exists
-    (before the first packet is muxed, so more streams can still be added). Returns the frame count."""
-    vs = None
-    n = 0
-    for chunk in _chunks(frames):
-        for rgb in chunk:
-            if vs is None:
-                h, w = rgb.shape[:2]
-                vs = container.add_stream(codec, rate=rate)
-                vs.width, vs.height = _even(w, pix_fmt), _even(h, pix_fmt)
-                vs.pix_fmt = pix_fmt
-                vs.time_base = Fraction(1) / rate
-                vs.codec_context.options = options
-                if pix_fmt not in _RGB_FORMATS:
-                    _tag_stream(vs)
-                if on_stream is not None:
-                    on_stream()
-            fr = _yuv_frame(_pad_even(rgb, vs.width, vs.height), pix_fmt)
-            fr.pts = n
-            fr.time_base = Fraction(1) / rate
-            for p in vs.encode(fr):
-                container.mux(p)
-            n += 1
-    if vs is None:
-        raise CPGDInputError("no frames to encode")
-    for p in vs.encode():
-        container.mux(p)
-    return n
+class _StreamEncoder:
+    """Encodes RGB chunks into a new video stream of an open container, creating the stream on the first
+    frame (its size is only known then); ``on_stream`` runs right after, before anything is muxed, so more
+    streams (audio) can still be added."""
+
+    def __init__(self, container, rate: Fraction, codec: str, pix_fmt: str, options: dict, on_stream=None):
+        self.container, self.rate, self.codec, self.pix_fmt = container, rate, codec, pix_fmt
+        self.options, self.on_stream = options, on_stream
+        self.stream = None
+        self.count = 0
+
+    def write(self, frames: Union[torch.Tensor, np.ndarray]) -> None:
+        for rgb in to_uint8_hwc(frames):
+            if self.stream is None:
+                self._open(*rgb.shape[:2])
+            elif rgb.shape[0] > self.stream.height or rgb.shape[1] > self.stream.width:
+                raise CPGDInputError(f"frame size changed mid-video: {rgb.shape[1]}x{rgb.shape[0]} after "
+                                     f"{self.stream.width}x{self.stream.height}")
+            fr = _yuv_frame(_pad_even(rgb, self.stream.width, self.stream.height), self.pix_fmt)
+            fr.pts = self.count
+            fr.time_base = Fraction(1) / self.rate
+            for p in self.stream.encode(fr):
+                self.container.mux(p)
+            self.count += 1
+
+    def _open(self, h: int, w: int) -> None:
+        vs = self.container.add_stream(self.codec, rate=self.rate)
+        vs.width, vs.height = _even(w, self.pix_fmt), _even(h, self.pix_fmt)
+        vs.pix_fmt = self.pix_fmt
+        vs.time_base = Fraction(1) / self.rate
+        vs.codec_context.options = self.options
+        if self.pix_fmt not in _RGB_FORMATS:
+            _tag_stream(vs)
+        self.stream = vs
+        if self.on_stream is not None:
+            self.on_stream()
+
+    def flush(self) -> None:
+        if self.stream is None:
+            raise CPGDInputError("no frames to encode")
+        for p in self.stream.encode():
+            self.container.mux(p)
 
 
 def _rate(fps) -> Fraction:
     if not fps or float(fps) <= 0:
         raise CPGDInputError(f"fps must be positive, got {fps}")
     return Fraction(fps).limit_denominator(100000)
+
+
+def _codec_options(codec: str, crf: int, preset: str, x264_params: Optional[str]) -> dict:
+    if codec not in ("libx264", "libx265"):
+        return {}
+    options = {"crf": str(crf), "preset": preset}
+    params = x264_params or ""
+    if codec == "libx265":  # x265 prints its whole configuration to stderr otherwise
+        params = ":".join(p for p in (params, "log-level=error") if p)
+    if params:
+        options["x264-params" if codec == "libx264" else "x265-params"] = params
+    return options
+
+
+class VideoWriter:
+    """Incremental video file writer (bounded memory); the file appears atomically on a clean close.
+
+    ``with VideoWriter(path, fps, audio=...) as w: w.write(chunk)`` where each chunk is (T, 3, H, W) float in
+    [0, 1] or uint8. An exception inside the block discards the partial file. Arguments as ``write_video``.
+    """
+
+    def __init__(self, path: str, fps: Union[float, Fraction], audio: Optional[dict] = None, codec: str = "libx264",
+                 crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p", overwrite: bool = False,
+                 x264_params: Optional[str] = None):
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and not overwrite:
+            raise CPGDInputError(f"output file already exists: {self.path} (pass overwrite=True to replace it)")
+        rate = _rate(fps)
+        self.audio = audio
+        self._astream = []
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._tmp = self.path + ".part" + os.path.splitext(self.path)[1]
+        # bitexact: no random segment UIDs or version strings, so the same frames give the same file.
+        self._container = av.open(self._tmp, "w", format=_format_for(self.path), options={"fflags": "+bitexact"})
+        add_audio = (lambda: self._astream.append(_add_audio(self._container, audio))) if audio is not None else None
+        self._enc = _StreamEncoder(self._container, rate, codec, pix_fmt, _codec_options(codec, crf, preset, x264_params),
+                                   add_audio)
+
+    def write(self, frames: Union[torch.Tensor, np.ndarray]) -> None:
+        try:
+            self._enc.write(frames)
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> str:
+        try:
+            try:
+                self._enc.flush()
+            except CPGDInputError as e:
+                raise CPGDInputError(f"{e} ({self.path})") from e
+            if self._astream:
+                _mux_audio(self._container, self._astream[0], self.audio)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # closing a half-written container can fail; the file is removed anyway
+            pass
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], audio: Optional[dict] = None,
@@ -117,44 +204,21 @@ def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], aud
     Args:
         frames: (T, 3, H, W) float [0, 1] or uint8, or an iterator of such chunks (bounded memory).
         fps: frame rate. crf/preset: quality knobs for libx264/libx265 (ignored by ffv1 and similar).
-        pix_fmt: yuv420p (odd sizes are padded by one pixel, edge-replicated) or e.g. yuv444p for ffv1.
+        pix_fmt: yuv420p (odd sizes are padded by one pixel, edge-replicated); ``bgr0`` with ffv1 stores
+            RGB losslessly.
         overwrite: refuse to replace an existing file unless True.
+        x264_params: extra encoder parameters, e.g. ``bframes=0:ref=1``.
     Returns the path. The container follows the extension (.mp4, .mkv, .mov). The file appears atomically
-    (written to a temporary name first).
+    (written to a temporary name first). Colour is BT.709, limited range, tagged.
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise CPGDInputError(f"output file already exists: {path} (pass overwrite=True to replace it)")
-    rate = _rate(fps)
-    options = {}
-    if codec in ("libx264", "libx265"):
-        options = {"crf": str(crf), "preset": preset}
-        params = x264_params or ""
-        if codec == "libx265":  # x265 prints its whole configuration to stderr otherwise
-            params = ":".join(p for p in (params, "log-level=error") if p)
-        if params:
-            options["x264-params" if codec == "libx264" else "x265-params"] = params
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".part" + os.path.splitext(path)[1]
-    # bitexact: no random segment UIDs or version strings, so the same frames give the same file.
-    container = av.open(tmp, "w", format=_format_for(path), options={"fflags": "+bitexact"})
-    astream = []
+    w = VideoWriter(path, fps, audio, codec, crf, preset, pix_fmt, overwrite, x264_params)
     try:
-        add_audio = (lambda: astream.append(_add_audio(container, audio))) if audio is not None else None
-        try:
-            _encode_video(container, frames, rate, codec, pix_fmt, options, add_audio)
-        except CPGDInputError as e:
-            raise CPGDInputError(f"{e} ({path})") from e
-        if astream:
-            _mux_audio(container, astream[0], audio)
-        container.close()
+        for chunk in _chunks(frames):
+            w.write(chunk)
     except BaseException:
-        container.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        w.abort()
         raise
-    os.replace(tmp, path)
-    return path
+    return w.close()
 
 
 def _format_for(path: str) -> str:
@@ -213,10 +277,12 @@ def encode_h264_bytes(frames: FrameSource, fps: Union[float, Fraction], crf: int
                       x264_params: str = "bframes=0:ref=1") -> bytes:
     """Encode frames to an in-memory H.264 MP4 (no audio). Same frame arguments as ``write_video``."""
     buf = io.BytesIO()
-    c = av.open(buf, "w", format="mp4")
+    c = av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"})
     try:
-        _encode_video(c, frames, _rate(fps), "libx264", "yuv420p",
-                      {"crf": str(crf), "preset": preset, "x264-params": x264_params})
+        enc = _StreamEncoder(c, _rate(fps), "libx264", "yuv420p", _codec_options("libx264", crf, preset, x264_params))
+        for chunk in _chunks(frames):
+            enc.write(chunk)
+        enc.flush()
     finally:
         c.close()
     return buf.getvalue()

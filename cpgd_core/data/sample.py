@@ -26,6 +26,7 @@ SECONDS = 3
 SIZE = (640, 360)
 SAMPLE_RATE = 44100
 PHOTO = "coffee"  # validation split: never seen in training
+MOTION = 1.5  # clearly visible shake blur
 BLURRY, SHARP, META = "sample_blurry.mp4", "sample_sharp.mkv", "sample.json"
 
 
@@ -56,7 +57,7 @@ def make_sample(out_dir: str, seed: int = 0, force: bool = False) -> tuple[str, 
                     return blurry, sharp
         except (OSError, ValueError):
             pass
-    clip = make_blur_clip(load_photo(PHOTO), FPS * SECONDS, SIZE, subframes=9, seed=seed)
+    clip = make_blur_clip(load_photo(PHOTO), FPS * SECONDS, SIZE, subframes=9, seed=seed, motion=MOTION)
     # x264 with B-frames is not bit-reproducible across thread timings; IPPP (like the phone clips) is.
     write_video(blurry, clip["blurry"], FPS, audio=beep_track(SECONDS), crf=23, preset="medium",
                 x264_params="bframes=0", overwrite=True)

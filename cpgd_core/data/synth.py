@@ -151,15 +151,30 @@ def pan_zoom_path(image_shape: tuple[int, ...], size: tuple[int, int], num_frame
 def _smooth_curve(rng: np.random.Generator, num_frames: int, n_sub: int, amplitude: float,
                   drift: float) -> np.ndarray:
     """Smooth random 1-D path sampled at every sub-frame (num_frames * n_sub values; time unit = one output
-    frame): a constant drift per frame plus a few slow sinusoids (0.05-0.3 cycles per frame) of total
+    frame): a constant drift per frame plus a few slow sinusoids (0.03-0.15 cycles per frame) of total
     amplitude about ``amplitude``."""
     s = np.arange(num_frames * n_sub, dtype=np.float64) / n_sub
     k = int(rng.integers(2, 5))
     curve = drift * s
     for _ in range(k):
-        freq = 2 * math.pi * rng.uniform(0.05, 0.3)
+        freq = 2 * math.pi * rng.uniform(0.03, 0.15)
         curve = curve + amplitude * rng.uniform(0.3, 1.0) / math.sqrt(k) * np.sin(freq * s + rng.uniform(0, 2 * math.pi))
     return curve
+
+
+def _drift_and_shake(rng: np.random.Generator, num_frames: int, n_sub: int, velocity: float, room: float,
+                     shake: float) -> np.ndarray:
+    """One axis of the camera path: a pan at ``velocity`` px/frame plus shake. When a straight pan would
+    leave ``room`` (source pixels available), the pan swings back and forth instead (same peak speed),
+    so long clips keep realistic blur without running off the photo."""
+    curve = _smooth_curve(rng, num_frames, n_sub, shake, 0.0)
+    usable = max(room - 2.5 * shake, 0.0) * 0.9
+    s = np.arange(num_frames * n_sub, dtype=np.float64) / n_sub
+    if abs(velocity) * num_frames <= usable or usable <= 0:
+        return curve + velocity * s
+    amp = usable / 2
+    period = 2 * math.pi * amp / abs(velocity)
+    return curve + math.copysign(amp, velocity) * np.sin(2 * math.pi * s / period + rng.uniform(0, 2 * math.pi))
 
 
 def _linear_lut() -> np.ndarray:
@@ -175,7 +190,8 @@ def make_blur_clip(image: np.ndarray, num_frames: int, size: tuple[int, int] = (
         image: (H0, W0, 3) uint8 RGB photo. num_frames: T. size: (W, H) of the output.
         subframes: sub-frames averaged per output frame (None: random odd number in 7..13).
         seed: determinism. moving_object: add an independently moving textured disc.
-        motion: scales the camera speed/shake (1.0: about 3-12 px of blur per frame at 256 px).
+        motion: scales the camera speed/shake (1.0: about 2-8 px of blur per frame at 256 px; long clips
+            are slowed down so the path stays inside the photo).
 
     Returns dict:
         blurry (T, 3, H, W) float32 [0, 1], sharp (T, 3, H, W) float32 [0, 1] (centre sub-frames),
@@ -191,22 +207,32 @@ def make_blur_clip(image: np.ndarray, num_frames: int, size: tuple[int, int] = (
     n_sub = int(subframes) if subframes else int(rng.choice([7, 9, 11, 13]))
     if n_sub < 1:
         raise CPGDInputError(f"subframes must be >= 1, got {subframes}")
-    # Bring the photo to a scale where the view covers ~60-85 % of it: realistic texture density and
-    # room for the path without leaving the photo.
+    scale = motion * max(w, h) / 256.0
+    total = num_frames * n_sub
+    speed = rng.uniform(1.5, 6.0) * scale
+    heading = rng.uniform(0, 2 * math.pi)
+    ang = _smooth_curve(rng, num_frames, n_sub, math.radians(0.5) * motion, rng.normal(0, math.radians(0.1)) * motion)
+    zoom = np.exp(_smooth_curve(rng, num_frames, n_sub, 0.01 * motion, rng.normal(0, 0.004) * motion))
+    # The photo is scaled so that the view covers 60-85 % of it (at most 2x upscaling, or more for tiny photos)
+    # and the whole path stays inside it (never showing the border).
     h0, w0 = image.shape[:2]
-    fit = max(w / w0, h / h0) / rng.uniform(0.6, 0.85)
+    diag = math.hypot(w, h) / zoom.min()
+    margin = diag * math.sin(float(np.abs(ang).max())) + 4
+    need_w, need_h = w / zoom.min() + margin, h / zoom.min() + margin
+    max_fit = max(2.0, max(w / w0, h / h0) * 1.25)
+    shake = 2.0 * scale
+    tx = _drift_and_shake(rng, num_frames, n_sub, speed * math.cos(heading), w0 * max_fit - need_w, shake)
+    ty = _drift_and_shake(rng, num_frames, n_sub, speed * math.sin(heading), h0 * max_fit - need_h, shake)
+    ext_x, ext_y = float(np.ptp(tx)), float(np.ptp(ty))
+    fit = max(need_w / w0, need_h / h0) / rng.uniform(0.6, 0.85)
+    fit = min(max(fit, (need_w + ext_x) / w0, (need_h + ext_y) / h0), max_fit)
+    room = min((w0 * fit - need_w) / max(ext_x, 1e-6), (h0 * fit - need_h) / max(ext_y, 1e-6))
+    if room < 1.0:  # safety net: the path still does not fit, slow it down
+        tx, ty = tx * max(room, 0.0), ty * max(room, 0.0)
     src = cv2.resize(image, (max(w, round(w0 * fit)), max(h, round(h0 * fit))),
                      interpolation=cv2.INTER_AREA if fit < 1 else cv2.INTER_CUBIC)
     lin = _linear_lut()[src]
     hs, ws = src.shape[:2]
-    scale = motion * max(w, h) / 256.0
-    total = num_frames * n_sub
-    speed = rng.uniform(3.0, 9.0) * scale
-    heading = rng.uniform(0, 2 * math.pi)
-    tx = _smooth_curve(rng, num_frames, n_sub, 3.0 * scale, speed * math.cos(heading))
-    ty = _smooth_curve(rng, num_frames, n_sub, 3.0 * scale, speed * math.sin(heading))
-    ang = _smooth_curve(rng, num_frames, n_sub, math.radians(0.6) * motion, rng.normal(0, math.radians(0.15)) * motion)
-    zoom = np.exp(_smooth_curve(rng, num_frames, n_sub, 0.01 * motion, rng.normal(0, 0.004) * motion))
     # Centre the whole path in the photo.
     cx, cy = (ws - 1) / 2 - (tx.max() + tx.min()) / 2, (hs - 1) / 2 - (ty.max() + ty.min()) / 2
     ox, oy = (w - 1) / 2, (h - 1) / 2

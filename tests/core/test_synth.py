@@ -30,7 +30,8 @@ def test_blur_clip_shapes_determinism_and_blur():
     assert a["subframes"] in (7, 9, 11, 13)
     assert torch.equal(a["blurry"], b["blurry"]) and not torch.equal(a["blurry"], c["blurry"])
     assert 0 <= float(a["blurry"].min()) and float(a["blurry"].max()) <= 1
-    assert _grad_energy(a["blurry"]) < 0.9 * _grad_energy(a["sharp"])
+    fast = make_blur_clip(img, 5, (96, 64), seed=7, motion=2.5)
+    assert _grad_energy(fast["blurry"]) < 0.85 * _grad_energy(fast["sharp"])
     one = make_blur_clip(img, 3, (96, 64), subframes=1, seed=7)
     assert torch.allclose(one["blurry"], one["sharp"], atol=1e-6)  # one sub-frame: no blur
 
