@@ -82,7 +82,7 @@ def test_every_input_and_output_has_a_tooltip(cpgd_nodes):
         for i, name in enumerate(info.get("output_name", [])):
             if i >= len(tips) or not tips[i]:
                 problems.append(f"{node_id} output {name}: no tooltip")
-    assert not problems, problems
+    assert not problems, "\n".join(problems)
 
 
 def test_workflow_templates_are_listed_under_the_pack(comfy_server, pack_name):
