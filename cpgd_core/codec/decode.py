@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
-from .motion import compose_grid, grid_size, invert_grid, mvs_to_flow, resize_grid
+from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, mc_residual
 
@@ -82,7 +82,7 @@ class DecodedFrame:
     valid_to_prev: np.ndarray       # (1, h, w) bool
     flow_to_next: np.ndarray        # (2, h, w) float32 pixels
     valid_to_next: np.ndarray       # (1, h, w) bool
-    residual: np.ndarray            # (C, H, W) float32, C = 1 (luma) or 3 (rgb)
+    residual: np.ndarray            # (C, H, W) float16, C = 1 (luma) or 3 (rgb)
     qp: Optional[np.ndarray] = None  # (1, ceil(H/16), ceil(W/16)) float32
 
 
@@ -239,7 +239,9 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
             opts.append("venc_params")
         if opts:
             vs.codec_context.options = {"export_side_data": "+".join(opts)}
-        vs.thread_type = "AUTO"
+        # Frame threading races with motion-vector export (seen: wrong vectors on the last frame under
+        # load); slice threading is safe.
+        vs.thread_type = "SLICE" if export_mvs else "AUTO"
         tb = vs.time_base or Fraction(1, 1000)
         index = 0
         try:
@@ -331,8 +333,7 @@ def _merge_next(cur: _Motion, nxt: _Motion) -> tuple[np.ndarray, np.ndarray]:
         return cur.fnext, cur.vnext
     if cur.vnext.all():
         return cur.fnext, cur.vnext
-    g, gv = invert_grid(torch.from_numpy(nxt.fprev)[None], torch.from_numpy(nxt.vprev)[None], STRIDE)
-    g, gv = g[0].numpy(), gv[0].numpy()
+    g, gv = invert_np(nxt.fprev, nxt.vprev, STRIDE)
     flow = np.where(cur.vnext, cur.fnext, g)
     return flow.astype(np.float32), cur.vnext | gv
 
@@ -361,7 +362,6 @@ def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start
                   size: Optional[tuple[int, int]], src_hw: tuple[int, int], crop_hw: Optional[tuple[int, int]],
                   check_interrupt=None) -> Iterator[DecodedFrame]:
     """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame."""
-    t = torch.from_numpy
     back_f = back_v = None      # field from the current frame into the last kept frame
     fwd_f = fwd_v = None        # field from the last kept frame into the current frame
     held: Optional[DecodedFrame] = None  # kept frame waiting for its flow_to_next
@@ -370,9 +370,9 @@ def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start
         i = m.raw.index
         if i < start:
             continue
-        fp, vp = t(m.fprev)[None], t(m.vprev)[None]
+        fp, vp = m.fprev, m.vprev
         # Chaining only when frames were skipped: a plain field keeps its out-of-frame vectors valid.
-        back_f, back_v = (fp, vp) if back_f is None else compose_grid(fp, vp, back_f, back_v, STRIDE)
+        back_f, back_v = (fp, vp) if back_f is None else compose_np(fp, vp, back_f, back_v, STRIDE)
         is_kept = (i - start) % every_nth == 0
         if held is not None and is_kept:
             held.flow_to_next, held.valid_to_next = _finish_grid(fwd_f, fwd_v, size, src_hw, crop_hw)
@@ -380,31 +380,33 @@ def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start
             held = None
         if is_kept:
             if kept == 0:
-                back_v = torch.zeros_like(back_v)
+                back_v = np.zeros_like(back_v)
             df = _make_frame(m, back_f, back_v, size, src_hw, crop_hw)
             kept += 1
             back_f = back_v = None
-            fwd_f, fwd_v = t(fnext)[None], t(vnext)[None]
+            fwd_f, fwd_v = fnext, vnext
             if cap and kept >= cap:
                 df.valid_to_next = np.zeros_like(df.valid_to_next)
                 yield df
                 return
             held = df
         elif held is not None:
-            fwd_f, fwd_v = compose_grid(fwd_f, fwd_v, t(fnext)[None], t(vnext)[None], STRIDE)
+            fwd_f, fwd_v = compose_np(fwd_f, fwd_v, fnext, vnext, STRIDE)
     if held is not None:
         held.valid_to_next = np.zeros_like(held.valid_to_next)
         yield held
 
 
-def _finish_grid(f: torch.Tensor, v: torch.Tensor, size, src_hw, crop_hw) -> tuple[np.ndarray, np.ndarray]:
+def _finish_grid(f: np.ndarray, v: np.ndarray, size, src_hw, crop_hw) -> tuple[np.ndarray, np.ndarray]:
     if crop_hw is not None:
         gh, gw = grid_size(crop_hw[0], crop_hw[1], STRIDE)
         f, v = f[..., :gh, :gw], v[..., :gh, :gw]
         src_hw = crop_hw
     if size is not None and (size[1], size[0]) != tuple(src_hw):
-        f, v = resize_grid(f, v, (size[1], size[0]), src_hw, STRIDE)
-    return f[0].numpy().astype(np.float32), v[0].numpy().astype(bool)
+        ft, vt = resize_grid(torch.from_numpy(np.ascontiguousarray(f))[None],
+                             torch.from_numpy(np.ascontiguousarray(v))[None], (size[1], size[0]), src_hw, STRIDE)
+        f, v = ft[0].numpy(), vt[0].numpy()
+    return np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(v, dtype=bool)
 
 
 def _resize_img(a: np.ndarray, size) -> np.ndarray:
@@ -438,7 +440,7 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
             qp = cv2.resize(qp, (-(-size[0] // 16), -(-size[1] // 16)), interpolation=cv2.INTER_NEAREST)
     return DecodedFrame(index=m.raw.index, time=m.raw.time, pict_type=m.raw.pict, rgb=rgb,
                         flow_to_prev=fp, valid_to_prev=vp, flow_to_next=np.zeros_like(fp),
-                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float32),
+                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float16),
                         qp=None if qp is None else qp[None].astype(np.float32))
 
 
@@ -509,8 +511,8 @@ def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) 
 
 def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
     """(T, 3, H, W) float32 in [0, 1]."""
-    arr = np.stack([f.rgb for f in frames], 0)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    arr = torch.from_numpy(np.stack([f.rgb for f in frames], 0)).permute(0, 3, 1, 2).contiguous()
+    return arr.float().div_(255.0)
 
 
 def _source_name(info: VideoInfo, export_mvs: bool) -> str:

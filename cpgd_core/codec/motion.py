@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import cv2
 import numpy as np
 import torch
-
-from .flow import warp
 
 
 def grid_size(height: int, width: int, stride: int = 4) -> tuple[int, int]:
@@ -75,8 +74,46 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
     return flow, valid
 
 
-def _to_grid_units(flow: torch.Tensor, stride: int) -> torch.Tensor:
-    return flow / float(stride)
+# The per-frame grid arithmetic below runs on small arrays in the decoding loop, where cv2.remap is an
+# order of magnitude cheaper than torch.grid_sample (and immune to OpenMP oversubscription on busy
+# machines). It samples exactly like flow.warp: pixel centres at integer coordinates, bilinear.
+
+def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, border: bool = True) -> np.ndarray:
+    """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
+    h, w = img.shape[-2:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs + grid_flow[0], ys + grid_flow[1]
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    mode = cv2.BORDER_REPLICATE if border else cv2.BORDER_CONSTANT
+    out = [cv2.remap(np.ascontiguousarray(c), mx, my, interp, borderMode=mode, borderValue=0) for c in img]
+    return np.stack(out, 0)
+
+
+def compose_np(flow_ab: np.ndarray, valid_ab: np.ndarray, flow_bc: np.ndarray, valid_bc: np.ndarray,
+               stride: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """numpy form of :func:`compose_grid` for one frame: (2, h, w) / (1, h, w)."""
+    f_ab = flow_ab.astype(np.float32) / stride
+    f_bc = flow_bc.astype(np.float32) / stride
+    out = f_ab + _sample(f_bc, f_ab)
+    land = _sample(valid_bc.astype(np.float32), f_ab, nearest=True, border=False) > 0.5
+    return out * stride, valid_ab.astype(bool) & land
+
+
+def invert_np(flow: np.ndarray, valid: np.ndarray, stride: int = 4, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """numpy form of :func:`invert_grid` for one frame: (2, h, w) / (1, h, w)."""
+    f = flow.astype(np.float32) / stride
+    g = -f
+    for _ in range(iterations):
+        g = -_sample(f, g)
+    land = _sample(valid.astype(np.float32), g, nearest=True, border=False) > 0.5
+    return g * stride, land
+
+
+def _batched(fn, *arrays: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    outs = [fn(*(a[i].detach().cpu().numpy() for a in arrays), stride=stride) for i in range(arrays[0].shape[0])]
+    f = torch.from_numpy(np.stack([o[0] for o in outs])).to(arrays[0].device)
+    v = torch.from_numpy(np.stack([o[1] for o in outs])).to(arrays[0].device)
+    return f, v
 
 
 def compose_grid(flow_ab: torch.Tensor, valid_ab: torch.Tensor, flow_bc: torch.Tensor, valid_bc: torch.Tensor,
@@ -86,11 +123,7 @@ def compose_grid(flow_ab: torch.Tensor, valid_ab: torch.Tensor, flow_bc: torch.T
     Shapes: flows (N, 2, h, w) in full-resolution pixels on the 1/``stride`` grid, valids (N, 1, h, w) bool.
     The result is valid where a->b is valid and lands on a valid, in-frame cell of b->c.
     """
-    f_ab = _to_grid_units(flow_ab.float(), stride)
-    f_bc = _to_grid_units(flow_bc.float(), stride)
-    out = f_ab + warp(f_bc, f_ab, padding_mode="border")
-    land = warp(valid_bc.float(), f_ab, mode="nearest", padding_mode="zeros") > 0.5
-    return out * stride, valid_ab & land
+    return _batched(compose_np, flow_ab.float(), valid_ab, flow_bc.float(), valid_bc, stride=stride)
 
 
 def invert_grid(flow: torch.Tensor, valid: torch.Tensor, stride: int = 4,
@@ -102,12 +135,7 @@ def invert_grid(flow: torch.Tensor, valid: torch.Tensor, stride: int = 4,
     boundaries; where the back-projected point lands on an invalid cell or leaves the frame the result
     is marked invalid. Shapes: (N, 2, h, w) / (N, 1, h, w).
     """
-    f = _to_grid_units(flow.float(), stride)
-    g = -f
-    for _ in range(iterations):
-        g = -warp(f, g, padding_mode="border")
-    land = warp(valid.float(), g, mode="nearest", padding_mode="zeros") > 0.5
-    return g * stride, land
+    return _batched(lambda f, v, stride: invert_np(f, v, stride, iterations), flow.float(), valid, stride=stride)
 
 
 def resize_grid(flow: torch.Tensor, valid: torch.Tensor, size: tuple[int, int], src_size: tuple[int, int],

@@ -36,6 +36,7 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
     enc.options = {"crf": str(crf), "preset": preset, "x264-params": x264_params}
     dec = av.CodecContext.create("h264", "r")
     dec.options = {"export_side_data": "mvs"}
+    dec.thread_type = "SLICE"  # frame threading races with motion-vector export
     index = 0
 
     def drain(packets):

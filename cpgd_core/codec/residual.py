@@ -18,28 +18,35 @@ consumer can tell the two apart. A frame with no reference at all (the first fra
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import cv2
 import numpy as np
 
-from .motion import dense_from_grid
 
 RESIDUAL_CHANNELS = ("luma", "rgb")
 
 
-def _remap(img: np.ndarray, flow_grid: np.ndarray, stride: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    dense = dense_from_grid(flow_grid, h, w, stride)
-    xs = np.arange(w, dtype=np.float32)[None, :] + dense[0]
-    ys = np.arange(h, dtype=np.float32)[:, None] + dense[1]
-    return cv2.remap(img, xs, ys, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+@functools.lru_cache(maxsize=4)
+def _base_map(h: int, w: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.ascontiguousarray(np.stack([xs, ys], -1))
 
 
-def _dense_mask(valid_grid: Optional[np.ndarray], h: int, w: int, stride: int) -> np.ndarray:
-    if valid_grid is None:
-        return np.zeros((h, w), bool)
-    return dense_from_grid(valid_grid.reshape(1, *valid_grid.shape[-2:]), h, w, stride)[0]
+def _dense(grid: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
+    """(h', w'[, C]) cell grid -> (H, W[, C]) by block replication (nearest resize by an integer factor)."""
+    gh, gw = grid.shape[:2]
+    return cv2.resize(grid, (gw * stride, gh * stride), interpolation=cv2.INTER_NEAREST)[:h, :w]
+
+
+def _predict(ref: np.ndarray, flow: np.ndarray, valid: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = ref.shape[:2]
+    maps = _base_map(h, w) + _dense(np.ascontiguousarray(np.moveaxis(flow, 0, -1), np.float32), h, w, stride)
+    pred = cv2.remap(ref.astype(np.float32), maps, None, interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+    mask = _dense(valid.reshape(valid.shape[-2:]).astype(np.uint8), h, w, stride).astype(bool)
+    return pred, mask
 
 
 def mc_residual(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Optional[np.ndarray] = None,
@@ -63,28 +70,26 @@ def mc_residual(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
     """
     cur_f = cur.astype(np.float32)
     h, w = cur_f.shape[:2]
-    acc = np.zeros_like(cur_f)
-    count = np.zeros((h, w), np.float32)
+    preds = []
     for ref, flow, valid in ((ref_prev, flow_prev, valid_prev), (ref_next, flow_next, valid_next)):
-        if ref is None or flow is None:
-            continue
-        mask = _dense_mask(valid, h, w, stride)
-        if not mask.any():
-            continue
-        pred = _remap(ref.astype(np.float32), flow, stride)
-        m = mask if pred.ndim == 2 else mask[..., None]
-        acc += np.where(m, pred, 0.0)
-        count += mask
-    compensated = count > 0
-    denom = np.maximum(count, 1.0) if acc.ndim == 2 else np.maximum(count, 1.0)[..., None]
-    pred = acc / denom
-    if ref_prev is not None:
-        fallback = ref_prev.astype(np.float32)
+        if ref is not None and flow is not None and valid is not None and valid.any():
+            preds.append(_predict(ref, flow, valid, stride))
+    # Zero-motion fallback where no vector exists; with no reference at all, a zero residual.
+    fallback = ref_prev.astype(np.float32) if ref_prev is not None else cur_f
+    expand = (lambda m: m) if cur_f.ndim == 2 else (lambda m: m[..., None])  # noqa: E731
+    if not preds:
+        pred, compensated = fallback, np.zeros((h, w), bool)
+    elif len(preds) == 1:
+        pred, compensated = preds[0]
+        pred = np.where(expand(compensated), pred, fallback)
     else:
-        fallback = cur_f  # nothing to predict from: zero residual
-    pred = np.where(compensated if pred.ndim == 2 else compensated[..., None], pred, fallback)
-    res = (cur_f - pred) / 255.0
+        (p0, m0), (p1, m1) = preds
+        both = m0 & m1
+        pred = np.where(expand(both), (p0 + p1) * 0.5, np.where(expand(m0), p0, np.where(expand(m1), p1, fallback)))
+        compensated = m0 | m1
+    res = cur_f - pred
+    res *= 1.0 / 255.0
     if not signed:
-        res = np.abs(res)
+        np.abs(res, out=res)
     res = res[None] if res.ndim == 2 else np.moveaxis(res, -1, 0)
     return np.ascontiguousarray(res, dtype=np.float32), compensated
