@@ -150,9 +150,3 @@ def resize_grid(flow: torch.Tensor, valid: torch.Tensor, size: tuple[int, int], 
     v = torch.nn.functional.interpolate(valid.float(), size=(gh, gw), mode="nearest") > 0.5
     scale = torch.tensor([size[1] / src_size[1], size[0] / src_size[0]], dtype=f.dtype).view(1, 2, 1, 1)
     return f * scale, v
-
-
-def dense_from_grid(flow: np.ndarray, height: int, width: int, stride: int = 4) -> np.ndarray:
-    """(2, h, w) cell field -> (2, H, W) per-pixel field by block replication (numpy, for cv2.remap)."""
-    dense = np.repeat(np.repeat(flow, stride, axis=1), stride, axis=2)
-    return dense[:, :height, :width]
