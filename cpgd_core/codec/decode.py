@@ -185,7 +185,7 @@ class _Raw:
 
 def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
     """Decoded frame -> (H, W, 3) uint8 RGB, honouring the stream's matrix and range tags."""
-    kwargs = {}
+    kwargs = {"threads": 1}  # see encode._yuv_frame: no per-frame swscale thread pools
     if fr.color_range in (1, 2):  # MPEG (limited) / JPEG (full); unspecified -> pix_fmt decides
         kwargs["src_color_range"] = int(fr.color_range)
         kwargs["dst_color_range"] = 2
@@ -197,7 +197,7 @@ def frame_to_luma(fr: "av.VideoFrame") -> np.ndarray:
     if fr.format.name in _LUMA_PLANE_FORMATS:
         p = fr.planes[0]
         return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width].copy()
-    return fr.to_ndarray(format="gray")
+    return fr.to_ndarray(format="gray", threads=1)
 
 
 def _pict_of(fr, has_mvs: bool) -> str:

@@ -51,10 +51,13 @@ _RGB_FORMATS = {"gbrp", "bgr0", "rgb24", "bgr24", "rgb0", "0rgb"}
 
 
 def _yuv_frame(rgb: np.ndarray, pix_fmt: str) -> "av.VideoFrame":
+    # threads=1: FFmpeg 8's swscale otherwise starts one thread per core for every frame, and many
+    # encoding processes at once (training data workers) then fail with EAGAIN from thread creation.
     fr = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     if pix_fmt in _RGB_FORMATS:  # lossless RGB storage (e.g. ffv1 ground truth): no matrix involved
-        return fr.reformat(format=pix_fmt)
-    out = fr.reformat(format=pix_fmt, dst_colorspace="ITU709", src_color_range="JPEG", dst_color_range="MPEG")
+        return fr.reformat(format=pix_fmt, threads=1)
+    out = fr.reformat(format=pix_fmt, dst_colorspace="ITU709", src_color_range="JPEG", dst_color_range="MPEG",
+                      threads=1)
     out.colorspace = _BT709
     out.color_range = _RANGE_TV
     out.color_primaries = _BT709
