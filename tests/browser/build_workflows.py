@@ -66,6 +66,55 @@ return {workflow: JSON.stringify(workflow), api: prompt.output};
 """
 
 
+def _types_in(node: dict) -> list[tuple[str, str]]:
+    """(input name, type) of a node's declared inputs, required first."""
+    out = []
+    for group in ("required", "optional"):
+        for name, spec in node["input"].get(group, {}).items():
+            out.append((name, spec[0] if isinstance(spec[0], str) else "COMBO"))
+    return out
+
+
+def resolve(spec: dict, object_info: dict) -> dict:
+    """Resolve type-based references against the live schema, so a spec survives socket renames.
+
+    node type "provides:T"  -> the CPGD_ node with an output of type T
+    node type "consumes:T"  -> the CPGD_ node with an input of type T and an IMAGE output
+    socket "@T"             -> that node's first output / input of type T
+    widget "@file"          -> the node's first COMBO input
+    """
+    ours = {k: v for k, v in object_info.items() if k.startswith("CPGD_")}
+
+    def node_type(t: str) -> str:
+        kind, _, socket = t.partition(":")
+        if kind == "provides":
+            hits = [k for k, v in ours.items() if socket in v["output"]]
+        elif kind == "consumes":
+            hits = [k for k, v in ours.items() if socket in dict(_types_in(v)).values() and "IMAGE" in v["output"]]
+        else:
+            return t
+        if len(hits) != 1:
+            raise SystemExit(f"cannot resolve node type {t!r}: candidates {hits}")
+        return hits[0]
+
+    nodes = {}
+    for key, n in spec["nodes"].items():
+        n = {**n, "type": node_type(n["type"])}
+        if any(w.startswith("@") for w in n.get("widgets", {})):
+            combos = [name for name, t in _types_in(object_info[n["type"]]) if t == "COMBO"]
+            n["widgets"] = {(combos[0] if w == "@file" else w): v for w, v in n["widgets"].items()}
+        nodes[key] = n
+    links = []
+    for src, out, dst, inp in spec["links"]:
+        if out.startswith("@"):
+            info = object_info[nodes[src]["type"]]
+            out = info["output_name"][info["output"].index(out[1:])]
+        if inp.startswith("@"):
+            inp = next(name for name, t in _types_in(object_info[nodes[dst]["type"]]) if t == inp[1:])
+        links.append((src, out, dst, inp))
+    return {**spec, "nodes": nodes, "links": links}
+
+
 def build(names: list[str] | None = None) -> list[str]:
     root_conftest = _load("cpgd_tests_conftest", os.path.join(ROOT, "tests", "conftest.py"))
     browser = _load("cpgd_browser_conftest", os.path.join(HERE, "conftest.py"))
@@ -97,11 +146,12 @@ def build(names: list[str] | None = None) -> list[str]:
                 raise SystemExit("no sample clip: `python -m cpgd_core sample` failed and CPGD_SAMPLE_VIDEO is unset")
             page = browser.ComfyPage(drv, server)
             page.open()
+            object_info = server.get_json("/object_info")
             os.makedirs(os.path.join(ROOT, "workflows", "api"), exist_ok=True)
             for name, spec in specs.WORKFLOWS.items():
                 if names and name not in names:
                     continue
-                result = page.run_async(BUILD_JS, {**spec, "name": name})
+                result = page.run_async(BUILD_JS, {**resolve(spec, object_info), "name": name})
                 path = os.path.join(ROOT, "workflows", f"{name}.json")
                 with open(path, "w", encoding="utf-8") as f:
                     json.dump(json.loads(result["workflow"]), f, indent=2)

@@ -49,16 +49,20 @@ INSPECT_PRIORS = {
 
 
 def _stage_one(y: int = 120) -> tuple[dict, list]:
-    """Loader -> CPFP restore, shared by every deblurring workflow (keys: load, cpfp, restore)."""
+    """Loader -> CPFP restore, shared by every deblurring workflow (keys: load, cpfp, restore).
+
+    The CPFP nodes are referred to by socket type (resolved against /object_info by build_workflows.py):
+    the loader is the node providing CPGD_CPFP_MODEL, the restore node the one consuming it.
+    """
     nodes = {
         "load": {"type": "CPGD_LoadVideoWithPriors", "pos": (40, y), "widgets": {"video": SAMPLE}},
-        "cpfp": {"type": "CPGD_CPFPLoader", "pos": (40, y + 640), "widgets": {"model_name": CPFP_FILE}},
-        "restore": {"type": "CPGD_CPFPRestore", "pos": (480, y)},
+        "cpfp": {"type": "provides:CPGD_CPFP_MODEL", "pos": (40, y + 900), "widgets": {"@file": CPFP_FILE}},
+        "restore": {"type": "consumes:CPGD_CPFP_MODEL", "pos": (480, y)},
     }
     links = [
-        ("load", "images", "restore", "images"),
-        ("load", "priors", "restore", "priors"),
-        ("cpfp", "model", "restore", "model"),
+        ("load", "images", "restore", "@IMAGE"),
+        ("load", "priors", "restore", "@CPGD_CODEC_PRIORS"),
+        ("cpfp", "@CPGD_CPFP_MODEL", "restore", "@CPGD_CPFP_MODEL"),
     ]
     return nodes, links
 
@@ -81,7 +85,7 @@ def _save_video(key: str, pos: tuple[int, int], prefix: str, images: tuple[str, 
 
 def _stage_one_workflow() -> dict:
     nodes, links = _stage_one()
-    for extra in (_save_video("out", (900, 40), "cpgd/deblurred", ("restore", "images")),
+    for extra in (_save_video("out", (900, 40), "cpgd/deblurred", ("restore", "@IMAGE")),
                   _save_video("ba", (900, 560), "cpgd/before_after", ("stitch", "IMAGE"))):
         nodes.update(extra[0])
         links += extra[1]
@@ -96,7 +100,7 @@ def _stage_one_workflow() -> dict:
         "- **Create Video → Save Video** keep the source fps and audio.\n"
         "- The second video shows the input and the result side by side.\n\n"
         f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder."))
-    links += [("load", "images", "stitch", "image1"), ("restore", "images", "stitch", "image2")]
+    links += [("load", "images", "stitch", "image1"), ("restore", "@IMAGE", "stitch", "image2")]
     return {"nodes": nodes, "links": links}
 
 
@@ -124,13 +128,13 @@ def _stage_two(sampler: str) -> dict:
         ("neg", "CONDITIONING", "apply", "negative"),
         ("cn", "CONTROL_NET", "apply", "control_net"),
         ("ckpt", "VAE", "apply", "vae"),
-        ("restore", "images", "apply", "image"),
+        ("restore", "@IMAGE", "apply", "image"),
         ("load", "priors", "apply", "priors"),
-        ("restore", "images", "encode", "pixels"),
+        ("restore", "@IMAGE", "encode", "pixels"),
         ("ckpt", "VAE", "encode", "vae"),
         ("ckpt", "VAE", "decode", "vae"),
         ("decode", "IMAGE", "colorfix", "image"),
-        ("restore", "images", "colorfix", "reference"),
+        ("restore", "@IMAGE", "colorfix", "reference"),
     ]
     if sampler == "ksampler":
         nodes["sampler"] = {"type": "KSampler", "pos": (1740, 120),
