@@ -1,2 +1,238 @@
-"""Placeholder until implemented."""
-NODES = []
+"""Stage one (CPFP) in ComfyUI: the weights loader and the chunked/tiled restore node.
+
+The network is wrapped in a ``ModelPatcher`` so ComfyUI's model management places it (and evicts other
+models for it) like any other model; the restore node only asks for it to be loaded and then runs the core
+driver (``cpgd_core.pipeline.restore.restore_video``) on ``patcher.load_device``.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+
+from ..cpgd_core.codec.priors import CodecPriors
+from ..cpgd_core.errors import CPGDInputError
+from ..cpgd_core.models.cpfp import CPFPConfig
+from ..cpgd_core.pipeline.restore import restore_video, temporal_chunks
+from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
+from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_image, image_to_frames, progress_callbacks
+
+CATEGORY = "CPGD/restore"
+SHIPPED = "cpfp_lite (shipped)"
+DTYPES = ["auto", "fp32", "fp16", "bf16"]
+# OOM back-off, as the core upscale node does: halve the tile, give up below the smallest tile.
+OOM_FIRST_TILE = 512
+OOM_MIN_TILE = 128
+_CACHE_SIZE = 2
+
+
+@dataclass
+class CPFPModel:
+    """What flows through CPGD_CPFP_MODEL: the managed network plus where it came from."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    config: CPFPConfig
+    name: str
+    path: str
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.patcher.model
+
+
+# (path, mtime_ns) -> CPFPModel; re-running a graph (or a second loader node on the same file) reuses the
+# already built patcher instead of reading and re-initialising the network.
+_MODELS: "OrderedDict[tuple[str, int], CPFPModel]" = OrderedDict()
+
+
+def _weight_files() -> list[str]:
+    return [SHIPPED] + [f for f in folder_paths.get_filename_list(MODEL_FOLDER) if f.endswith(".safetensors")]
+
+
+def _resolve(name: str) -> str:
+    if name == SHIPPED:
+        path = default_cpfp_path()
+        if not os.path.isfile(path):
+            raise CPGDInputError(f"the shipped CPFP weights are missing from the pack: {path}")
+        return path
+    path = folder_paths.get_full_path(MODEL_FOLDER, name)
+    if path is None:
+        searched = ", ".join(folder_paths.get_folder_paths(MODEL_FOLDER))
+        raise CPGDInputError(f"CPFP weights {name!r} not found in models/{MODEL_FOLDER} (searched: {searched})")
+    return path
+
+
+def load_cpfp_model(name: str) -> CPFPModel:
+    """Load (or reuse from the module cache) the CPFP weights named in the loader's combo."""
+    path = _resolve(name)
+    key = (os.path.realpath(path), os.stat(path).st_mtime_ns)
+    cached = _MODELS.get(key)
+    if cached is not None:
+        _MODELS.move_to_end(key)
+        return cached
+    kind = inspect_weights(path)
+    if kind == "cpcontrolnet":
+        # the folder is shared with stage two, so this mistake is easy to make: say which node to use
+        raise CPGDInputError(f"{name} ({path}) is a CPControlNet (stage-two) file, not CPFP stage-one weights: "
+                             f"load it with 'Load CPControlNet (CPGD)'. This loader expects a CPFP .safetensors "
+                             f"written by cpgd_core (python -m cpgd_core.train cpfp).")
+    net = load_cpfp(path, device="cpu")
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    handle = CPFPModel(patcher=patcher, config=net.config, name=name, path=path)
+    _MODELS[key] = handle
+    while len(_MODELS) > _CACHE_SIZE:
+        _MODELS.popitem(last=False)
+    return handle
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """'auto' -> fp32 on CPU, else bf16/fp16/fp32 as ComfyUI's model management recommends for the device."""
+    if dtype not in DTYPES:
+        raise CPGDInputError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if mm.is_device_cpu(device):
+        return "fp32"
+    if mm.should_use_bf16(device):
+        return "bf16"
+    if mm.should_use_fp16(device):
+        return "fp16"
+    return "fp32"
+
+
+def zero_priors(priors: CodecPriors) -> CodecPriors:
+    """The same priors with no motion (all invalid) and no residual: the 'without priors' A/B arm."""
+    return replace(priors,
+                   flow_to_prev=torch.zeros_like(priors.flow_to_prev),
+                   valid_to_prev=torch.zeros_like(priors.valid_to_prev),
+                   flow_to_next=torch.zeros_like(priors.flow_to_next),
+                   valid_to_next=torch.zeros_like(priors.valid_to_next),
+                   residual=torch.zeros_like(priors.residual))
+
+
+def run_with_tile_backoff(run: Callable[[int], torch.Tensor], tile_size: int,
+                          on_oom: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, int]:
+    """Call ``run(tile)``; on an out-of-memory error retry with half the tile (512 first when tiling was
+    off) down to 128 px. Returns (result, tile actually used)."""
+    tile = tile_size
+    while True:
+        try:
+            return run(tile), tile
+        except (CPGDInputError, mm.InterruptProcessingException):
+            raise  # OOM_EXCEPTION may be a broad class on some builds: never swallow these
+        except mm.OOM_EXCEPTION as e:
+            on_oom()
+            nxt = OOM_FIRST_TILE if tile <= 0 else tile // 2
+            if nxt < OOM_MIN_TILE:
+                raise RuntimeError(
+                    f"CPFP restore ran out of memory even with {tile} px tiles; lower frames_per_chunk, use "
+                    f"dtype fp16/bf16, or reduce the resolution ({type(e).__name__}: {str(e)[:200]})") from e
+            tile = nxt
+
+
+class CPFPLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CPGD_CPFPLoader",
+            display_name="Load CPFP Model (CPGD)",
+            category=CATEGORY,
+            description=("Loads the stage-one CPFP deblurring network of CPGD-Net: the lite weights shipped with "
+                         "the pack, or a compatible .safetensors placed in models/cpgd. ComfyUI's model "
+                         "management moves it to the GPU when it runs."),
+            inputs=[
+                io.Combo.Input("model_name", options=_weight_files(), default=SHIPPED,
+                               tooltip="'cpfp_lite (shipped)' or a CPFP .safetensors file in models/cpgd."),
+            ],
+            outputs=[
+                CPFPModelSocket.Output(display_name="cpfp_model",
+                                       tooltip="The loaded CPFP network, for 'CPFP Restore (CPGD)'."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name: str) -> str:
+        # a replaced file under the same name must be reloaded
+        try:
+            path = _resolve(model_name)
+            return f"{path}:{os.stat(path).st_mtime_ns}"
+        except (CPGDInputError, OSError):
+            return "missing"
+
+    @classmethod
+    def execute(cls, model_name: str) -> io.NodeOutput:
+        return io.NodeOutput(load_cpfp_model(model_name))
+
+
+class CPFPRestore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CPGD_CPFPRestore",
+            display_name="CPFP Restore (CPGD)",
+            category=CATEGORY,
+            description=("Deblurs a clip with the stage-one CPFP network guided by its codec priors (motion "
+                         "vectors and coding residuals). Works in overlapping temporal chunks (memory bounded "
+                         "whatever the clip length) and optional feathered spatial tiles; on out-of-memory the "
+                         "tile size is halved automatically."),
+            inputs=[
+                CPFPModelSocket.Input("model", tooltip="CPFP network from 'Load CPFP Model (CPGD)'."),
+                io.Image.Input("images", tooltip="Blurry frames of one clip, in order."),
+                CodecPriorsSocket.Input("priors",
+                                        tooltip="Codec priors of exactly these frames (same count and size)."),
+                io.Int.Input("frames_per_chunk", default=16, min=1, max=512,
+                             tooltip="Frames processed together; more frames = more temporal context and memory."),
+                io.Int.Input("chunk_overlap", default=4, min=0, max=256,
+                             tooltip="Frames shared by consecutive chunks and cross-faded (must be < frames_per_chunk)."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=4,
+                             tooltip="Spatial tile size in pixels; 0 = whole frames. Tiles lower memory use."),
+                io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
+                             tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Compute precision. auto = fp32 on CPU, bf16 (or fp16) on GPU."),
+                io.Boolean.Input("use_priors", default=True,
+                                 tooltip="Off = run with the codec priors zeroed (no motion, no residual), "
+                                         "to compare their effect."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="restored", tooltip="Deblurred frames, same count and size as the input."),
+                io.Image.Output(display_name="side_by_side",
+                                tooltip="Each frame as input | restored, twice as wide, for previews."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: CPFPModel, images: torch.Tensor, priors: CodecPriors, frames_per_chunk: int,
+                chunk_overlap: int, tile_size: int, tile_overlap: int, dtype: str, use_priors: bool) -> io.NodeOutput:
+        if not isinstance(model, CPFPModel):
+            raise CPGDInputError(f"model must come from 'Load CPFP Model (CPGD)', got {type(model).__name__}")
+        frames = image_to_frames(images)
+        if not use_priors:
+            priors = zero_priors(priors)
+        chunks = len(temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap))  # validates early
+        mm.load_models_gpu([model.patcher])
+        device = model.patcher.load_device
+        precision = resolve_dtype(dtype, device)
+
+        def run(tile: int) -> torch.Tensor:
+            # fresh bar per attempt: an OOM retry starts again from the first chunk
+            progress, check_interrupt = progress_callbacks(chunks)
+            return restore_video(model.net, frames, priors, chunk_size=frames_per_chunk, chunk_overlap=chunk_overlap,
+                                 tile_size=tile, tile_overlap=tile_overlap, dtype=precision, device=device,
+                                 progress=progress, check_interrupt=check_interrupt)
+
+        restored, _ = run_with_tile_backoff(run, tile_size, on_oom=mm.soft_empty_cache)
+        side = torch.cat([frames, restored], dim=-1)
+        return io.NodeOutput(frames_to_image(restored), frames_to_image(side))
+
+
+NODES: list[type[io.ComfyNode]] = [CPFPLoader, CPFPRestore]

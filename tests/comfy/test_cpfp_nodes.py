@@ -1,0 +1,194 @@
+"""CPFP loader + restore nodes inside a real ComfyUI, on small synthetic clips written with PyAV."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cpgd_core.codec.encode import write_video
+from cpgd_core.data.synth import load_photo, make_blur_clip
+from cpgd_core.errors import CPGDInputError
+from cpgd_core.models.cpcontrolnet import CPControlNet, CPControlNetConfig
+from cpgd_core.train.common import psnr
+from cpgd_core.weights.cpc import save_cpcontrolnet
+
+N, W, H, FPS = 12, 96, 64, 25
+CHUNK, OVERLAP = 8, 2  # 12 frames -> 2 chunks
+SHIPPED = "cpfp_lite (shipped)"
+
+
+@pytest.fixture(scope="module")
+def media(comfy, tmp_path_factory) -> dict:
+    """Input-folder clips: a synthetic blurry clip (with its sharp frames), a shorter one, a constant one;
+    and a models/cpgd folder holding two files the CPFP loader must refuse."""
+    clip = make_blur_clip(load_photo("chelsea"), N, (W, H), subframes=9, seed=1, motion=2.5)
+    d = comfy.input_dir
+    write_video(os.path.join(d, "cpfp_blurry.mp4"), clip["blurry"], FPS, crf=20, preset="superfast",
+                x264_params="bframes=0", overwrite=True)
+    write_video(os.path.join(d, "cpfp_short.mp4"), clip["blurry"][:8], FPS, crf=20, preset="superfast",
+                x264_params="bframes=0", overwrite=True)
+    const = torch.tensor([0.3, 0.55, 0.7]).view(1, 3, 1, 1).expand(N, 3, H, W).contiguous()
+    write_video(os.path.join(d, "cpfp_const.mp4"), const, FPS, crf=20, preset="superfast",
+                x264_params="bframes=0", overwrite=True)
+
+    models = str(tmp_path_factory.mktemp("cpgd_models"))
+    save_file({"weight": torch.randn(4, 4)}, os.path.join(models, "random_tensors.safetensors"))
+    save_cpcontrolnet(CPControlNet(CPControlNetConfig.tiny()), os.path.join(models, "a_cpcontrolnet.safetensors"))
+    comfy.folder_paths.add_model_folder_path("cpgd", models)
+    return {"sharp": clip["sharp"], "blurry": "cpfp_blurry.mp4", "short": "cpfp_short.mp4", "const": "cpfp_const.mp4"}
+
+
+def cpfp_module(comfy):
+    return sys.modules[comfy.pack_module.__name__ + ".nodes.cpfp_nodes"]
+
+
+def load(video: str) -> dict:
+    return {"class_type": "CPGD_LoadVideoWithPriors",
+            "inputs": {"video": video, "skip_first_frames": 0, "frame_load_cap": 0, "select_every_nth": 1,
+                       "custom_width": 0, "custom_height": 0, "export_qp": False}}
+
+
+def restore(images=("1", 0), priors=("1", 1), model=("2", 0), **kw) -> dict:
+    inputs = {"model": list(model), "images": list(images), "priors": list(priors), "frames_per_chunk": CHUNK,
+              "chunk_overlap": OVERLAP, "tile_size": 0, "tile_overlap": 32, "dtype": "auto", "use_priors": True}
+    inputs.update(kw)
+    return {"class_type": "CPGD_CPFPRestore", "inputs": inputs}
+
+
+def graph(video: str, model_name: str = SHIPPED, **kw) -> dict:
+    return {"1": load(video),
+            "2": {"class_type": "CPGD_CPFPLoader", "inputs": {"model_name": model_name}},
+            "3": restore(**kw),
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+            "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+
+
+@pytest.fixture(scope="module")
+def deblurred(comfy, media):
+    return comfy.run(graph(media["blurry"]))
+
+
+def test_nodes_registered_with_tooltips(comfy):
+    for node_id in ("CPGD_CPFPLoader", "CPGD_CPFPRestore"):
+        cls = comfy.nodes.NODE_CLASS_MAPPINGS[node_id]
+        info = cls.GET_SCHEMA().get_v1_info(cls)
+        assert info.category.startswith("CPGD/") and info.description
+        for section in ("required", "optional"):
+            for name, (_, opts) in info.input.get(section, {}).items():
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert info.output_tooltips and all(info.output_tooltips), f"{node_id} has an output without a tooltip"
+
+
+def test_restore_graph_outputs_and_progress(comfy, media, deblurred):
+    images = deblurred.raw["1"][0]
+    restored, side = deblurred.raw["3"]
+    assert tuple(restored.shape) == tuple(images.shape) == (N, H, W, 3)
+    assert torch.isfinite(restored).all() and 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
+    assert float((restored - images).abs().mean()) > 1e-3, "the network must change the frames"
+    assert tuple(side.shape) == (N, H, 2 * W, 3)
+    torch.testing.assert_close(side[:, :, :W], images)
+    torch.testing.assert_close(side[:, :, W:], restored)
+    assert deblurred.ui["4"]["images"] and deblurred.ui["5"]["images"]
+    # the loader node output is the managed model handle
+    handle = deblurred.raw["2"][0]
+    assert type(handle).__name__ == "CPFPModel" and handle.patcher.model is handle.net
+
+
+def test_progress_per_chunk_attributed_to_restore_node(comfy, media):
+    comfy.run(graph(media["blurry"]))
+    mine = [(v, t) for nid, v, t in comfy.progress if nid == "3"]
+    assert mine[-1] == (2, 2) and (1, 2) in mine
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "shipped cpfp_lite was trained on in-memory re-encodes decoded with the BT.601 matrix (codec/reencode.py "
+    "leaves the x264 stream untagged) and learned to undo that colour shift; on correctly decoded BT.709 files "
+    "it loses ~1-2 dB. Remove this marker once the weights are retrained with the fixed re-encode."))
+def test_shipped_model_improves_psnr_on_synthetic_blur(media, deblurred):
+    images, restored = deblurred.raw["1"][0], deblurred.raw["3"][0]
+    sharp = media["sharp"]
+    before = psnr(images.movedim(-1, 1), sharp)
+    after = psnr(restored.movedim(-1, 1), sharp)
+    print(f"PSNR vs sharp: blurry {before:.2f} dB, restored {after:.2f} dB")
+    assert after > before + 0.3
+
+
+def test_use_priors_switch(comfy, media, deblurred):
+    res = comfy.run(graph(media["blurry"], use_priors=False))
+    without = res.raw["3"][0]
+    assert tuple(without.shape) == (N, H, W, 3) and torch.isfinite(without).all()
+    assert float((without - deblurred.raw["3"][0]).abs().max()) > 1e-3, "zeroed priors must change the output"
+
+
+def test_constant_video_stays_constant_with_chunks_and_tiles(comfy, media):
+    res = comfy.run(graph(media["const"], frames_per_chunk=5, chunk_overlap=2, tile_size=32, tile_overlap=8))
+    images, out = res.raw["1"][0], res.raw["3"][0]
+    assert tuple(out.shape) == (N, H, W, 3)
+    assert float((images.amax(dim=(0, 1, 2)) - images.amin(dim=(0, 1, 2))).max()) == 0.0
+    # the network's zero-padded convolutions tint the outer 4 px of any frame (~0.02, with or without
+    # tiles); inside, chunk cross-fades and tile seams must not show
+    inner = out[:, 4:-4, 4:-4]
+    spread = float((inner.amax(dim=(0, 1, 2)) - inner.amin(dim=(0, 1, 2))).max())
+    assert spread < 4 / 255, f"constant input gave a non-constant output (spread {spread:.4f})"
+    plain = comfy.run(graph(media["const"], frames_per_chunk=16, chunk_overlap=4, tile_size=0)).raw["3"][0]
+    assert float((out - plain).abs().max()) < 4 / 255, "chunking/tiling changed a constant video"
+    assert float((out.mean(dim=(0, 1, 2)) - images.mean(dim=(0, 1, 2))).abs().max()) < 0.06
+
+
+def test_mismatched_frame_count_is_a_clear_error(comfy, media):
+    g = graph(media["blurry"])
+    g["6"] = load(media["short"])
+    g["3"] = restore(priors=("6", 1))
+    res = comfy.run(g, expect_success=False)
+    assert not res.success
+    assert "frame count mismatch" in res.error and "12 frames" in res.error and "8 frames" in res.error, res.error
+
+
+@pytest.mark.parametrize("name,expected", [("random_tensors.safetensors", "not CPFP weights"),
+                                           ("a_cpcontrolnet.safetensors", "CPControlNet")])
+def test_incompatible_weights_are_refused_by_name(comfy, media, name, expected):
+    assert name in comfy.nodes.NODE_CLASS_MAPPINGS["CPGD_CPFPLoader"].INPUT_TYPES()["required"]["model_name"][1]["options"]
+    res = comfy.run(graph(media["blurry"], model_name=name), expect_success=False)
+    assert not res.success
+    assert name in res.error and expected in res.error and "CPFP .safetensors" in res.error, res.error
+
+
+def test_loader_caches_models_per_file(comfy):
+    mod = cpfp_module(comfy)
+    a, b = mod.load_cpfp_model(SHIPPED), mod.load_cpfp_model(SHIPPED)
+    assert a is b
+    assert a.patcher.load_device == comfy.mm.get_torch_device()
+
+
+def test_oom_backoff_halves_tiles_then_gives_up(comfy):
+    mod = cpfp_module(comfy)
+    tried = []
+
+    def fits_at_256(tile: int) -> torch.Tensor:
+        tried.append(tile)
+        if tile == 0 or tile > 256:
+            raise torch.OutOfMemoryError("simulated")
+        return torch.zeros(1)
+
+    _, used = mod.run_with_tile_backoff(fits_at_256, 0)
+    assert used == 256 and tried == [0, 512, 256]
+
+    tried.clear()
+
+    def never_fits(tile: int) -> torch.Tensor:
+        tried.append(tile)
+        raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(RuntimeError, match="out of memory even with 150 px tiles"):
+        mod.run_with_tile_backoff(never_fits, 300)
+    assert tried == [300, 150]  # 75 would be below the 128 px floor
+
+    def bad_input(tile: int) -> torch.Tensor:
+        raise CPGDInputError("frame count mismatch")
+
+    with pytest.raises(CPGDInputError):
+        mod.run_with_tile_backoff(bad_input, 0)
