@@ -66,7 +66,12 @@ def _yuv_frame(rgb: np.ndarray, pix_fmt: str) -> "av.VideoFrame":
 
 
 def _tag_stream(stream) -> None:
-    cc = stream.codec_context
+    tag_bt709(stream.codec_context)
+
+
+def tag_bt709(cc) -> None:
+    """Tag an encoder context as BT.709 limited range, the matrix ``_yuv_frame`` converts with; untagged
+    streams are decoded with BT.601 and come back with shifted colours."""
     cc.colorspace = _BT709
     cc.color_range = _RANGE_TV
     cc.color_primaries = _BT709

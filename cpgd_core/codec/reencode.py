@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .decode import DecodedFrame, _pipeline, _raw_from_frame, frames_to_tensor, priors_from_decoded
-from .encode import _even, _pad_even, _rate, _yuv_frame, to_uint8_hwc
+from .encode import _even, _pad_even, _rate, _yuv_frame, tag_bt709, to_uint8_hwc
 from .priors import CodecPriors
 
 SOURCE = "reencode:libx264"
@@ -34,6 +34,7 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
     enc.time_base = Fraction(1) / fps
     enc.framerate = fps
     enc.options = {"crf": str(crf), "preset": preset, "x264-params": x264_params}
+    tag_bt709(enc)
     dec = av.CodecContext.create("h264", "r")
     dec.options = {"export_side_data": "mvs"}
     dec.thread_type = "SLICE"  # frame threading races with motion-vector export

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
-from ..weights import save_cpfp
+from ..weights import load_cpfp, save_cpfp
 from .common import (DistInfo, JsonLogger, barrier, charbonnier, cleanup_distributed, cosine_lr, init_distributed,
                      load_checkpoint, psnr, rng_state, save_checkpoint, seed_everything, set_rng_state, ssim)
 
@@ -230,6 +230,12 @@ def train(args: argparse.Namespace) -> dict:
         log.log(event="resume", step=start, checkpoint=ckpt_path)
     elif args.resume:
         log.log(event="note", message=f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+    if start == 0 and args.init:
+        init = load_cpfp(args.init)
+        if init.config.to_json() != cfg.to_json():
+            raise CPGDInputError(f"--init {args.init} has config {init.config.to_json()}, not {cfg.to_json()}")
+        model.load_state_dict(init.state_dict())
+        log.log(event="init", weights=args.init)
 
     net = model
     if info.enabled:
@@ -328,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=128, help="square crop size in px (multiple of 4)")
     p.add_argument("--frames", type=int, default=7, help="frames per training clip")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, cpfp_final.safetensors")
+    p.add_argument("--init", default=None, help="start from these CPFP weights (.safetensors), e.g. to fine-tune")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.add_argument("--no-priors", action="store_true", help="ablation: same network with MV/CR priors zeroed")
     p.add_argument("--crops-per-clip", type=int, default=1,
