@@ -138,12 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         prompt = json.load(f)
 
     harness = _harness()
-    # ComfyUI's nodes.py puts ComfyUI/comfy/ first on sys.path, where comfy/utils.py would then shadow
-    # the top-level `utils` package that server.py (imported by comfy_extras) needs; main.py avoids
-    # this by importing that package early, and so does this script.
-    if harness.COMFY_DIR not in sys.path:
-        sys.path.insert(0, harness.COMFY_DIR)
-    importlib.import_module("utils.install_util")
     comfy = harness.ComfyInProcess(os.path.join(BUILD, "main_job"))
     os.makedirs(args.output, exist_ok=True)
     comfy.folder_paths.set_output_directory(os.path.abspath(args.output))

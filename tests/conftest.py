@@ -88,6 +88,9 @@ class ComfyInProcess:
             os.makedirs(d, exist_ok=True)
         if COMFY_DIR not in sys.path:
             sys.path.insert(0, COMFY_DIR)
+        # nodes.py later puts ComfyUI/comfy/ first on sys.path, where comfy/utils.py would shadow the
+        # top-level `utils` package that comfy_extras.nodes_images needs; main.py imports it early too.
+        import utils.install_util  # noqa: F401
         import comfy.options  # noqa: F401  (argument parsing stays off: defaults)
         from comfy.cli_args import args
         args.cpu = True  # must precede comfy.model_management's import

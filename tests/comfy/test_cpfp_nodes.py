@@ -201,10 +201,6 @@ def test_main_job_workflow_validates(comfy, media):
     with open(os.path.join(root, "workflows", "api", "main.json")) as f:
         prompt = json.load(f)
     classes = {n["class_type"] for n in prompt.values()}
-    if "ImageFromBatch" not in comfy.nodes.NODE_CLASS_MAPPINGS:
-        # comfy_extras/nodes_images.py needs the top-level `utils` package imported before boot, which
-        # scripts/run_main.py does and the in-process harness (tests/conftest.py) does not yet
-        pytest.skip("the harness booted ComfyUI without comfy_extras/nodes_images.py (utils shadowed)")
     assert {"CPGD_CPFPLoader", "CPGD_CPFPRestore", "SaveVideo", "SaveImage"} <= classes
     for node in prompt.values():
         if node["class_type"] == "CPGD_LoadVideoWithPriors":
