@@ -98,6 +98,8 @@ class ComfyPage:
         self.wait_for("return !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph"
                       " && Object.keys(LiteGraph.registered_node_types).length > 100)", 120,
                       "the ComfyUI frontend did not finish booting")
+        # Keep node text drawn at the zoom a whole workflow fits at (for readable screenshots).
+        self.run_async("await app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 0);")
         self.console_errors()  # drop the boot messages; tests look at what their own actions log
         # Dismiss the frontend's one-off "Introducing Nodes 2.0" banner so screenshots show the graph.
         self.driver.execute_script("""

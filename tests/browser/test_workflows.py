@@ -165,6 +165,11 @@ def test_workflow_loads_converts_and_queues(name, page, comfy_server, object_inf
         if f.get("type") == "output":
             assert os.path.isfile(os.path.join(comfy_server.output_dir, f.get("subfolder", ""), f["filename"]))
         assert _decode_frames(comfy_server.view(f)) >= 1, f
+    page.wait_for("return document.querySelectorAll('video, img').length > 0", 10, "no previews on the page")
+    shot = os.path.join(screenshot_dir, f"{name}_result.png")
+    page.screenshot(shot)
+    if os.environ.get("CPGD_UPDATE_SCREENSHOTS") == "1":
+        thumbs.publish(shot, f"{name}_result", thumbnail=False)
     _after_run_checks(name, page, hist, res, screenshot_dir)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 SAMPLE = "cpgd_sample_blurry.mp4"
 SD_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"
 CPCONTROLNET_FILE = "cpgd_cpcontrolnet.safetensors"  # models/controlnet or models/cpgd (nodes/cpc_nodes.py)
-CPFP_FILE = "cpfp_lite.safetensors"              # shipped: cpgd_core/weights/cpfp_lite.safetensors
+CPFP_FILE = "cpfp_lite (shipped)"                # the loader's entry for cpgd_core/weights/cpfp_lite.safetensors
 
 # node: key -> {"type", "pos", "widgets" (name -> value), optional "title", "size", "mode"}
 # link: (source key, output name, target key, input name)
@@ -32,9 +32,10 @@ INSPECT_PRIORS = {
         "note": _note((-440, 120), (
             "## Inspect codec priors\n\n"
             "Decodes the clip and shows what the H.264 stream already knows about it:\n\n"
-            "- **Motion vectors** on a colour wheel (hue = direction, saturation = speed, black = no vector:"
-            " I-frame, intra block, first frame).\n"
-            "- **Residual** heat map: where motion compensation failed, i.e. edges, new content, blur.\n\n"
+            "- **Motion vectors** on a colour wheel (hue = direction, saturation = speed, white = still,"
+            " black = no vector: I-frame, intra block, first frame).\n"
+            "- **Residual** heat map, signed (red/yellow brighter, blue/cyan darker than the codec's"
+            " prediction): where motion compensation failed, i.e. edges, new content, blur.\n\n"
             "After a run, the loader's *motion* / *residual* buttons overlay these on the video preview.\n\n"
             f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder.")),
     },
@@ -48,7 +49,7 @@ INSPECT_PRIORS = {
 }
 
 
-def _stage_one(y: int = 120) -> tuple[dict, list]:
+def _stage_one(y: int = 120, cpfp_pos: tuple[int, int] = (40, 1020)) -> tuple[dict, list]:
     """Loader -> CPFP restore, shared by every deblurring workflow (keys: load, cpfp, restore).
 
     The CPFP nodes are referred to by socket type (resolved against /object_info by build_workflows.py):
@@ -56,7 +57,7 @@ def _stage_one(y: int = 120) -> tuple[dict, list]:
     """
     nodes = {
         "load": {"type": "CPGD_LoadVideoWithPriors", "pos": (40, y), "widgets": {"video": SAMPLE}},
-        "cpfp": {"type": "provides:CPGD_CPFP_MODEL", "pos": (40, y + 900), "widgets": {"@file": CPFP_FILE}},
+        "cpfp": {"type": "provides:CPGD_CPFP_MODEL", "pos": cpfp_pos, "widgets": {"@file": CPFP_FILE}},
         "restore": {"type": "consumes:CPGD_CPFP_MODEL", "pos": (480, y)},
     }
     links = [
@@ -86,11 +87,12 @@ def _save_video(key: str, pos: tuple[int, int], prefix: str, images: tuple[str, 
 def _stage_one_workflow() -> dict:
     nodes, links = _stage_one()
     for extra in (_save_video("out", (900, 40), "cpgd/deblurred", ("restore", "@IMAGE")),
-                  _save_video("ba", (900, 560), "cpgd/before_after", ("stitch", "IMAGE"))):
+                  _save_video("ba", (900, 560), "cpgd/before_after", ("restore", "side_by_side"))):
         nodes.update(extra[0])
         links += extra[1]
-    nodes["stitch"] = {"type": "ImageStitch", "pos": (480, 560), "title": "Before | after",
-                       "widgets": {"direction": "right", "spacing_width": 8}}
+    nodes["ba_save"]["title"] = "Before | after"
+    nodes["ba_preview"] = {"type": "PreviewImage", "pos": (480, 640), "size": (380, 300),
+                           "title": "Before | after (frames)"}
     nodes["note"] = _note((-440, 120), (
         "## Stage one: CPFP deblurring\n\n"
         "Deblurs a video with the CPFP network guided by the codec's motion vectors and residuals. "
@@ -100,25 +102,25 @@ def _stage_one_workflow() -> dict:
         "- **Create Video → Save Video** keep the source fps and audio.\n"
         "- The second video shows the input and the result side by side.\n\n"
         f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder."))
-    links += [("load", "images", "stitch", "image1"), ("restore", "@IMAGE", "stitch", "image2")]
+    links += [("restore", "side_by_side", "ba_preview", "images")]
     return {"nodes": nodes, "links": links}
 
 
 def _stage_two(sampler: str) -> dict:
     """Stage one -> CPControlNet -> sampler -> VAE decode -> colour fix -> video with fps and audio."""
-    nodes, links = _stage_one()
+    nodes, links = _stage_one(cpfp_pos=(480, 560))
     nodes["load"]["widgets"]["frame_load_cap"] = 16
     nodes.update({
-        "ckpt": {"type": "CheckpointLoaderSimple", "pos": (40, 1000), "widgets": {"ckpt_name": SD_CHECKPOINT}},
-        "prompt": {"type": "CPGD_DefaultPrompt", "pos": (480, 1000), "size": (380, 160)},
-        "pos": {"type": "CLIPTextEncode", "pos": (900, 1000), "title": "Positive prompt", "size": (380, 160)},
-        "neg": {"type": "CLIPTextEncode", "pos": (900, 1200), "title": "Negative prompt", "size": (380, 160),
+        "ckpt": {"type": "CheckpointLoaderSimple", "pos": (40, 900), "widgets": {"ckpt_name": SD_CHECKPOINT}},
+        "prompt": {"type": "CPGD_DefaultPrompt", "pos": (480, 720), "size": (380, 160)},
+        "pos": {"type": "CLIPTextEncode", "pos": (900, 560), "title": "Positive prompt", "size": (380, 160)},
+        "neg": {"type": "CLIPTextEncode", "pos": (900, 760), "title": "Negative prompt", "size": (380, 160),
                 "widgets": {"text": "blurry, motion blur, low quality, noisy, oversmoothed"}},
-        "cn": {"type": "CPGD_CPControlNetLoader", "pos": (480, 1250), "widgets": {"control_net_name": CPCONTROLNET_FILE}},
-        "apply": {"type": "CPGD_CPControlNetApply", "pos": (1320, 640)},
-        "encode": {"type": "VAEEncode", "pos": (900, 640), "title": "Encode stage-one frames"},
-        "decode": {"type": "VAEDecode", "pos": (2140, 120)},
-        "colorfix": {"type": "CPGD_ColorFix", "pos": (2140, 260)},
+        "cn": {"type": "CPGD_CPControlNetLoader", "pos": (480, 940), "widgets": {"control_net_name": CPCONTROLNET_FILE}},
+        "apply": {"type": "CPGD_CPControlNetApply", "pos": (1320, 120)},
+        "encode": {"type": "VAEEncode", "pos": (900, 400), "title": "Encode stage-one frames"},
+        "decode": {"type": "VAEDecode", "pos": (2120, 120)},
+        "colorfix": {"type": "CPGD_ColorFix", "pos": (2120, 260)},
     })
     links += [
         ("prompt", "text", "pos", "text"),
@@ -137,7 +139,7 @@ def _stage_two(sampler: str) -> dict:
         ("restore", "@IMAGE", "colorfix", "reference"),
     ]
     if sampler == "ksampler":
-        nodes["sampler"] = {"type": "KSampler", "pos": (1740, 120),
+        nodes["sampler"] = {"type": "KSampler", "pos": (1720, 120),
                             "widgets": {"steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
                                         "denoise": 1.0, "control_after_generate": "fixed"}}
         links += [("ckpt", "MODEL", "sampler", "model"), ("apply", "positive", "sampler", "positive"),
@@ -146,10 +148,10 @@ def _stage_two(sampler: str) -> dict:
     else:
         nodes["load"]["widgets"]["frame_load_cap"] = 0
         nodes.update({
-            "select": {"type": "KSamplerSelect", "pos": (1320, 1000), "widgets": {"sampler_name": "euler"}},
-            "sigmas": {"type": "BasicScheduler", "pos": (1320, 1120),
+            "select": {"type": "KSamplerSelect", "pos": (1320, 560), "widgets": {"sampler_name": "euler"}},
+            "sigmas": {"type": "BasicScheduler", "pos": (1320, 700),
                        "widgets": {"scheduler": "normal", "steps": 20, "denoise": 1.0}},
-            "sampler": {"type": "CPGD_VideoSampler", "pos": (1740, 120), "size": (360, 420),
+            "sampler": {"type": "CPGD_VideoSampler", "pos": (1720, 120), "size": (360, 420),
                         "widgets": {"chunk_size": 6, "chunk_overlap": 2, "tile_size": 64, "tile_overlap": 32,
                                     "noise_mode": "mv-warped", "cfg": 1.0, "control_after_generate": "fixed"}},
         })
@@ -158,7 +160,7 @@ def _stage_two(sampler: str) -> dict:
                   ("apply", "negative", "sampler", "negative"), ("encode", "LATENT", "sampler", "latent"),
                   ("select", "SAMPLER", "sampler", "sampler"), ("sigmas", "SIGMAS", "sampler", "sigmas"),
                   ("load", "priors", "sampler", "priors"), ("sampler", "LATENT", "decode", "samples")]
-    video_nodes, video_links = _save_video("out", (2540, 120), "cpgd/cpgd", ("colorfix", "IMAGE"))
+    video_nodes, video_links = _save_video("out", (2120, 440), "cpgd/cpgd", ("colorfix", "IMAGE"))
     nodes.update(video_nodes)
     links += video_links
     long_video = sampler != "ksampler"
