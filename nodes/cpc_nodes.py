@@ -215,7 +215,7 @@ class CPControlNetLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="auto = fp16 on GPU, fp32 on CPU."),
             ],
-            outputs=[io.ControlNet.Output()],
+            outputs=[io.ControlNet.Output(tooltip="The CPControlNet, for 'Apply CPControlNet (CPGD)'.")],
         )
 
     @classmethod
@@ -240,22 +240,28 @@ class CPControlNetApply(io.ComfyNode):
                          "self-attention. Works with KSampler, KSamplerAdvanced, SamplerCustom(Advanced), every "
                          "sampler and scheduler, and chains with other ControlNets."),
             inputs=[
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.ControlNet.Input("control_net"),
-                io.Vae.Input("vae"),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (e.g. the CPGD prompt encoded by "
+                                                          "the SD 2.x text encoder)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (empty text is fine; CPGD uses "
+                                                          "cfg 1, which ignores it)."),
+                io.ControlNet.Input("control_net", tooltip="From 'Load CPControlNet (CPGD)'."),
+                io.Vae.Input("vae", tooltip="The SD 2.x VAE; encodes the stage-one frames into the hint latents."),
                 io.Image.Input("image", tooltip="Stage-one (restored) frames, one per latent in the batch."),
                 CodecPriorsSocket.Input("priors", optional=True,
                                         tooltip="Codec priors of the same frames; without them the ControlNet "
                                                 "runs without prior modulation."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Scale of the control residuals (0 = off)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the sampling schedule where the control starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the sampling schedule where the control ends."),
                 io.Int.Input("joint_frames", default=6, min=0, max=64,
                              tooltip="Frames whose tokens attend together in the ControlNet (official: 6). "
                                      "0 or 1 = each frame alone."),
             ],
-            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+            outputs=[io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the control."),
+                     io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the control.")],
         )
 
     @classmethod
@@ -324,14 +330,15 @@ class VideoSampler(io.ComfyNode):
                          "using any SAMPLER and SIGMAS. Each chunk/tile gets its own frames' CPControlNet hints and "
                          "priors. Memory is bounded by chunk size x tile size."),
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Model.Input("model", tooltip="The SD 2.x diffusion model."),
+                io.Conditioning.Input("positive", tooltip="From 'Apply CPControlNet (CPGD)'."),
+                io.Conditioning.Input("negative", tooltip="From 'Apply CPControlNet (CPGD)'."),
                 io.Latent.Input("latent", tooltip="One latent per frame: empty for full denoising, or the VAE "
                                                   "encoding of the stage-one frames with denoise < 1."),
-                io.Sampler.Input("sampler"),
-                io.Sigmas.Input("sigmas"),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True),
+                io.Sampler.Input("sampler", tooltip="Any sampler (e.g. KSamplerSelect)."),
+                io.Sigmas.Input("sigmas", tooltip="Any schedule (e.g. BasicScheduler)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Noise seed (the same for every chunk and tile, so overlaps agree)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Official CPGD: 1.0 (no classifier-free guidance)."),
                 io.Int.Input("chunk_size", default=6, min=1, max=256, tooltip="Frames sampled together."),
@@ -350,7 +357,7 @@ class VideoSampler(io.ComfyNode):
                 CodecPriorsSocket.Input("priors", optional=True,
                                         tooltip="Needed for noise_mode mv-warped."),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="Sampled latents, one per frame; decode with VAE Decode.")],
         )
 
     @classmethod
@@ -408,9 +415,11 @@ class ColorFix(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="Diffusion output (decoded)."),
                 io.Image.Input("reference", tooltip="Stage-one frames (one per image frame, or one for all)."),
-                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet"),
+                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet",
+                               tooltip="wavelet: low frequencies from the reference (official); adain: "
+                                       "per-channel mean/std of the reference."),
             ],
-            outputs=[io.Image.Output()],
+            outputs=[io.Image.Output(tooltip="Colour-corrected frames.")],
         )
 
     @classmethod
@@ -427,8 +436,9 @@ class DefaultPrompt(io.ComfyNode):
             display_name="CPGD Prompt",
             category=CATEGORY,
             description="The quality prompt the official CPGD-Net uses for every frame (editable).",
-            inputs=[io.String.Input("text", default=DEFAULT_PROMPT, multiline=True)],
-            outputs=[io.String.Output(display_name="text")],
+            inputs=[io.String.Input("text", default=DEFAULT_PROMPT, multiline=True,
+                                    tooltip="The prompt text; connect to a CLIP Text Encode node's text input.")],
+            outputs=[io.String.Output(display_name="text", tooltip="The prompt text.")],
         )
 
     @classmethod
