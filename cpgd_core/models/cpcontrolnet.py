@@ -121,6 +121,19 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
+def clip_groups(batch: int, frames_per_clip: "int | Sequence[int]") -> list[int]:
+    """Sizes of the joint-attention clips of a batch: an int t (batch must be a multiple of t) or explicit sizes."""
+    if isinstance(frames_per_clip, int):
+        t = max(1, frames_per_clip)
+        if batch % t:
+            raise ValueError(f"batch {batch} is not a multiple of frames_per_clip {t}")
+        return [t] * (batch // t)
+    groups = [int(g) for g in frames_per_clip]
+    if sum(groups) != batch or min(groups) < 1:
+        raise ValueError(f"clip sizes {groups} do not partition a batch of {batch}")
+    return groups
+
+
 class CPAttention(nn.Module):
     """Multi-head attention with the official ``mask`` layer (Linear(3 -> C), no bias, zero init).
 
@@ -143,11 +156,11 @@ class CPAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                prior: Optional[torch.Tensor] = None, frames_per_clip: int = 1) -> torch.Tensor:
+                prior: Optional[torch.Tensor] = None, frames_per_clip: "int | Sequence[int]" = 1) -> torch.Tensor:
         """x (B, N, C); context (B, L, C_ctx) or None; prior (B, N, 3) or None -> (B, N, C).
 
-        With self-attention and ``frames_per_clip`` = t > 1, the N tokens of t consecutive batch items form one
-        sequence (B must be a multiple of t).
+        Self-attention with ``frames_per_clip`` = t > 1: the N tokens of t consecutive batch items form one
+        sequence (B must be a multiple of t); a list of clip sizes partitions the batch explicitly.
         """
         if prior is not None and context is None and self.mask is not None:
             q = self.to_q(x * (1 + self.mask(prior.to(x.dtype))))
@@ -155,16 +168,25 @@ class CPAttention(nn.Module):
             q = self.to_q(x)
         src = x if context is None else context
         k, v = self.to_k(src), self.to_v(src)
+        if context is not None:
+            return self.to_out(self._attend(q, k, v))
+        groups = clip_groups(q.shape[0], frames_per_clip)
+        if len(set(groups)) == 1:
+            return self.to_out(self._attend(q, k, v, groups[0]))
+        outs, s = [], 0
+        for g in groups:  # unequal clips (e.g. a short last clip): one attention call per clip
+            outs.append(self._attend(q[s:s + g], k[s:s + g], v[s:s + g], g))
+            s += g
+        return self.to_out(torch.cat(outs))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int = 1) -> torch.Tensor:
+        """(B, N, C) each; tokens of t consecutive batch items form one sequence (B % t == 0)."""
         b, n, _ = q.shape
-        t = frames_per_clip if context is None else 1
         if t > 1:
-            if b % t:
-                raise ValueError(f"batch {b} is not a multiple of frames_per_clip {t}")
             q, k, v = (z.reshape(b // t, t * z.shape[1], z.shape[2]) for z in (q, k, v))
         q, k, v = (z.unflatten(-1, (self.heads, -1)).transpose(1, 2) for z in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).flatten(2).reshape(b, n, -1)
-        return self.to_out(out)
+        return out.transpose(1, 2).flatten(2).reshape(b, n, -1)
 
 
 class GEGLU(nn.Module):
@@ -195,7 +217,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, prior: Optional[torch.Tensor] = None,
-                frames_per_clip: int = 1) -> torch.Tensor:
+                frames_per_clip: "int | Sequence[int]" = 1) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), prior=prior, frames_per_clip=frames_per_clip)
         # Cross-attention is per token, so running it per frame with each frame's own context equals the
         # official "first frame's context for the whole clip" whenever the clip shares one prompt.
@@ -216,7 +238,7 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Linear(heads * dim_head, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, prior: Optional[torch.Tensor] = None,
-                frames_per_clip: int = 1) -> torch.Tensor:
+                frames_per_clip: "int | Sequence[int]" = 1) -> torch.Tensor:
         """prior: (B, 3, H', W') at any resolution (resized bilinearly to this block's grid) or None."""
         b, c, h, w = x.shape
         tokens = self.norm(x.float()).to(x.dtype).flatten(2).transpose(1, 2)
@@ -232,7 +254,7 @@ class SpatialTransformer(nn.Module):
 
 
 def run_block(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
-              prior: Optional[torch.Tensor], frames_per_clip: int,
+              prior: Optional[torch.Tensor], frames_per_clip: "int | Sequence[int]",
               out_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """Apply one LDM ``TimestepEmbedSequential``-style block (list of layers) to h."""
     for layer in block:
@@ -297,13 +319,14 @@ class CPControlNet(nn.Module):
         return self.input_blocks[0][0].weight.dtype
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                cp: Optional[torch.Tensor] = None, frames_per_clip: int = 1) -> list[torch.Tensor]:
+                cp: Optional[torch.Tensor] = None, frames_per_clip: "int | Sequence[int]" = 1
+                ) -> list[torch.Tensor]:
         """Control residuals for the frozen UNet.
 
         x (B, 4, h, w) noisy latent; hint (B, 4, h, w) VAE latent (x 0.18215) of the stage-one output;
         timesteps (B,) in [0, 1000); context (B, L, context_dim); cp (B, 3, h', w') prior map
         [MV_x/m, MV_y/m, |CR|] or None (no modulation); frames_per_clip: tokens of that many consecutive
-        batch items attend together in the self-attentions (1 = per frame).
+        batch items attend together in the self-attentions (1 = per frame), or a list of clip sizes.
         Returns 13 tensors: 12 skip residuals in input-block order, then the middle residual.
         """
         if hint.shape != x.shape[:1] + (self.config.hint_channels,) + x.shape[2:]:
@@ -364,4 +387,4 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = ["CPControlNetConfig", "CPControlNet", "CPAttention", "SpatialTransformer", "ResBlock", "Downsample",
            "Upsample", "GroupNorm32", "timestep_embedding", "build_encoder", "run_block", "prior_map",
-           "count_parameters", "zero_module"]
+           "count_parameters", "zero_module", "clip_groups"]

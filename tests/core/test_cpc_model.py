@@ -240,3 +240,16 @@ def test_init_from_sd_checkpoint_copies_encoder():
                if n.startswith(("zero_convs", "middle_block_out")) or n.endswith("mask.weight"))
     with pytest.raises(CPGDInputError, match="model.diffusion_model"):
         cpc_weights.init_from_sd({"foo": torch.zeros(1)}, cfg)
+
+
+def test_uneven_joint_clips_equal_separate_calls():
+    net = tiny_net()
+    x, hint, t, ctx, cp = inputs(b=3)
+    with torch.no_grad():
+        both = net(x, hint, t, ctx, cp, frames_per_clip=[2, 1])
+        first = net(x[:2], hint[:2], t[:2], ctx[:2], cp[:2], frames_per_clip=2)
+        last = net(x[2:], hint[2:], t[2:], ctx[2:], cp[2:], frames_per_clip=1)
+    for u, a, b in zip(both, first, last):
+        torch.testing.assert_close(u, torch.cat([a, b]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="partition"):
+        net(x, hint, t, ctx, cp, frames_per_clip=[2, 2])
