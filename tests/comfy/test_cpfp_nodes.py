@@ -104,10 +104,6 @@ def test_progress_per_chunk_attributed_to_restore_node(comfy, media):
     assert mine[-1] == (2, 2) and (1, 2) in mine
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shipped cpfp_lite was trained on in-memory re-encodes decoded with the BT.601 matrix (codec/reencode.py "
-    "leaves the x264 stream untagged) and learned to undo that colour shift; on correctly decoded BT.709 files "
-    "it loses ~1-2 dB. Remove this marker once the weights are retrained with the fixed re-encode."))
 def test_shipped_model_improves_psnr_on_synthetic_blur(media, deblurred):
     images, restored = deblurred.raw["1"][0], deblurred.raw["3"][0]
     sharp = media["sharp"]
