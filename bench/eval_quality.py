@@ -47,8 +47,8 @@ def _md(headers: list[str], rows: list[list]) -> str:
 
 def synthetic_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int) -> dict:
     """PSNR/SSIM of the input and of each model on a make-val set (regenerated deterministically)."""
-    if not os.path.isfile(path):
-        make_val(path, seed=seed, count=count, crop=crop, frames=frames)
+    # Always regenerated: a cached set would silently keep the output of an older codec pipeline.
+    make_val(path, seed=seed, count=count, crop=crop, frames=frames)
     clips = load_val(path)
     res = {}
     for name, model in models.items():
