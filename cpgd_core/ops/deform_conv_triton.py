@@ -58,11 +58,8 @@ def _tap(off_ptr, mask_ptr, n, g, tap, ki, kj, oy, ox, sp, pm, plane, GK, H, W, 
 
 
 @triton.jit
-def _im2col_kernel(inp_ptr, off_ptr, mask_ptr, col_ptr,
-                   N0, R0, ROWS, C, H, W, HO, WO, G, SH, SW, PH, PW, DH, DW, CG: tl.constexpr,
-                   KH: tl.constexpr, KW: tl.constexpr, USE_MASK: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    K: tl.constexpr = KH * KW
+def _program_pixels(N0, R0, ROWS, WO, G, BLOCK_P: tl.constexpr):
+    """This program's (batch item, offset group) and its BLOCK_P output pixels of the row block."""
     pid_p = tl.program_id(0)
     pid_ng = tl.program_id(1)
     nr = pid_ng // G
@@ -73,7 +70,16 @@ def _im2col_kernel(inp_ptr, off_ptr, mask_ptr, col_ptr,
     pm = p < P
     oy = R0 + p // WO
     ox = p % WO
-    sp = oy * WO + ox
+    return nr, g, n, P, p, pm, oy, ox, oy * WO + ox
+
+
+@triton.jit
+def _im2col_kernel(inp_ptr, off_ptr, mask_ptr, col_ptr,
+                   N0, R0, ROWS, C, H, W, HO, WO, G, SH, SW, PH, PW, DH, DW, CG: tl.constexpr,
+                   KH: tl.constexpr, KW: tl.constexpr, USE_MASK: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    K: tl.constexpr = KH * KW
+    nr, g, n, P, p, pm, oy, ox, sp = _program_pixels(N0, R0, ROWS, WO, G, BLOCK_P)
     plane = HO * WO
     hw = H * W
     cc = tl.arange(0, BLOCK_C)
@@ -105,17 +111,7 @@ def _col2im_kernel(inp_ptr, off_ptr, mask_ptr, gcol_ptr, ginp_ptr, goff_ptr, gma
                    NEED_INPUT: tl.constexpr, NEED_OFFSET: tl.constexpr, NEED_MASK: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     K: tl.constexpr = KH * KW
-    pid_p = tl.program_id(0)
-    pid_ng = tl.program_id(1)
-    nr = pid_ng // G
-    g = pid_ng % G
-    n = (N0 + nr).to(tl.int64)
-    P = ROWS * WO
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < P
-    oy = R0 + p // WO
-    ox = p % WO
-    sp = oy * WO + ox
+    nr, g, n, P, p, pm, oy, ox, sp = _program_pixels(N0, R0, ROWS, WO, G, BLOCK_P)
     plane = HO * WO
     hw = H * W
     cc = tl.arange(0, BLOCK_C)
