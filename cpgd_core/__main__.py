@@ -1,8 +1,9 @@
 """Command line: ``python -m cpgd_core <command> [args]`` (``--help`` on each command)."""
 from __future__ import annotations
 
-import importlib
 import sys
+
+from .cli import dispatch
 
 # command -> (module relative to cpgd_core, function taking argv and returning an exit code, summary)
 COMMANDS = {
@@ -14,15 +15,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m cpgd_core <command> [args]\n\ncommands:")
-        for name, (_, _, summary) in COMMANDS.items():
-            print(f"  {name:10s} {summary}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module, func, _ = COMMANDS[argv[0]]
-    mod = importlib.import_module(f"{__package__ or 'cpgd_core'}.{module}")
-    return int(getattr(mod, func)(argv[1:]) or 0)
+    return dispatch(COMMANDS, list(sys.argv[1:] if argv is None else argv), "python -m cpgd_core", __package__ or "cpgd_core")
 
 
 if __name__ == "__main__":
