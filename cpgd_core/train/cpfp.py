@@ -8,7 +8,6 @@ real libx264 encode -> decoded frames + codec priors) in DataLoader worker proce
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -32,23 +31,16 @@ FINAL_NAME = "cpfp_final.safetensors"
 
 # -- data --------------------------------------------------------------------------------------------
 def _synth_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int],
-                   split: str) -> dict:
+                   split: str, motion_range: tuple[float, float] = (0.75, 3.0)) -> dict:
     """One synthetic clip from cpgd_core.data.synth, from the requested image split."""
     from ..data import synth
 
-    fn = synth.make_training_example
-    params = inspect.signature(fn).parameters
-    kw = {}
-    if "split" in params:
-        kw["split"] = split
-    elif "images" in params:
-        kw["images"] = synth.training_images(split)
-    elif split != "train":
-        raise CPGDInputError("cpgd_core.data.synth.make_training_example cannot select the validation split")
-    return fn(rng, (crop, crop), frames, crf_range=tuple(crf_range), **kw)
+    return synth.make_training_example(rng, (crop, crop), frames, crf_range=tuple(crf_range), split=split,
+                                       motion_range=tuple(motion_range))
 
 
-def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=None, split: str = "train") -> dict:
+def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=None, split: str = "train",
+                    motion_range=None) -> dict:
     """Debug data source (no codec): smooth random sharp clip translating by a known shift, box-blurred.
 
     Only for smoke tests of the training loop; it teaches nothing about real blur.
@@ -119,12 +111,13 @@ class SynthClips(IterableDataset):
     """Endless stream of training clips; deterministic per (seed, rank, worker, start_step)."""
 
     def __init__(self, source: str, crop: int, frames: int, seed: int, rank: int = 0, start_step: int = 0,
-                 crf_range: tuple[int, int] = (18, 30), crops_per_clip: int = 1) -> None:
+                 crf_range: tuple[int, int] = (18, 30), crops_per_clip: int = 1,
+                 motion_range: tuple[float, float] = (0.75, 3.0)) -> None:
         if source not in SOURCES:
             raise CPGDInputError(f"unknown data source {source!r}: expected one of {sorted(SOURCES)}")
         self.source, self.crop, self.frames = source, crop, frames
         self.seed, self.rank, self.start_step, self.crf_range = seed, rank, start_step, crf_range
-        self.crops_per_clip = crops_per_clip
+        self.crops_per_clip, self.motion_range = crops_per_clip, motion_range
 
     def __iter__(self) -> Iterator[dict]:
         wi = get_worker_info()
@@ -135,22 +128,30 @@ class SynthClips(IterableDataset):
         # encoded clip is rendered twice as large and several random crops of it are used.
         size = self.crop * (2 if self.crops_per_clip > 1 else 1)
         while True:
-            full = example_to_tensors(make(rng, size, self.frames, self.crf_range, "train"))
+            full = example_to_tensors(make(rng, size, self.frames, self.crf_range, "train", self.motion_range))
             for _ in range(self.crops_per_clip):
                 yield augment(random_crop(full, self.crop, rng), rng)
 
 
+def _single_threaded(_worker: int) -> None:
+    """Each data worker encodes on one core: N workers x all-core thread pools oversubscribe the machine."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 # -- validation --------------------------------------------------------------------------------------
 def make_val(out: str, seed: int = 0, count: int = 8, crop: int = 128, frames: int = 7, source: str = "synth",
-             crf_range: tuple[int, int] = (18, 30)) -> str:
+             crf_range: tuple[int, int] = (18, 30), motion_range: tuple[float, float] = (0.75, 3.0)) -> str:
     """Write the fixed validation set (held-out image split) to ``out`` (torch file of fp16 tensors)."""
     rng = np.random.default_rng([seed, 987654321])
     clips = []
     for _ in range(count):
-        t = example_to_tensors(SOURCES[source](rng, crop, frames, crf_range, "val"))
+        t = example_to_tensors(SOURCES[source](rng, crop, frames, crf_range, "val", motion_range))
         clips.append({k: (v if k.startswith("valid") else v.half()) for k, v in t.items()})
     meta = {"seed": seed, "count": count, "crop": crop, "frames": frames, "source": source,
-            "crf_range": list(crf_range)}
+            "crf_range": list(crf_range), "motion_range": list(motion_range)}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     torch.save({"meta": json.dumps(meta), "clips": clips}, out)
     return out
@@ -243,8 +244,8 @@ def train(args: argparse.Namespace) -> dict:
 
     val_clips = load_val(args.val) if (args.val and info.is_main) else []
     data = SynthClips(args.data, args.crop, args.frames, args.seed, info.rank, start, tuple(args.crf),
-                      args.crops_per_clip)
-    loader = DataLoader(data, batch_size=args.batch, num_workers=args.workers,
+                      args.crops_per_clip, tuple(args.motion))
+    loader = DataLoader(data, batch_size=args.batch, num_workers=args.workers, worker_init_fn=_single_threaded,
                         pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
                         prefetch_factor=2 if args.workers > 0 else None)
     it = iter(loader)
@@ -260,8 +261,11 @@ def train(args: argparse.Namespace) -> dict:
     loss_acc, n_acc = 0.0, 0
     t0 = time.monotonic()
     done = start
+    data_wait = 0.0
     for step in range(start, args.steps):
+        t_wait = time.monotonic()
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
+        data_wait += time.monotonic() - t_wait
         # With a wall-clock budget the cosine schedule follows whichever runs out first, steps or time,
         # so a run cut short by --time-limit still ends with an annealed learning rate.
         sched_step = step
@@ -298,9 +302,10 @@ def train(args: argparse.Namespace) -> dict:
             out_of_time = bool(flag.item())
         last_step = done == args.steps or out_of_time
         if done % args.log_every == 0 or last_step:
+            # data_wait_s: time this process waited for the data workers since the last log line
             log.log(event="train", step=done, loss=round(loss_acc / n_acc, 6), grad_norm=round(float(gnorm), 4),
-                    lr=args.lr * mult)
-            loss_acc, n_acc = 0.0, 0
+                    lr=args.lr * mult, data_wait_s=round(data_wait, 2))
+            loss_acc, n_acc, data_wait = 0.0, 0, 0.0
         if val_clips and (done % args.val_every == 0 or last_step):
             last = evaluate(model, val_clips, dev)
             log.log(event="val", step=done, **last)
@@ -350,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--crf", type=int, nargs=2, default=(18, 30), metavar=("MIN", "MAX"))
+    p.add_argument("--motion", type=float, nargs=2, default=(0.75, 3.0), metavar=("MIN", "MAX"),
+                   help="camera speed range as a multiple of 1.5-6 px/frame (default: about 1-18 px of blur)")
     p.add_argument("--val", default=None, help="fixed validation set written by make-val")
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=1000)
@@ -379,7 +386,9 @@ def make_val_main(argv: list[str]) -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--frames", type=int, default=7)
     p.add_argument("--data", choices=sorted(SOURCES), default="synth")
+    p.add_argument("--motion", type=float, nargs=2, default=(0.75, 3.0), metavar=("MIN", "MAX"),
+                   help="camera speed range, as for training")
     a = p.parse_args(argv)
-    path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data)
+    path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data, motion_range=tuple(a.motion))
     print(json.dumps({"event": "make-val", "out": path, "count": a.count, "seed": a.seed}))
     return 0
