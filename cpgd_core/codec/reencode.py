@@ -60,10 +60,11 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
 def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] = 25, crf: int = 18,
                       preset: str = "superfast", residual_channels: str = "luma", signed: bool = True,
                       check_interrupt: Optional[Callable[[], None]] = None,
-                      keep_decoded: bool = False) -> Iterator[DecodedFrame]:
+                      keep_decoded: bool = False, x264_params: str = X264_PARAMS) -> Iterator[DecodedFrame]:
     """Replace the priors of a stream of frames with those of their libx264 re-encode.
 
-    The yielded frames keep the source's index/time and (unless ``keep_decoded``) its pixels.
+    The yielded frames keep the source's index/time and (unless ``keep_decoded``) its pixels. The default
+    ``x264_params`` (one reference, no B-frames) give vectors that all point at the previous frame.
     """
     src = iter(src)
     first = next(src, None)
@@ -78,7 +79,7 @@ def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] =
             held.append(f)
             yield f.rgb
 
-    raws = _x264_raws(rgbs(), wp, hp, _rate(fps), crf, preset, X264_PARAMS, check_interrupt)
+    raws = _x264_raws(rgbs(), wp, hp, _rate(fps), crf, preset, x264_params, check_interrupt)
     for df in _pipeline(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w)):
         s = held.popleft()
         df.index, df.time = s.index, s.time
@@ -103,14 +104,15 @@ def _frames_source(frames: Union[torch.Tensor, np.ndarray]) -> Iterator[DecodedF
 
 
 def encode_and_extract(frames: Union[torch.Tensor, np.ndarray], fps: Union[float, Fraction] = 25, crf: int = 18,
-                       preset: str = "superfast", residual_channels: str = "luma",
+                       preset: str = "superfast", residual_channels: str = "luma", x264_params: str = X264_PARAMS,
                        ) -> tuple[torch.Tensor, CodecPriors]:
     """Compress (T, 3, H, W) float [0, 1] frames with libx264 and return what a decoder sees.
 
     Returns the decoded frames (T, 3, H, W) float32 in [0, 1] and their CodecPriors
     (``source='reencode:libx264'``).
     """
-    out = list(reencode_pipeline(_frames_source(frames), fps, crf, preset, residual_channels, keep_decoded=True))
+    out = list(reencode_pipeline(_frames_source(frames), fps, crf, preset, residual_channels, keep_decoded=True,
+                                 x264_params=x264_params))
     for i, f in enumerate(out):
         f.time = i / float(fps)
     return frames_to_tensor(out), priors_from_decoded(out, _rate(fps), SOURCE)

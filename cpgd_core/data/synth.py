@@ -329,6 +329,11 @@ def _composite(frame: np.ndarray, obj: dict, i: int) -> np.ndarray:
     return frame * (1 - a) + tex * a
 
 
+# (x264 preset, x264-params) of training encodes: IPPP like phone footage, one or three references.
+ENCODINGS = (("superfast", "bframes=0:ref=1"), ("veryfast", "bframes=0:ref=3"), ("medium", "bframes=0:ref=1"),
+             ("medium", "bframes=0:ref=3"))
+
+
 def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128, 128), num_frames: int = 7,
                           crf_range: tuple[int, int] = (18, 30), split: str = "train",
                           moving_object_p: float = 0.3, motion_range: tuple[float, float] = (0.75, 3.0)) -> dict:
@@ -336,7 +341,9 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
 
     ``motion_range`` bounds the camera speed in pixels of *this* clip, as a multiple of the 1.5-6 px/frame
     base range (default: about 1-18 px of blur per frame, the spread of handheld 720p footage), so the
-    blur a crop shows does not depend on the crop size.
+    blur a crop shows does not depend on the crop size. The encoder setting is drawn from ENCODINGS: users'
+    files come from many encoders, and with several references some vectors point further back than the
+    previous frame (the decoder does not say which), so the network must learn when to distrust them.
 
     Returns dict: blurry_decoded (T, 3, H, W) float32, sharp (T, 3, H, W) float32, priors (CodecPriors),
     flow_to_prev_true (T, 2, H, W), crf (int).
@@ -349,9 +356,10 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
     clip = make_blur_clip(img, num_frames, size, seed=int(rng.integers(2 ** 31)),
                           moving_object=bool(rng.random() < moving_object_p), motion=motion)
     crf = int(rng.integers(crf_range[0], crf_range[1] + 1))
-    decoded, priors = encode_and_extract(clip["blurry"], fps=24, crf=crf, preset="superfast")
+    preset, params = ENCODINGS[int(rng.integers(len(ENCODINGS)))]
+    decoded, priors = encode_and_extract(clip["blurry"], fps=24, crf=crf, preset=preset, x264_params=params)
     return {"blurry_decoded": decoded, "sharp": clip["sharp"], "priors": priors,
-            "flow_to_prev_true": clip["flow_to_prev_true"], "crf": crf}
+            "flow_to_prev_true": clip["flow_to_prev_true"], "crf": crf, "encoding": f"{preset}:{params}"}
 
 
 @functools.lru_cache(maxsize=2)

@@ -11,7 +11,7 @@ import torch
 from cpgd_core.codec.decode import load_video, probe
 from cpgd_core.codec.flow import warp
 from cpgd_core.data import sample
-from cpgd_core.data.synth import (load_photo, make_blur_clip, make_training_example, photo_names,
+from cpgd_core.data.synth import (ENCODINGS, load_photo, make_blur_clip, make_training_example, photo_names,
                                   training_images)
 from cpgd_core.errors import CPGDInputError
 
@@ -68,13 +68,41 @@ def test_photo_split_is_fixed_and_disjoint():
         training_images("test")
 
 
-def test_training_example_goes_through_the_codec():
-    rng = np.random.default_rng(0)
+def test_real_video_frames_join_the_training_split_only():
+    train, val = photo_names("train"), photo_names("val")
+    bikes = [n for n in train if n.startswith("bikes@")]
+    assert len(bikes) == 10 and not any(n.startswith("bikes@") for n in val)
+    frames = [load_photo(n) for n in bikes[:2]]
+    assert frames[0].shape == (272, 640, 3) and not np.array_equal(frames[0], frames[1])
+    with pytest.raises(CPGDInputError, match="bikes.mp4 frame 3"):
+        load_photo("bikes@3")
+
+
+def test_training_blur_size_does_not_depend_on_the_crop_size():
+    """Camera speed in pixels follows --motion, not the rendered size (small crops used to get 1-3 px)."""
+    def median_speed(size: int, motion: tuple[float, float]) -> float:
+        rng = np.random.default_rng(0)
+        speeds = []
+        for _ in range(4):
+            ex = make_training_example(rng, size=(size, size), num_frames=3, motion_range=motion, moving_object_p=0)
+            speeds.append(float(ex["flow_to_prev_true"][1:].norm(dim=1).median()))
+        return float(np.median(speeds))
+
+    small, large = median_speed(64, (2.0, 2.0)), median_speed(256, (2.0, 2.0))
+    assert 0.6 < small / large < 1.6, (small, large)
+    assert median_speed(128, (0.5, 0.5)) < 0.5 * median_speed(128, (2.5, 2.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_example_goes_through_the_codec(seed):
+    rng = np.random.default_rng(seed)
     ex = make_training_example(rng, size=(128, 128), num_frames=7, crf_range=(20, 24))
     assert ex["blurry_decoded"].shape == ex["sharp"].shape == (7, 3, 128, 128)
+    assert ex["encoding"] in {f"{p}:{x}" for p, x in ENCODINGS}
     pri = ex["priors"]
     assert pri.source == "reencode:libx264" and len(pri) == 7 and 20 <= ex["crf"] <= 24
-    # Codec motion of the blurry video still follows the true motion of the sharp frames.
+    # Codec motion of the blurry video still follows the true motion of the sharp frames (with three
+    # references a few blocks point further back, which the median ignores).
     true = ex["flow_to_prev_true"][:, :, 2::4, 2::4]
     errs = [(pri.flow_to_prev[t].float() - true[t]).norm(dim=0)[pri.valid_to_prev[t, 0]].median()
             for t in range(1, 7)]
