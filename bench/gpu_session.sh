@@ -30,11 +30,15 @@ T_TRAIN=${T_TRAIN:-380}
 cat "$OUT/dcn.log"
 
 # 2. Training: priors model and ablation side by side, same recipe; both stop on the same wall-clock
-#    budget (the logs record the steps each reached).
+#    budget (the logs record the steps each reached). By default both continue from the weights this
+#    repository ships (the lite model and its ablation), so every lent session adds to the same pair;
+#    INIT_LITE= INIT_NOPRIOR= (empty) trains both from scratch.
 python3 -m cpgd_core.train make-val --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 7 > "$W/val.log" 2>&1
-common="--config lite --steps ${STEPS:-6000} --batch 16 --crop 128 --frames 7 --crops-per-clip 4 --workers ${WORKERS:-7} --amp --lr 8e-4 --warmup 100 --val $W/val.pt --val-every 500 --ckpt-every 500 --log-every 50 --time-limit $T_TRAIN"
-timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --out "$W/lite" > "$W/train_lite.log" 2>&1 &
-timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --no-priors --out "$W/noprior" > "$W/train_noprior.log" 2>&1 &
+common="--config lite --steps ${STEPS:-6000} --batch ${BATCH:-16} --crop 128 --frames 7 --crops-per-clip ${CROPS_PER_CLIP:-4} --workers ${WORKERS:-7} --amp --lr ${LR:-8e-4} --warmup 100 --val $W/val.pt --val-every 500 --ckpt-every 500 --log-every 50 --time-limit $T_TRAIN"
+INIT_LITE=${INIT_LITE-cpgd_core/weights/cpfp_lite.safetensors}
+INIT_NOPRIOR=${INIT_NOPRIOR-docs/training/cpfp_lite_noprior.safetensors}
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common ${INIT_LITE:+--init $INIT_LITE} --out "$W/lite" > "$W/train_lite.log" 2>&1 &
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --no-priors ${INIT_NOPRIOR:+--init $INIT_NOPRIOR} --out "$W/noprior" > "$W/train_noprior.log" 2>&1 &
 while [ -n "$(jobs -r)" ]; do
   sleep 20; pack
   for r in lite noprior; do [ -f "$W/$r/checkpoint.pt" ] && cp "$W/$r/checkpoint.pt" "$OUT/${r}_checkpoint.pt"; done

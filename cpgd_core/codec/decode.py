@@ -36,12 +36,19 @@ import torch
 from ..errors import CPGDInputError
 from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
 from .priors import CodecPriors
-from .residual import RESIDUAL_CHANNELS, mc_residual
+from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
 
 # Decoders whose FFmpeg implementation exports MOTION_VECTORS side data (measured, FFmpeg 8.1).
 MV_CODECS = {"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
 # MPEG-4 part 2 family: B-frame vectors are exported as zeros (direct mode), i.e. unusable.
 _ZERO_B_CODECS = {"mpeg4", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
+# Codecs whose P-frames may reference several past frames (FFmpeg exports no reference index), and how many
+# past anchors are tried (x264's default --ref is 3). The check costs ~15 ms per 720p frame, so it stops for
+# the rest of a stream after MULTI_REF_PROBE P-frames in which no block was found to use a farther
+# reference (one-reference encoders, e.g. most phone hardware encoders).
+_MULTI_REF_CODECS = {"h264"}
+MAX_REFS = 3
+MULTI_REF_PROBE = 8
 _PICT = {1: "I", 2: "P", 3: "B", 4: "P", 5: "I", 6: "P", 7: "B"}  # S -> P, SI -> I, SP -> P, BI -> B
 _LUMA_PLANE_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv411p",
                        "yuv410p", "nv12", "nv21", "gray", "yuv440p", "yuvj440p"}
@@ -270,8 +277,12 @@ class _Motion:
 
 
 def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid: bool, want_residual: Callable[[int], bool],
-                  residual_channels: str, signed: bool) -> Iterator[_Motion]:
-    """Attach per-frame fields into the adjacent frames (+ residual) to raw frames, in display order."""
+                  residual_channels: str, signed: bool, max_refs: int = 1) -> Iterator[_Motion]:
+    """Attach per-frame fields into the adjacent frames (+ residual) to raw frames, in display order.
+
+    With ``max_refs`` > 1 the vectors of a P-frame are checked against that many past anchors
+    (:func:`pick_references`) and rescaled to the previous one.
+    """
     gh, gw = grid_size(height, width, STRIDE)
     zf = np.zeros((2, gh, gw), np.float32)
     zv = np.zeros((1, gh, gw), bool)
@@ -280,8 +291,17 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     last: Optional[_Raw] = None
     pending_b: list[_Raw] = []
 
+    anchors: deque[_Raw] = deque(maxlen=max_refs)  # past anchors, nearest last
+    probe = {"checked": 0, "far": 0}
+
     def finish(r: _Raw, past: Optional[_Raw], future: Optional[_Raw]) -> _Motion:
         fp, vp = mvs_to_flow(r.mvs, height, width, -1, STRIDE, zero_b_invalid and r.pict == "B")
+        multi_ref = probe["far"] > 0 or probe["checked"] < MULTI_REF_PROBE
+        if multi_ref and r.pict == "P" and len(anchors) > 1 and past is anchors[-1] and vp.any():
+            refs = [(img(a), r.index - a.index) for a in reversed(anchors)]
+            fp, dist = pick_references(img(r), refs, fp, vp, STRIDE)
+            probe["checked"] += 1
+            probe["far"] += int((dist != refs[0][1]).sum())
         fn, vn = mvs_to_flow(r.mvs, height, width, +1, STRIDE, zero_b_invalid and r.pict == "B")
         if past is None:
             vp = zv.copy()
@@ -308,6 +328,7 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
         yield finish(r, ref, None)
         prev_anchor = r
         last = r
+        anchors.append(r)
     for b in pending_b:
         yield finish(b, prev_anchor, None)
 
@@ -452,7 +473,8 @@ def _pipeline(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: 
     def want(i: int) -> bool:
         return i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
 
-    motions = _motion_stage(raws, src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want, residual_channels, signed)
+    motions = _motion_stage(raws, src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want, residual_channels, signed,
+                            MAX_REFS if codec in _MULTI_REF_CODECS else 1)
     return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
 
 

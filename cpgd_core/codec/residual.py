@@ -49,6 +49,57 @@ def _predict(ref: np.ndarray, flow: np.ndarray, valid: np.ndarray, stride: int) 
     return pred, mask
 
 
+def _cell_error(cur: np.ndarray, pred: np.ndarray, cell: int) -> np.ndarray:
+    """Mean |cur - pred| per cell x cell block, (h', w') float32 (edge cells padded by replication)."""
+    h, w = cur.shape[:2]
+    gh, gw = -(-h // cell), -(-w // cell)
+    d = np.abs(cur - pred)
+    if d.ndim == 3:
+        d = d.mean(-1)
+    pad = np.pad(d, ((0, gh * cell - h), (0, gw * cell - w)), mode="edge")
+    return pad.reshape(gh, cell, gw, cell).mean((1, 3))
+
+
+def _half(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    return cv2.resize(img.astype(np.float32), ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+
+
+def pick_references(cur: np.ndarray, refs: list[tuple[np.ndarray, int]], flow: np.ndarray, valid: np.ndarray,
+                    stride: int = 4, gain: float = 0.75, min_gain: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Which past reference each block's vector points into, for codecs that export no reference index.
+
+    H.264 P-blocks may predict from any of several earlier frames, but FFmpeg's exported vectors do not say
+    which one. Each cell's vector is tried on every candidate reference (at half resolution: the choice
+    needs the error level, not the detail); a farther one is taken only where it predicts clearly better
+    (error below ``gain`` x and ``min_gain`` grey levels under the nearest's), so flat areas, where every
+    reference fits, keep the nearest. Vectors into a farther reference are rescaled to the nearest one's
+    distance (constant velocity).
+
+    Args:
+        cur: decoded frame (H, W) luma or (H, W, C), grey levels.
+        refs: [(reference frame, distance in frames)], nearest first.
+        flow: (2, h', w') block-grid vectors in pixels; valid: (1, h', w') bool.
+    Returns:
+        flow into the nearest reference (2, h', w') float32; distance (h', w') int32 of the reference each
+        cell's vector was found to point into.
+    """
+    near = int(refs[0][1]) if refs else 1
+    dist = np.full(flow.shape[-2:], near, np.int32)
+    if len(refs) < 2 or not valid.any():
+        return flow, dist
+    gh, gw = flow.shape[-2:]
+    cur_h = _half(cur)
+    half_flow = flow * 0.5
+    errs = np.stack([_cell_error(cur_h, _predict(_half(ref), half_flow, valid, stride // 2)[0], stride // 2)[:gh, :gw]
+                     for ref, _ in refs])
+    best = np.argmin(errs, 0)
+    err_best = np.take_along_axis(errs, best[None], 0)[0]
+    clear = (err_best < gain * errs[0]) & (errs[0] - err_best > min_gain) & valid[0]
+    dist = np.where(clear, np.asarray([d for _, d in refs], np.int32)[best], near).astype(np.int32)
+    return (flow * (near / dist)[None]).astype(np.float32), dist
+
+
 def mc_residual(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Optional[np.ndarray] = None,
                 valid_prev: Optional[np.ndarray] = None, ref_next: Optional[np.ndarray] = None,
                 flow_next: Optional[np.ndarray] = None, valid_next: Optional[np.ndarray] = None,

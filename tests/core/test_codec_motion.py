@@ -1,11 +1,12 @@
 """Block rasteriser and grid-flow arithmetic against straightforward references."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
 from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, resize_grid
-from cpgd_core.codec.residual import mc_residual
+from cpgd_core.codec.residual import mc_residual, pick_references
 
 MV_DTYPE = np.dtype({"names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x",
                                "motion_y", "motion_scale"],
@@ -108,3 +109,24 @@ def test_residual_of_exact_shift_is_zero():
     assert np.allclose(res2[0, :, :24], np.abs(cur[:, :24].astype(np.float32) - ref[:, :24]) / 255.0)
     rgb, _ = mc_residual(np.dstack([cur] * 3), np.dstack([ref] * 3), flow, np.ones((1, 8, 12), bool))
     assert rgb.shape == (3, 32, 48) and np.abs(rgb[:, :, :44]).max() == 0.0
+
+
+def test_pick_references_finds_the_farther_reference_and_rescales():
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur(rng.uniform(0, 255, (72, 88)).astype(np.float32), (0, 0), 1.5)
+    v = (4.0, -2.0)  # current pixel p shows ref2 at p + v
+    cur = cv2.warpAffine(tex, np.float32([[1, 0, v[0]], [0, 1, v[1]]]), (88, 72), flags=cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    unrelated = cv2.GaussianBlur(rng.uniform(0, 255, (72, 88)).astype(np.float32), (0, 0), 1.5)
+    gh, gw = 18, 22
+    flow = np.stack([np.full((gh, gw), v[0]), np.full((gh, gw), v[1])]).astype(np.float32)
+    valid = np.ones((1, gh, gw), bool)
+    valid[0, :, :3] = False
+    out, dist = pick_references(cur, [(unrelated, 1), (tex, 2)], flow, valid)
+    inner = (slice(2, -2), slice(5, -2))
+    assert (dist[inner] == 2).all() and (dist[:, :3] == 1).all()  # cells without a vector are left alone
+    assert np.allclose(out[0][inner], v[0] / 2) and np.allclose(out[1][inner], v[1] / 2)
+    # A flat picture fits every reference: the nearest is kept and the vectors are unchanged.
+    flat = np.full((72, 88), 128, np.float32)
+    out, dist = pick_references(flat, [(flat, 1), (flat, 2)], flow, valid)
+    assert (dist == 1).all() and np.array_equal(out, flow)
