@@ -29,9 +29,9 @@ SHARP_NAME = "sample_sharp.mkv"
 
 def _ensure_sample(sample_dir: str) -> str:
     path = os.path.join(sample_dir, "sample_blurry.mp4")
-    if not os.path.isfile(path):
-        # Generated deterministically from packaged content; nothing is downloaded.
-        subprocess.run([sys.executable, "-m", "cpgd_core", "sample", "--out", sample_dir], cwd=ROOT, check=True)
+    # Generated deterministically from packaged content (nothing is downloaded); the command returns at once
+    # when the folder already holds the clip of the current generator code, and regenerates a stale one.
+    subprocess.run([sys.executable, "-m", "cpgd_core", "sample", "--out", sample_dir], cwd=ROOT, check=True)
     if not os.path.isfile(path):
         raise SystemExit(f"`python -m cpgd_core sample` did not write {path}")
     return path

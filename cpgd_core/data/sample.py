@@ -10,8 +10,11 @@ Writes, deterministically for a seed:
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -40,9 +43,22 @@ def beep_track(seconds: float, sample_rate: int = SAMPLE_RATE, beep_s: float = 0
     return {"waveform": torch.from_numpy(wav.astype(np.float32)).view(1, 1, -1), "sample_rate": sample_rate}
 
 
+@functools.lru_cache(maxsize=1)
+def _generator_digest() -> str:
+    """Fingerprint of the code that renders the clip: a cached sample from older code is regenerated
+    (a stale one silently skewed every figure measured on it)."""
+    from . import synth
+
+    h = hashlib.sha256()
+    for mod in (synth, sys.modules[__name__]):
+        with open(mod.__file__, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def _meta(seed: int) -> dict:
     return {"version": SAMPLE_VERSION, "seed": int(seed), "photo": PHOTO, "fps": FPS, "frames": FPS * SECONDS,
-            "size": list(SIZE)}
+            "size": list(SIZE), "generator": _generator_digest()}
 
 
 def make_sample(out_dir: str, seed: int = 0, force: bool = False) -> tuple[str, str]:

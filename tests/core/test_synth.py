@@ -145,3 +145,19 @@ def test_sample_is_idempotent(sample_dir):
     assert os.stat(blurry).st_mtime_ns == before
     with open(os.path.join(sample_dir, sample.META)) as f:
         assert json.load(f)["seed"] == 0
+
+
+def test_sample_from_older_generator_code_is_regenerated(sample_dir):
+    meta_path = os.path.join(sample_dir, sample.META)
+    blurry = os.path.join(sample_dir, sample.BLURRY)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    assert meta["generator"] == sample._generator_digest()
+    meta["generator"] = "0" * 16  # as written by code that rendered the clip differently
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    before = os.stat(blurry).st_mtime_ns
+    sample.make_sample(sample_dir, seed=0)
+    assert os.stat(blurry).st_mtime_ns != before
+    with open(meta_path) as f:
+        assert json.load(f)["generator"] == sample._generator_digest()
