@@ -110,7 +110,8 @@ def test_shipped_model_improves_psnr_on_synthetic_blur(media, deblurred):
     before = psnr(images.movedim(-1, 1), sharp)
     after = psnr(restored.movedim(-1, 1), sharp)
     print(f"PSNR vs sharp: blurry {before:.2f} dB, restored {after:.2f} dB")
-    assert after > before + 0.3
+    # the shipped weights give +1.0 dB on this clip (31.31 -> 32.31); the margin absorbs CPU/BLAS differences
+    assert after > before + 0.6
 
 
 def test_use_priors_switch(comfy, media, deblurred):
