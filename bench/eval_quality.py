@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 from cpgd_core import metrics  # noqa: E402
 from cpgd_core.codec.decode import load_video, probe  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
+from cpgd_core.data.synth import MOTION_RANGE  # noqa: E402
 from cpgd_core.train.cpfp import evaluate, load_val, make_val  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
@@ -49,7 +50,7 @@ def _md(headers: list[str], rows: list[list]) -> str:
 
 
 def synthetic_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int,
-                   motion: tuple[float, float] = (0.75, 3.0)) -> dict:
+                   motion: tuple[float, float] = MOTION_RANGE) -> dict:
     """PSNR/SSIM of the input and of each model on a make-val set (regenerated deterministically)."""
     # Always regenerated: a cached set would silently keep the output of an older codec pipeline.
     make_val(path, seed=seed, count=count, crop=crop, frames=frames, motion_range=motion)
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["data", "metric"] + ["blurry input"] + list(models)
     rows = []
     for key, label, seed, count, crop, motion in (
-            ("val", "synthetic val (make-val seed 0, 16x128², 7 fr)", 0, 16, 128, (0.75, 3.0)),
-            ("heldout256", "held-out (make-val seed 1, 8x256², 7 fr)", 1, 8, 256, (0.75, 3.0)),
+            ("val", "synthetic val (make-val seed 0, 16x128², 7 fr)", 0, 16, 128, MOTION_RANGE),
+            ("heldout256", "held-out (make-val seed 1, 8x256², 7 fr)", 1, 8, 256, MOTION_RANGE),
             ("mild", "mild blur (seed 2, 16x128², 7 fr, --motion 0.5 0.5)", 2, 16, 128, (0.5, 0.5))):
         r = synthetic_rows(models, os.path.join(a.out, f"val_s{seed}_c{crop}.pt"), seed, count, crop, 7, motion)
         report[key] = r

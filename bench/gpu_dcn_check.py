@@ -20,7 +20,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.append(os.path.dirname(HERE))
 sys.path.append(HERE)
-from dcn import fwd_and_fwdbwd, make_inputs  # noqa: E402
+from dcn import fwd_and_fwdbwd, make_inputs, outputs_and_grads as _run, rel_err as _rel  # noqa: E402
 
 from cpgd_core.ops import deform_conv2d, triton_available  # noqa: E402
 
@@ -28,11 +28,6 @@ DEADLINE_S = 150.0
 faulthandler.dump_traceback_later(170, exit=True)
 T0 = time.time()
 RESULTS: dict = {"cases": [], "timings": []}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 def _torchvision_op():
@@ -49,15 +44,6 @@ def _torchvision_op():
 
 
 TV, REF_NAME = _torchvision_op()
-
-
-def _run(op, args, seed=1):
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if isinstance(v, torch.Tensor)}
-    out = op(**{**args, **leaves})
-    g = torch.Generator(device=out.device).manual_seed(seed)
-    # float32 draw then cast: the same cotangent whatever the dtype of the op under test
-    (out * torch.randn(out.shape, generator=g, device=out.device).to(out.dtype)).sum().backward()
-    return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
 def _reference(args):

@@ -6,16 +6,13 @@ all taken from /object_info, so the page never disagrees with the tooltips) is r
 anything below the NOTES marker is hand-written and kept.
 
     python scripts/make_help_pages.py            # boots ComfyUI in-process (no server needed)
-    python scripts/make_help_pages.py --url http://127.0.0.1:8188
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "web", "docs")
@@ -103,14 +100,9 @@ def write_pages(infos: dict, out_dir: str = DOCS) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", help="a running ComfyUI with the pack (default: boot ComfyUI in-process)")
     ap.add_argument("--out", default=DOCS)
     a = ap.parse_args(argv)
-    if a.url:
-        with urllib.request.urlopen(a.url.rstrip("/") + "/object_info", timeout=60) as r:
-            infos = {k: v for k, v in json.loads(r.read()).items() if k.startswith("CPGD_")}
-    else:
-        infos = object_info_in_process()
+    infos = object_info_in_process()
     for path in write_pages(infos, a.out):
         print(os.path.relpath(path, ROOT))
     return 0

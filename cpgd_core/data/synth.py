@@ -329,21 +329,25 @@ def _composite(frame: np.ndarray, obj: dict, i: int) -> np.ndarray:
     return frame * (1 - a) + tex * a
 
 
+# Camera speed of training clips, as a multiple of make_blur_clip's 1.5-6 px/frame base range: about
+# 1-18 px of blur per frame, the spread of handheld 720p footage.
+MOTION_RANGE = (0.75, 3.0)
+CRF_RANGE = (18, 30)
+
 # (x264 preset, x264-params) of training encodes: IPPP like phone footage, one or three references.
 ENCODINGS = (("superfast", "bframes=0:ref=1"), ("veryfast", "bframes=0:ref=3"), ("medium", "bframes=0:ref=1"),
              ("medium", "bframes=0:ref=3"))
 
 
 def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128, 128), num_frames: int = 7,
-                          crf_range: tuple[int, int] = (18, 30), split: str = "train",
-                          moving_object_p: float = 0.3, motion_range: tuple[float, float] = (0.75, 3.0)) -> dict:
+                          crf_range: tuple[int, int] = CRF_RANGE, split: str = "train",
+                          moving_object_p: float = 0.3, motion_range: tuple[float, float] = MOTION_RANGE) -> dict:
     """One training sample made exactly like inference input: synth blur -> libx264 -> decoded frames + priors.
 
     ``motion_range`` bounds the camera speed in pixels of *this* clip, as a multiple of the 1.5-6 px/frame
-    base range (default: about 1-18 px of blur per frame, the spread of handheld 720p footage), so the
-    blur a crop shows does not depend on the crop size. The encoder setting is drawn from ENCODINGS: users'
-    files come from many encoders, and with several references some vectors point further back than the
-    previous frame (the decoder does not say which), so the network must learn when to distrust them.
+    base range (MOTION_RANGE), so the blur a crop shows does not depend on the crop size. The encoder
+    setting is drawn from ENCODINGS: users' files come from many encoders, and with several references
+    some vectors point further back than the previous frame, which the network must learn to handle.
 
     Returns dict: blurry_decoded (T, 3, H, W) float32, sharp (T, 3, H, W) float32, priors (CodecPriors),
     flow_to_prev_true (T, 2, H, W), crf (int).

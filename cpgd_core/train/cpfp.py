@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from typing import Iterator, Optional
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..data.synth import CRF_RANGE, MOTION_RANGE
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
 from ..weights import load_cpfp, save_cpfp
@@ -31,7 +31,7 @@ FINAL_NAME = "cpfp_final.safetensors"
 
 # -- data --------------------------------------------------------------------------------------------
 def _synth_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int],
-                   split: str, motion_range: tuple[float, float] = (0.75, 3.0)) -> dict:
+                   split: str, motion_range: tuple[float, float] = MOTION_RANGE) -> dict:
     """One synthetic clip from cpgd_core.data.synth, from the requested image split."""
     from ..data import synth
 
@@ -111,8 +111,8 @@ class SynthClips(IterableDataset):
     """Endless stream of training clips; deterministic per (seed, rank, worker, start_step)."""
 
     def __init__(self, source: str, crop: int, frames: int, seed: int, rank: int = 0, start_step: int = 0,
-                 crf_range: tuple[int, int] = (18, 30), crops_per_clip: int = 1,
-                 motion_range: tuple[float, float] = (0.75, 3.0)) -> None:
+                 crf_range: tuple[int, int] = CRF_RANGE, crops_per_clip: int = 1,
+                 motion_range: tuple[float, float] = MOTION_RANGE) -> None:
         if source not in SOURCES:
             raise CPGDInputError(f"unknown data source {source!r}: expected one of {sorted(SOURCES)}")
         self.source, self.crop, self.frames = source, crop, frames
@@ -143,7 +143,7 @@ def _single_threaded(_worker: int) -> None:
 
 # -- validation --------------------------------------------------------------------------------------
 def make_val(out: str, seed: int = 0, count: int = 8, crop: int = 128, frames: int = 7, source: str = "synth",
-             crf_range: tuple[int, int] = (18, 30), motion_range: tuple[float, float] = (0.75, 3.0)) -> str:
+             crf_range: tuple[int, int] = CRF_RANGE, motion_range: tuple[float, float] = MOTION_RANGE) -> str:
     """Write the fixed validation set (held-out image split) to ``out`` (torch file of fp16 tensors)."""
     rng = np.random.default_rng([seed, 987654321])
     clips = []
@@ -331,6 +331,13 @@ def train(args: argparse.Namespace) -> dict:
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Options of the synthetic clips, shared by training and make-val so both describe the same data."""
+    p.add_argument("--crf", type=int, nargs=2, default=CRF_RANGE, metavar=("MIN", "MAX"))
+    p.add_argument("--motion", type=float, nargs=2, default=MOTION_RANGE, metavar=("MIN", "MAX"),
+                   help="camera speed range as a multiple of 1.5-6 px/frame (default: about 1-18 px of blur)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core.train cpfp", description="train the stage-one CPFP network")
     p.add_argument("--config", choices=("lite", "base"), default="lite")
@@ -354,9 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--crf", type=int, nargs=2, default=(18, 30), metavar=("MIN", "MAX"))
-    p.add_argument("--motion", type=float, nargs=2, default=(0.75, 3.0), metavar=("MIN", "MAX"),
-                   help="camera speed range as a multiple of 1.5-6 px/frame (default: about 1-18 px of blur)")
+    _add_data_args(p)
     p.add_argument("--val", default=None, help="fixed validation set written by make-val")
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=1000)
@@ -386,9 +391,8 @@ def make_val_main(argv: list[str]) -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--frames", type=int, default=7)
     p.add_argument("--data", choices=sorted(SOURCES), default="synth")
-    p.add_argument("--motion", type=float, nargs=2, default=(0.75, 3.0), metavar=("MIN", "MAX"),
-                   help="camera speed range, as for training")
+    _add_data_args(p)
     a = p.parse_args(argv)
-    path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data, motion_range=tuple(a.motion))
+    path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data, tuple(a.crf), tuple(a.motion))
     print(json.dumps({"event": "make-val", "out": path, "count": a.count, "seed": a.seed}))
     return 0
