@@ -34,7 +34,7 @@ from cpgd_core import metrics  # noqa: E402
 from cpgd_core.codec.decode import load_video, probe  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
 from cpgd_core.data.synth import MOTION_RANGE  # noqa: E402
-from cpgd_core.train.cpfp import evaluate, load_val, make_val  # noqa: E402
+from cpgd_core.train.cpfp import clip_scores, load_val, make_val  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
 ABLATION = os.path.join(ROOT, "docs", "training", "cpfp_lite_noprior.safetensors")
@@ -51,15 +51,26 @@ def _md(headers: list[str], rows: list[list]) -> str:
 
 def synthetic_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int,
                    motion: tuple[float, float] = MOTION_RANGE) -> dict:
-    """PSNR/SSIM of the input and of each model on a make-val set (regenerated deterministically)."""
+    """PSNR/SSIM of the input and of each model on a make-val set (regenerated deterministically).
+
+    With two models, also their per-clip paired PSNR difference (first minus second): mean, standard error
+    and how many clips the first wins, so a small gap can be told apart from clip-to-clip noise.
+    """
     # Always regenerated: a cached set would silently keep the output of an older codec pipeline.
     make_val(path, seed=seed, count=count, crop=crop, frames=frames, motion_range=motion)
     clips = load_val(path)
-    res = {}
+    res, per_clip = {}, {}
     for name, model in models.items():
-        r = evaluate(model, clips, torch.device("cpu"))
-        res.setdefault("blurry input", {"psnr": r["input_psnr"], "ssim": r["input_ssim"]})
-        res[name] = {"psnr": r["val_psnr"], "ssim": r["val_ssim"]}
+        rows = clip_scores(model, clips, torch.device("cpu"))
+        per_clip[name] = np.array([r["val_psnr"] for r in rows])
+        mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+        res.setdefault("blurry input", {"psnr": mean("input_psnr"), "ssim": mean("input_ssim")})
+        res[name] = {"psnr": mean("val_psnr"), "ssim": mean("val_ssim")}
+    if len(per_clip) == 2:
+        a, b = per_clip.values()
+        d = a - b
+        res["paired"] = {"mean_db": float(d.mean()), "stderr_db": float(d.std(ddof=1) / np.sqrt(len(d))),
+                         "wins": int((d > 0).sum()), "clips": len(d)}
     return res
 
 
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     headers = ["data", "metric"] + ["blurry input"] + list(models)
-    rows = []
+    rows, paired = [], []
     for key, label, seed, count, crop, motion in (
             ("val", "synthetic val (make-val seed 0, 16x128², 7 fr)", 0, 16, 128, MOTION_RANGE),
             ("heldout256", "held-out (make-val seed 1, 8x256², 7 fr)", 1, 8, 256, MOTION_RANGE),
@@ -176,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         report[key] = r
         rows.append([label, "PSNR dB"] + [r[c]["psnr"] for c in headers[2:]])
         rows.append([label, "SSIM"] + [r[c]["ssim"] for c in headers[2:]])
+        if "paired" in r:
+            p = r["paired"]
+            paired.append(f"- {label}: {p['mean_db']:+.3f} ± {p['stderr_db']:.3f} dB (standard error), "
+                          f"ahead on {p['wins']}/{p['clips']} clips")
         print(f"[{time.time() - t0:.0f}s] {key} done", flush=True)
     if not a.skip_sample:
         r = sample_rows(models, a.out, a.sample_frames, a.images)
@@ -185,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([label, "SSIM"] + [r[c]["ssim"] for c in headers[2:]])
         print(f"[{time.time() - t0:.0f}s] sample done", flush=True)
     print("\n" + _md(headers, rows) + "\n")
+    if paired:
+        print(f"Per-clip PSNR difference, {headers[3]} minus {headers[4]}:\n" + "\n".join(paired) + "\n")
 
     if not a.skip_real:
         if os.path.isdir(REAL_DIR):

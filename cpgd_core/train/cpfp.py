@@ -165,21 +165,26 @@ def load_val(path: str) -> list[dict[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, clips: list[dict], device: torch.device) -> dict[str, float]:
-    """Mean PSNR/SSIM over the validation clips for the model output and for the blurry input."""
+def clip_scores(model: torch.nn.Module, clips: list[dict], device: torch.device) -> list[dict[str, float]]:
+    """Per validation clip: PSNR/SSIM of the model output (val_*) and of the blurry input (input_*)."""
     was_training = model.training
     model.eval()
-    acc = {"val_psnr": 0.0, "val_ssim": 0.0, "input_psnr": 0.0, "input_ssim": 0.0}
+    rows = []
     for c in clips:
         args = [c["blurry"].float()] + [c[k].float() for k in PRIOR_KEYS]
         y = model(*[a.unsqueeze(0).to(device) for a in args])[0].float().cpu()
         sharp, blurry = c["sharp"].float(), c["blurry"].float()
-        acc["val_psnr"] += psnr(y, sharp)
-        acc["val_ssim"] += ssim(y, sharp)
-        acc["input_psnr"] += psnr(blurry, sharp)
-        acc["input_ssim"] += ssim(blurry, sharp)
+        rows.append({"val_psnr": psnr(y, sharp), "val_ssim": ssim(y, sharp),
+                     "input_psnr": psnr(blurry, sharp), "input_ssim": ssim(blurry, sharp)})
     model.train(was_training)
-    return {k: round(v / max(len(clips), 1), 4) for k, v in acc.items()}
+    return rows
+
+
+def evaluate(model: torch.nn.Module, clips: list[dict], device: torch.device) -> dict[str, float]:
+    """Mean PSNR/SSIM over the validation clips for the model output and for the blurry input."""
+    rows = clip_scores(model, clips, device)
+    keys = ("val_psnr", "val_ssim", "input_psnr", "input_ssim")
+    return {k: round(sum(r[k] for r in rows) / max(len(rows), 1), 4) for k in keys}
 
 
 # -- training ----------------------------------------------------------------------------------------
