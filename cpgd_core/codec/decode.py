@@ -35,6 +35,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
+from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
 
@@ -70,10 +71,17 @@ class VideoInfo:
     duration: float          # seconds
     pix_fmt: str = ""
     exports_mvs: bool = True  # False: priors come from a libx264 re-encode
+    rotation: int = 0        # clockwise degrees that turn the stored pictures upright; width/height are upright
+
+    @property
+    def coded_hw(self) -> tuple[int, int]:
+        """(height, width) of the pictures as stored, before the display rotation."""
+        return rotated_hw(self.height, self.width, self.rotation)
 
     def describe(self) -> str:
         vfr = " (variable)" if self.variable_fps else ""
-        return (f"{os.path.basename(self.path)}: {self.codec} {self.width}x{self.height} @ {float(self.fps):.3f} fps"
+        rot = f", shown rotated {self.rotation}°" if self.rotation else ""
+        return (f"{os.path.basename(self.path)}: {self.codec} {self.width}x{self.height}{rot} @ {float(self.fps):.3f} fps"
                 f"{vfr}, {self.frame_count} frames, {self.duration:.2f} s, audio {'yes' if self.has_audio else 'no'}")
 
 
@@ -121,8 +129,8 @@ def _video_stream(container, path: str):
 def probe(path: str) -> VideoInfo:
     """Size, average fps, frame count, codec, audio, variable-rate flag and duration of a video file.
 
-    Demuxes (no decoding) to count frames and check the timestamps, so it is exact for files whose
-    headers lie about the frame count (phones, mkv).
+    Demuxes to count frames and check the timestamps, so it is exact for files whose headers lie about the
+    frame count (phones, mkv); decodes only the first picture, for its display rotation.
     """
     with _open(path) as c:
         vs = _video_stream(c, path)
@@ -132,8 +140,11 @@ def probe(path: str) -> VideoInfo:
         has_audio = bool(c.streams.audio)
         tb = vs.time_base or Fraction(1, 1000)
         pts: list[int] = []
+        rotation: Optional[int] = None
         try:
             for pkt in c.demux(vs):
+                if rotation is None:
+                    rotation = _rotation_from(vs, pkt, len(pts))
                 if pkt.size and pkt.pts is not None:
                     pts.append(pkt.pts)
                 elif pkt.size:
@@ -142,6 +153,8 @@ def probe(path: str) -> VideoInfo:
             raise CPGDInputError(f"corrupt or truncated video {path}: {e}") from e
     if width <= 0 or height <= 0:
         raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
+    rotation = rotation or 0
+    height, width = rotated_hw(height, width, rotation)
     pts.sort()
     n = len(pts)
     rate = vs.average_rate or vs.guessed_rate or Fraction(25)
@@ -163,7 +176,22 @@ def probe(path: str) -> VideoInfo:
         rate = Fraction(25)
     return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
                      codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
-                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS)
+                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation)
+
+
+# A decoder may hold back its first picture for a few packets (B-frame reordering, frame threads).
+_ROTATION_PROBE_PACKETS = 32
+
+
+def _rotation_from(vs, pkt, seen: int) -> Optional[int]:
+    """Display rotation from the first picture this packet yields; None while none came out yet, 0 when the
+    first packets give none (the display matrix is then left unread)."""
+    try:
+        for fr in vs.decode(pkt):
+            return display_rotation(fr)
+    except av.error.FFmpegError:
+        return 0  # an undecodable start is reported by the decoding itself, with its frame number
+    return 0 if seen >= _ROTATION_PROBE_PACKETS else None
 
 
 # ------------------------------------------------------------------------------------- raw decoding
@@ -501,17 +529,32 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
     _check_range(start, cap, every_nth)
     size = _check_size(size)
     info = info or probe(path)
+    coded_hw = info.coded_hw
+    if size is not None and info.rotation in (90, 270):  # size is upright; decoding works on stored pictures
+        size = (size[1], size[0])
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
         src = _select_stage(_next_stage(_motion_stage(
-            _container_raws(path, False, False, check_interrupt), info.height, info.width, False,
-            lambda i: False, "luma", True)), start, cap, every_nth, size, (info.height, info.width), None)
-        yield from reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
-                                     signed=signed_residual, check_interrupt=check_interrupt)
-        return
-    raws = _container_raws(path, export_mvs, export_qp, check_interrupt)
-    yield from _pipeline(raws, (info.height, info.width), info.codec, start, cap, every_nth, size,
-                         residual_channels, signed_residual)
+            _container_raws(path, False, False, check_interrupt), coded_hw[0], coded_hw[1], False,
+            lambda i: False, "luma", True)), start, cap, every_nth, size, coded_hw, None)
+        frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
+                                   signed=signed_residual, check_interrupt=check_interrupt)
+    else:
+        raws = _container_raws(path, export_mvs, export_qp, check_interrupt)
+        frames = _pipeline(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
+                           signed_residual)
+    for df in frames:
+        yield _upright(df, info.rotation)
+
+
+def _upright(df: DecodedFrame, rotation: int) -> DecodedFrame:
+    """The frame and all its priors turned by the file's display rotation (see ``orientation.py``)."""
+    if rotation == 0:
+        return df
+    df.rgb, df.residual, df.qp, ((df.flow_to_prev, df.valid_to_prev), (df.flow_to_next, df.valid_to_next)) = \
+        rotate_frame_arrays(df.rgb, df.residual, df.qp, [(df.flow_to_prev, df.valid_to_prev),
+                                                         (df.flow_to_next, df.valid_to_next)], rotation, STRIDE)
+    return df
 
 
 def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) -> CodecPriors:

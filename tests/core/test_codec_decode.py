@@ -352,3 +352,62 @@ def test_real_phone_clips(real_clips):
         assert p and np.mean(cover) > 0.5 and max(cover) > 0.8
         assert float(pri.residual[p].float().abs().mean()) < float((x[1:] - x[:-1]).abs().mean())
     assert any(probe(p).variable_fps for p in real_clips)
+
+
+def _with_display_rotation(src: str, dst: str, ccw_degrees: float) -> str:
+    """The same H.264 packets remuxed with a display matrix (what phones write for portrait video)."""
+    with av.open(src) as i, av.open(dst, "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        s.set_display_rotation(ccw_degrees)
+        for pkt in i.demux(i.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = s
+                o.mux(pkt)
+    return dst
+
+
+def _upright_truth(true: torch.Tensor, clockwise: int) -> torch.Tensor:
+    """Dense (T, 2, H, W) flow seen through a clockwise display rotation: the field turns with the picture and
+    each vector turns with it (as complex numbers in y-down coordinates, a clockwise turn is * exp(+i angle))."""
+    a = np.rot90(true.numpy(), k=-clockwise // 90, axes=(2, 3))
+    z = (a[:, 0] + 1j * a[:, 1]) * np.exp(1j * np.deg2rad(clockwise))
+    return torch.from_numpy(np.ascontiguousarray(np.stack([z.real, z.imag], 1), dtype=np.float32))
+
+
+@pytest.mark.parametrize("clockwise", [90, 180, 270])
+def test_display_rotation_is_applied_to_frames_and_priors(clips, clockwise):
+    path, _, true = clips["pan"]
+    rot = _with_display_rotation(path, os.path.join(clips["tmp"], f"pan_rot{clockwise}.mp4"), -clockwise)
+    info = probe(rot)
+    assert info.rotation == clockwise
+    assert (info.width, info.height) == ((SIZE[1], SIZE[0]) if clockwise != 180 else SIZE)
+    x0, p0, _, _ = load_video(path, export_qp=True)
+    x, p, _, text = load_video(rot, export_qp=True)
+    k = -clockwise // 90
+    # the same coded pictures: the upright output is exactly the stored one turned
+    assert torch.equal(x, torch.from_numpy(np.rot90(x0.numpy(), k, axes=(2, 3)).copy()))
+    assert torch.equal(p.residual, torch.from_numpy(np.rot90(p0.residual.numpy(), k, axes=(2, 3)).copy()))
+    assert torch.equal(p.qp, torch.from_numpy(np.rot90(p0.qp.numpy(), k, axes=(2, 3)).copy()))
+    assert (p.width, p.height) == (x.shape[-1], x.shape[-2])
+    assert f"rotated {clockwise}" in text
+    upright = _upright_truth(true, clockwise)
+    for t in range(1, T):
+        assert p.valid_to_prev[t].float().mean() > 0.9
+        assert _epe(p.flow_to_prev[t], p.valid_to_prev[t], upright[t]) <= 0.5
+        assert _epe(p.flow_to_next[t - 1], p.valid_to_next[t - 1], -upright[t]) <= 0.5
+
+
+def test_display_rotation_with_sizes_off_the_block_grid(tmp_path):
+    size = (318, 234)  # neither side a multiple of 4 or 16: partial blocks move edges when turned
+    img_shape = load_photo("astronaut").shape
+    path, _, true = _clip(str(tmp_path), "odd.mp4", pan_zoom_path(img_shape, size, 6, DX, DY), size=size)
+    rot = _with_display_rotation(path, str(tmp_path / "odd_rot90.mp4"), -90)
+    x, p, _, _ = load_video(rot, export_qp=True)
+    assert x.shape[-2:] == (size[0], size[1])
+    assert p.flow_to_prev.shape[-2:] == grid_size(size[0], size[1]) and p.qp.shape[-2:] == (20, 15)
+    upright = _upright_truth(true, 90)
+    for t in range(1, 6):
+        assert _epe(p.flow_to_prev[t], p.valid_to_prev[t], upright[t]) <= 0.5
+    # a requested size is the upright one
+    xs, ps, _, _ = load_video(rot, size=(120, 160), cap=2)
+    assert xs.shape == (2, 3, 160, 120) and ps.flow_to_prev.shape[-2:] == grid_size(160, 120)
