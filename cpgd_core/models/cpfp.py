@@ -120,7 +120,7 @@ class ResidualBlock(nn.Module):
         self.attn = ChannelAttention(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.conv2(F.leaky_relu(self.conv1(x), 0.1)))
+        return x + self.attn(self.conv2(F.leaky_relu(self.conv1(x), 0.1, inplace=True)))
 
 
 def _blocks(channels: int, n: int) -> nn.Sequential:
@@ -319,9 +319,9 @@ class CPFP(nn.Module):
             rmap = frames.new_zeros((n, t, 1, h, w))
 
         x = frames.reshape(n * t, 3, hh, ww)
-        shortcut = self.enc_full(F.leaky_relu(self.conv_in(x), 0.1))
-        half = self.enc_half(F.leaky_relu(self.down1(shortcut), 0.1))
-        spatial = self.enc_quarter(F.leaky_relu(self.down2(half), 0.1))
+        shortcut = self.enc_full(F.leaky_relu(self.conv_in(x), 0.1, inplace=True))
+        half = self.enc_half(F.leaky_relu(self.down1(shortcut), 0.1, inplace=True))
+        spatial = self.enc_quarter(F.leaky_relu(self.down2(half), 0.1, inplace=True))
         spatial = spatial.reshape(n, t, -1, h, w)
 
         feats: dict = {"spatial": [spatial[:, i] for i in range(t)]}
@@ -333,8 +333,8 @@ class CPFP(nn.Module):
 
         fused = torch.stack([torch.cat([feats[k][i] for k in feats], 1) for i in range(t)], 1)
         y = self.recon(self.fuse(fused.reshape(n * t, -1, h, w)))
-        y = self.dec_half(F.leaky_relu(F.pixel_shuffle(self.up1(y), 2), 0.1) + half)
-        y = self.dec_full(F.leaky_relu(F.pixel_shuffle(self.up2(y), 2), 0.1) + shortcut)
+        y = self.dec_half(F.leaky_relu(F.pixel_shuffle(self.up1(y), 2), 0.1, inplace=True) + half)
+        y = self.dec_full(F.leaky_relu(F.pixel_shuffle(self.up2(y), 2), 0.1, inplace=True) + shortcut)
         return self.conv_out(y).reshape(n, t, 3, hh, ww) + frames
 
 
