@@ -226,6 +226,15 @@ class CPFP(nn.Module):
             self.conv_out.weight.mul_(0.1)
             self.conv_out.bias.zero_()
 
+    def use_channels_last(self) -> "CPFP":
+        """Store the convolution weights channels-last (idempotent; values unchanged). For the CPU: oneDNN then
+        keeps activations channels-last and skips its per-call layout reorders (inference ~15-20 % and
+        training steps ~17 % faster at CPFP shapes, bench/cpfp.py). ``save_cpfp`` writes contiguous copies."""
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d) and not mod.weight.is_contiguous(memory_format=torch.channels_last):
+                mod.weight.data = mod.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
+
     # -- helpers -------------------------------------------------------------------------------------
     def _prior_maps(self, residual: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(N, T, 1, H, W) signed residual -> (N, T, 1, h, w) guidance in [0, 1)."""

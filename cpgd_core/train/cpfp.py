@@ -213,6 +213,8 @@ def train(args: argparse.Namespace) -> dict:
     log = JsonLogger(os.path.join(args.out, "log.jsonl"), enabled=info.is_main)
     cfg = CPFPConfig.from_name(args.config, use_priors=not args.no_priors)
     model = CPFP(cfg).to(dev)
+    if dev.type == "cpu" and not info.enabled:  # DDP's gradient buckets expect the default layout
+        model.use_channels_last()
     opt = torch.optim.AdamW(_param_groups(model, args.lr, args.offset_lr_ratio, args.weight_decay),
                             lr=args.lr, betas=(0.9, 0.99))
     amp_dtype, use_scaler = _amp_settings(dev, args.amp)
