@@ -35,6 +35,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
+from .hdr import hdr_to_sdr, hdr_transfer
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
@@ -72,6 +73,7 @@ class VideoInfo:
     pix_fmt: str = ""
     exports_mvs: bool = True  # False: priors come from a libx264 re-encode
     rotation: int = 0        # clockwise degrees that turn the stored pictures upright; width/height are upright
+    hdr: str = ""            # "hlg" / "pq" when the frames are HDR (converted to SDR BT.709 on decoding)
 
     @property
     def coded_hw(self) -> tuple[int, int]:
@@ -81,7 +83,9 @@ class VideoInfo:
     def describe(self) -> str:
         vfr = " (variable)" if self.variable_fps else ""
         rot = f", shown rotated {self.rotation}°" if self.rotation else ""
-        return (f"{os.path.basename(self.path)}: {self.codec} {self.width}x{self.height}{rot} @ {float(self.fps):.3f} fps"
+        hdr = f", HDR ({self.hdr.upper()}) converted to SDR BT.709" if self.hdr else ""
+        return (f"{os.path.basename(self.path)}: {self.codec} {self.width}x{self.height}{rot}{hdr} @ "
+                f"{float(self.fps):.3f} fps"
                 f"{vfr}, {self.frame_count} frames, {self.duration:.2f} s, audio {'yes' if self.has_audio else 'no'}")
 
 
@@ -130,7 +134,7 @@ def probe(path: str) -> VideoInfo:
     """Size, average fps, frame count, codec, audio, variable-rate flag and duration of a video file.
 
     Demuxes to count frames and check the timestamps, so it is exact for files whose headers lie about the
-    frame count (phones, mkv); decodes only the first picture, for its display rotation.
+    frame count (phones, mkv); decodes only the first picture, for its display rotation and HDR transfer.
     """
     with _open(path) as c:
         vs = _video_stream(c, path)
@@ -140,11 +144,11 @@ def probe(path: str) -> VideoInfo:
         has_audio = bool(c.streams.audio)
         tb = vs.time_base or Fraction(1, 1000)
         pts: list[int] = []
-        rotation: Optional[int] = None
+        first: Optional[tuple[int, str]] = None
         try:
             for pkt in c.demux(vs):
-                if rotation is None:
-                    rotation = _rotation_from(vs, pkt, len(pts))
+                if first is None:
+                    first = _first_picture(vs, pkt, len(pts))
                 if pkt.size and pkt.pts is not None:
                     pts.append(pkt.pts)
                 elif pkt.size:
@@ -153,7 +157,7 @@ def probe(path: str) -> VideoInfo:
             raise CPGDInputError(f"corrupt or truncated video {path}: {e}") from e
     if width <= 0 or height <= 0:
         raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
-    rotation = rotation or 0
+    rotation, hdr = first or (0, "")
     height, width = rotated_hw(height, width, rotation)
     pts.sort()
     n = len(pts)
@@ -176,22 +180,23 @@ def probe(path: str) -> VideoInfo:
         rate = Fraction(25)
     return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
                      codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
-                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation)
+                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation,
+                     hdr=hdr)
 
 
 # A decoder may hold back its first picture for a few packets (B-frame reordering, frame threads).
-_ROTATION_PROBE_PACKETS = 32
+_FIRST_PICTURE_PACKETS = 32
 
 
-def _rotation_from(vs, pkt, seen: int) -> Optional[int]:
-    """Display rotation from the first picture this packet yields; None while none came out yet, 0 when the
-    first packets give none (the display matrix is then left unread)."""
+def _first_picture(vs, pkt, seen: int) -> Optional[tuple[int, str]]:
+    """(display rotation, HDR transfer or "") of the first picture this packet yields; None while none came out
+    yet, (0, "") when the first packets give none."""
     try:
         for fr in vs.decode(pkt):
-            return display_rotation(fr)
+            return display_rotation(fr), hdr_transfer(fr) or ""
     except av.error.FFmpegError:
-        return 0  # an undecodable start is reported by the decoding itself, with its frame number
-    return 0 if seen >= _ROTATION_PROBE_PACKETS else None
+        return 0, ""  # an undecodable start is reported by the decoding itself, with its frame number
+    return (0, "") if seen >= _FIRST_PICTURE_PACKETS else None
 
 
 # ------------------------------------------------------------------------------------- raw decoding
@@ -219,11 +224,15 @@ class _Raw:
 
 
 def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
-    """Decoded frame -> (H, W, 3) uint8 RGB, honouring the stream's matrix and range tags."""
+    """Decoded frame -> (H, W, 3) uint8 RGB, honouring the stream's matrix and range tags; HDR (HLG / PQ)
+    frames are converted to SDR BT.709 (``hdr.py``)."""
     kwargs = {"threads": 1}  # see encode._yuv_frame: no per-frame swscale thread pools
     if fr.color_range in (1, 2):  # MPEG (limited) / JPEG (full); unspecified -> pix_fmt decides
         kwargs["src_color_range"] = int(fr.color_range)
         kwargs["dst_color_range"] = 2
+    transfer = hdr_transfer(fr)
+    if transfer is not None:
+        return hdr_to_sdr(fr.to_ndarray(format="rgb48le", **kwargs), transfer)
     return fr.to_ndarray(format="rgb24", **kwargs)
 
 
