@@ -8,6 +8,8 @@ sampling, which is where the PyTorch path spends its memory traffic:
   group, which are gathered BLOCK_C at a time. Output col (n, C*K, P), row c*K + k.
 - ``_col2im_kernel``: same tiling. grad_input via atomic adds at the four corners; grad_offset and grad_mask
   are reductions over the group's channels that stay inside the program, so they are stored without atomics.
+  When the weight gradient needs the column matrix again, the same program writes it from the corner values
+  it has already gathered (no second im2col pass over the input).
 
 Importing this module raises ImportError when Triton is missing; :mod:`.deform_conv` then uses PyTorch.
 """
@@ -105,11 +107,11 @@ def _im2col_kernel(inp_ptr, off_ptr, mask_ptr, col_ptr,
 
 
 @triton.jit
-def _col2im_kernel(inp_ptr, off_ptr, mask_ptr, gcol_ptr, ginp_ptr, goff_ptr, gmask_ptr,
+def _col2im_kernel(inp_ptr, off_ptr, mask_ptr, gcol_ptr, ginp_ptr, goff_ptr, gmask_ptr, col_ptr,
                    N0, R0, ROWS, C, H, W, HO, WO, G, SH, SW, PH, PW, DH, DW, CG: tl.constexpr,
                    KH: tl.constexpr, KW: tl.constexpr, USE_MASK: tl.constexpr,
                    NEED_INPUT: tl.constexpr, NEED_OFFSET: tl.constexpr, NEED_MASK: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   NEED_COL: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     K: tl.constexpr = KH * KW
     nr, g, n, P, p, pm, oy, ox, sp = _program_pixels(N0, R0, ROWS, WO, G, BLOCK_P)
     plane = HO * WO
@@ -133,7 +135,7 @@ def _col2im_kernel(inp_ptr, off_ptr, mask_ptr, gcol_ptr, ginp_ptr, goff_ptr, gma
             row = (nr * C + ch) * K + k
             gc = tl.load(gcol_ptr + row[:, None] * P + p[None, :], mask=m2 & pm[None, :], other=0.0)
             chan = ((n * C + ch) * hw)[:, None] + s00[None, :]
-            if NEED_OFFSET or NEED_MASK:
+            if NEED_OFFSET or NEED_MASK or NEED_COL:
                 v00 = tl.load(inp_ptr + chan, mask=m2 & ok00[None, :], other=0.0)
                 v01 = tl.load(inp_ptr + chan + 1, mask=m2 & ok01[None, :], other=0.0)
                 v10 = tl.load(inp_ptr + chan + W, mask=m2 & ok10[None, :], other=0.0)
@@ -141,9 +143,12 @@ def _col2im_kernel(inp_ptr, off_ptr, mask_ptr, gcol_ptr, ginp_ptr, goff_ptr, gma
                 if NEED_OFFSET:
                     acc_y += tl.sum(gc * (hx[None, :] * (v10 - v00) + lx[None, :] * (v11 - v01)), axis=0)
                     acc_x += tl.sum(gc * (hy[None, :] * (v01 - v00) + ly[None, :] * (v11 - v10)), axis=0)
-                if NEED_MASK:
+                if NEED_MASK or NEED_COL:
                     samp = b00[None, :] * v00 + b01[None, :] * v01 + b10[None, :] * v10 + b11[None, :] * v11
-                    acc_m += tl.sum(gc * samp, axis=0)
+                    if NEED_MASK:
+                        acc_m += tl.sum(gc * samp, axis=0)
+                    if NEED_COL:  # the weight gradient's im2col, from the corners already loaded
+                        tl.store(col_ptr + row[:, None] * P + p[None, :], samp * m[None, :], mask=m2 & pm[None, :])
             if NEED_INPUT:
                 gm = gc * m[None, :]
                 tl.atomic_add(ginp_ptr + chan, gm * b00[None, :], mask=m2 & ok00[None, :])
@@ -185,16 +190,19 @@ class TritonBackend:
 
     def sample_backward(self, grad_col, inp, offset, mask, g: DCNGeometry, n0, n1, r0, r1, grad_input,
                         grad_offset, grad_mask, need_col):
-        grid, scalars, meta, _ = _launch_args(inp, g, n0, n1, r0, r1)
-        if grad_input is not None or grad_offset is not None or grad_mask is not None:
-            dummy = inp  # never written: the matching NEED_* flag is False
-            with torch.cuda.device(inp.device) if inp.is_cuda else contextlib.nullcontext():
-                _col2im_kernel[grid](
-                    inp, offset, offset if mask is None else mask, grad_col.contiguous(),
-                    dummy if grad_input is None else grad_input,
-                    dummy if grad_offset is None else grad_offset,
-                    dummy if grad_mask is None else grad_mask,
-                    *scalars, NEED_INPUT=grad_input is not None, NEED_OFFSET=grad_offset is not None,
-                    NEED_MASK=grad_mask is not None, **meta)
-        return self.sample(inp, offset, mask, g, n0, n1, r0, r1) if need_col else None
+        if grad_input is None and grad_offset is None and grad_mask is None:
+            return self.sample(inp, offset, mask, g, n0, n1, r0, r1) if need_col else None
+        grid, scalars, meta, p = _launch_args(inp, g, n0, n1, r0, r1)
+        col = torch.empty(n1 - n0, g.c_in * g.k, p, device=inp.device, dtype=inp.dtype) if need_col else None
+        dummy = inp  # never written: the matching NEED_* flag is False
+        with torch.cuda.device(inp.device) if inp.is_cuda else contextlib.nullcontext():
+            _col2im_kernel[grid](
+                inp, offset, offset if mask is None else mask, grad_col.contiguous(),
+                dummy if grad_input is None else grad_input,
+                dummy if grad_offset is None else grad_offset,
+                dummy if grad_mask is None else grad_mask,
+                dummy if col is None else col,
+                *scalars, NEED_INPUT=grad_input is not None, NEED_OFFSET=grad_offset is not None,
+                NEED_MASK=grad_mask is not None, NEED_COL=need_col, **meta)
+        return col
 

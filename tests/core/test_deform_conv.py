@@ -131,8 +131,10 @@ def test_integer_offsets_shift_the_image():
     assert _rel(deform_conv2d(**args), ref) <= 1e-12
 
 
-def _grads(args, **kw):
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if isinstance(v, torch.Tensor)}
+def _grads(args, only=None, **kw):
+    """Output and the gradients of all tensor arguments (or of those named in ``only``)."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items()
+              if isinstance(v, torch.Tensor) and (only is None or k in only)}
     out = deform_conv2d(**{**args, **leaves}, **kw)
     gen = torch.Generator().manual_seed(1)
     (out * torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)).sum().backward()
@@ -277,6 +279,20 @@ def test_triton_matches_torch(case, dtype):
     assert _rel(out_k, out_t) <= tol
     for k in g_t:
         assert _rel(g_k[k], g_t[k]) <= tol, k
+
+
+@needs_triton
+@pytest.mark.parametrize("only", [("weight",), ("weight", "offset"), ("input", "mask")], ids="+".join)
+def test_triton_partial_gradients(only):
+    # each subset takes another path through the backward kernel (which gradients it computes, and whether
+    # the weight gradient's column matrix comes out of it)
+    args = _make(2, 48, 9, 12, 16, 3, 3, 1, 1, 1, 1, 2, True, True, dtype=torch.float64, seed=23)
+    args = {k: (v.to(_TRITON_DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    _, g_t = _grads(args, only=only, backend="torch")
+    _, g_k = _grads(args, only=only, backend="triton")
+    assert set(g_k) == set(only)
+    for k in only:
+        assert _rel(g_k[k], g_t[k]) <= 1e-10, k
 
 
 @needs_triton
