@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
-from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
 from .hdr import hdr_to_sdr, hdr_transfer
+from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
