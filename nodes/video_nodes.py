@@ -34,6 +34,27 @@ def _video_path(video: str) -> str:
     return folder_paths.get_annotated_filepath(video)
 
 
+# Share of the currently free RAM one load may take: ComfyUI, models and the next nodes need the rest.
+MEMORY_SHARE = 0.8
+
+
+def _check_memory(path: str, frames: int, width: int, height: int) -> None:
+    """Refuse, before decoding, a load that would not fit in free RAM (instead of the OS killing ComfyUI)."""
+    import psutil  # a ComfyUI requirement
+
+    from ..cpgd_core.codec.decode import loaded_bytes
+
+    need, free = loaded_bytes(frames, width, height), psutil.virtual_memory().available
+    if need <= MEMORY_SHARE * free:
+        return
+    fit = max(1, int(frames * MEMORY_SHARE * free / need))
+    raise CPGDInputError(
+        f"{os.path.basename(path)}: loading {frames} frames at {width}x{height} needs about {need / 2**30:.1f} GiB, "
+        f"but only {free / 2**30:.1f} GiB of memory is free. Set frame_load_cap to at most {fit}, raise "
+        f"select_every_nth or lower custom_width/custom_height (or run 'python -m cpgd_core deblur', which "
+        f"streams a video of any length in flat memory).")
+
+
 def _keep_aspect(width: int, height: int, src_width: int, src_height: int) -> tuple[int, int]:
     """(width, height) with a 0 side derived from the source aspect ratio, rounded to a multiple of 8."""
     if width and height:
@@ -106,14 +127,16 @@ class LoadVideoWithPriors(io.ComfyNode):
     @classmethod
     def execute(cls, video: str, skip_first_frames: int, frame_load_cap: int, select_every_nth: int,
                 custom_width: int, custom_height: int, export_qp: bool) -> io.NodeOutput:
-        from ..cpgd_core.codec.decode import load_video, probe
+        from ..cpgd_core.codec.decode import kept_frame_count, load_video, probe
 
         path = _video_path(video)
         progress, check_interrupt = progress_callbacks(frame_load_cap or 1)
+        info = probe(path)
         size = None
         if custom_width or custom_height:
-            info = probe(path)
             size = _keep_aspect(custom_width, custom_height, info.width, info.height)
+        _check_memory(path, kept_frame_count(info, skip_first_frames, frame_load_cap, select_every_nth),
+                      *(size or (info.width, info.height)))
         frames, priors, audio, info = load_video(
             path, start=skip_first_frames, cap=frame_load_cap, every_nth=select_every_nth, size=size,
             progress=progress, check_interrupt=check_interrupt, export_qp=export_qp)

@@ -595,9 +595,20 @@ def _source_name(info: VideoInfo, export_mvs: bool) -> str:
     return f"bitstream:{info.codec}" if info.exports_mvs else "reencode:libx264"
 
 
-def _kept_count(info: VideoInfo, start: int, cap: int, every_nth: int) -> int:
+def kept_frame_count(info: VideoInfo, start: int, cap: int, every_nth: int) -> int:
+    """How many frames ``load_video(path, start, cap, every_nth)`` returns for a file with this info."""
     n = max(0, -(-(info.frame_count - start) // every_nth))
     return min(n, cap) if cap else n
+
+
+# Peak bytes per pixel of one frame loaded by load_video and handed on as a ComfyUI IMAGE: decoded uint8 RGB
+# and fp16 residual while decoding, the float32 frame tensor, and the float32 IMAGE copy made from it.
+LOADED_BYTES_PER_PIXEL = 3 + 2 + 12 + 12
+
+
+def loaded_bytes(frames: int, width: int, height: int) -> int:
+    """Approximate peak memory of loading ``frames`` frames of width x height (see LOADED_BYTES_PER_PIXEL)."""
+    return frames * width * height * LOADED_BYTES_PER_PIXEL
 
 
 def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size: Optional[tuple[int, int]] = None,
@@ -618,7 +629,7 @@ def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size
     info = probe(path)
     if info.frame_count and start >= info.frame_count:
         raise CPGDInputError(f"start frame {start} is past the end of {path} ({info.frame_count} frames)")
-    expected = _kept_count(info, start, cap, every_nth)
+    expected = kept_frame_count(info, start, cap, every_nth)
     if max_frames_in_memory is not None and expected > max_frames_in_memory:
         raise CPGDInputError(f"{path}: {expected} frames would be loaded, more than the limit of "
                              f"{max_frames_in_memory}; lower the frame cap, raise every_nth, or process it in chunks")

@@ -251,3 +251,24 @@ def test_real_phone_clip_loads_with_priors(comfy, real_clips):
     assert "mpeg4" in priors.source and "bitstream" in priors.source
     assert bool(priors.valid_to_prev[1:].any()), "MPEG-4 P-frames export motion vectors"
     assert tuple(res.raw["2"][0].shape) == (6, 768, 1280, 3)
+
+
+def test_load_that_does_not_fit_in_memory_is_refused_before_decoding(comfy, clips, monkeypatch):
+    import psutil
+
+    from cpgd_core.codec.decode import loaded_bytes
+
+    need = loaded_bytes(media.PAN_FRAMES, media.PAN_W, media.PAN_H)
+    real = psutil.virtual_memory()
+    # a machine with room for about half of this clip
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=int(need * 0.6)))
+    res = comfy.run({"1": load_node(clips["pan"]), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}},
+                    expect_success=False)
+    msg = dict(res.messages)["execution_error"]["exception_message"]
+    assert "pan_audio.mp4" in msg and "GiB" in msg and "frame_load_cap" in msg
+    fit = int(msg.split("frame_load_cap to at most ")[1].split(",")[0])
+    assert 0 < fit < media.PAN_FRAMES
+    # the suggested cap does load
+    res = comfy.run({"1": load_node(clips["pan"], frame_load_cap=fit),
+                     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    assert res.success
