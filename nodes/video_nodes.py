@@ -75,7 +75,9 @@ class LoadVideoWithPriors(io.ComfyNode):
                 "Decodes a video from ComfyUI's input folder and extracts its coding priors: motion vectors "
                 "(as dense flow with a validity mask), coding residuals, frame types and optionally the QP map. "
                 "Codecs without exportable motion vectors (HEVC, VP9, AV1, ...) are re-encoded in memory with "
-                "libx264 to obtain them; the info output says which path was used."),
+                "libx264 to obtain them; the info output says which path was used. Phone portrait videos are "
+                "turned upright and HDR (HLG/PQ) is converted to SDR BT.709. A selection that would not fit "
+                "in free memory is refused before decoding, with the frame_load_cap that fits."),
             inputs=[
                 io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
                                tooltip="Video file in ComfyUI's input folder (upload with the button)."),
