@@ -17,7 +17,7 @@ Sections (each prints a markdown table; one JSON line with every number closes t
      mean over frames; one side-by-side JPEG per clip in --images;
   d. the bundled sample (python -m cpgd_core sample): PSNR/SSIM against its lossless sharp ground truth over
      the first 24 frames.
-Took 147 s on two idle CPU cores with --real-frames 3 (real clips ~13 s each).
+Took 163 s on two idle CPU cores with --real-frames 3 (real clips ~10 s each).
 """
 from __future__ import annotations
 
