@@ -141,7 +141,7 @@ class LoadVideoWithPriors(io.ComfyNode):
                       *(size or (info.width, info.height)))
         frames, priors, audio, info = load_video(
             path, start=skip_first_frames, cap=frame_load_cap, every_nth=select_every_nth, size=size,
-            progress=progress, check_interrupt=check_interrupt, export_qp=export_qp)
+            progress=progress, check_interrupt=check_interrupt, export_qp=export_qp, info=info)
         if frames.shape[0] == 0:
             raise CPGDInputError(f"{os.path.basename(path)}: no frames in the selected range "
                                  f"(skip_first_frames={skip_first_frames})")

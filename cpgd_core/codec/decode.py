@@ -560,9 +560,9 @@ def _upright(df: DecodedFrame, rotation: int) -> DecodedFrame:
     """The frame and all its priors turned by the file's display rotation (see ``orientation.py``)."""
     if rotation == 0:
         return df
-    df.rgb, df.residual, df.qp, ((df.flow_to_prev, df.valid_to_prev), (df.flow_to_next, df.valid_to_next)) = \
-        rotate_frame_arrays(df.rgb, df.residual, df.qp, [(df.flow_to_prev, df.valid_to_prev),
-                                                         (df.flow_to_next, df.valid_to_next)], rotation, STRIDE)
+    fields = [(df.flow_to_prev, df.valid_to_prev), (df.flow_to_next, df.valid_to_next)]
+    df.rgb, df.residual, df.qp, fields = rotate_frame_arrays(df.rgb, df.residual, df.qp, fields, rotation, STRIDE)
+    (df.flow_to_prev, df.valid_to_prev), (df.flow_to_next, df.valid_to_next) = fields
     return df
 
 
@@ -615,7 +615,7 @@ def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size
                progress: Optional[Callable[[int, int], None]] = None,
                check_interrupt: Optional[Callable[[], None]] = None, export_qp: bool = False,
                max_frames_in_memory: Optional[int] = None, export_mvs: bool = True,
-               ) -> tuple[torch.Tensor, CodecPriors, Optional[dict], str]:
+               info: Optional[VideoInfo] = None) -> tuple[torch.Tensor, CodecPriors, Optional[dict], str]:
     """Decode a clip with its priors.
 
     Returns:
@@ -626,7 +626,7 @@ def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size
         frames than ``max_frames_in_memory`` (use ``iter_video_chunks`` for long videos).
     """
     _check_range(start, cap, every_nth)
-    info = probe(path)
+    info = info or probe(path)  # callers that probed already pass it: probing demuxes the whole file
     if info.frame_count and start >= info.frame_count:
         raise CPGDInputError(f"start frame {start} is past the end of {path} ({info.frame_count} frames)")
     expected = kept_frame_count(info, start, cap, every_nth)
