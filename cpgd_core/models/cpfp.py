@@ -36,6 +36,8 @@ from ..errors import CPGDInputError
 RESIDUAL_GAIN = 16.0
 # 2 * 1/4-res neighbours, 9 taps each
 _TAPS = 9
+# config fields a trained network can be deepened along (CPFP.grow_from)
+GROWABLE = ("num_enc_blocks", "backbone_blocks", "recon_blocks")
 
 
 @dataclass
@@ -233,6 +235,37 @@ class CPFP(nn.Module):
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d) and not mod.weight.is_contiguous(memory_format=torch.channels_last):
                 mod.weight.data = mod.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
+
+    def _block_stacks(self) -> dict[str, nn.Sequential]:
+        """The residual-block stacks whose depth a config sets, by the config field that sets it."""
+        return {"num_enc_blocks": [self.enc_quarter], "recon_blocks": [self.recon],
+                "backbone_blocks": [self.backbone[name][2] for name in self.config.branch_names]}
+
+    def grow_from(self, smaller: "CPFP") -> "CPFP":
+        """Start this network from a shallower trained one with the same output.
+
+        The configs may differ only in the block counts of :data:`GROWABLE`, each at least the smaller's.
+        Shared parameters are copied; every appended residual block gets a zero last convolution, which
+        makes it the identity, so the grown network computes exactly what ``smaller`` does and training
+        continues from there instead of from scratch.
+        """
+        old, new = asdict(smaller.config), asdict(self.config)
+        differing = {k for k in new if new[k] != old[k]}
+        if differing - set(GROWABLE) or any(new[k] < old[k] for k in differing):
+            raise CPGDInputError(f"cannot grow CPFP {smaller.config.to_json()} into {self.config.to_json()}: "
+                                 f"only {', '.join(GROWABLE)} may differ, and only upwards")
+        missing, unexpected = self.load_state_dict(smaller.state_dict(), strict=False)
+        appended = set()
+        for field, stacks in self._block_stacks().items():
+            for stack in stacks:
+                for block in list(stack)[old[field]:]:
+                    nn.init.zeros_(block.conv2.weight)
+                    nn.init.zeros_(block.conv2.bias)
+                    appended.update(id(p) for p in block.parameters())
+        params = dict(self.named_parameters())
+        if unexpected or any(id(params[k]) not in appended for k in missing):
+            raise CPGDInputError(f"CPFP growth mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         return self
 
     # -- helpers -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from typing import Iterator, Optional
 
 import numpy as np
@@ -211,7 +212,7 @@ def train(args: argparse.Namespace) -> dict:
     seed_everything(args.seed + 1000 * info.rank)
     os.makedirs(args.out, exist_ok=True)
     log = JsonLogger(os.path.join(args.out, "log.jsonl"), enabled=info.is_main)
-    cfg = CPFPConfig.from_name(args.config, use_priors=not args.no_priors)
+    cfg = CPFPConfig.from_name(args.config, use_priors=not args.no_priors, **_config_overrides(args.set))
     model = CPFP(cfg).to(dev)
     if dev.type == "cpu" and not info.enabled:  # DDP's gradient buckets expect the default layout
         model.use_channels_last()
@@ -240,10 +241,12 @@ def train(args: argparse.Namespace) -> dict:
         log.log(event="note", message=f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
     if start == 0 and args.init:
         init = load_cpfp(args.init)
-        if init.config.to_json() != cfg.to_json():
-            raise CPGDInputError(f"--init {args.init} has config {init.config.to_json()}, not {cfg.to_json()}")
-        model.load_state_dict(init.state_dict())
-        log.log(event="init", weights=args.init)
+        if init.config.to_json() == cfg.to_json():
+            model.load_state_dict(init.state_dict())
+            log.log(event="init", weights=args.init)
+        else:  # a deeper network continues from a trained shallower one (raises for any other difference)
+            model.grow_from(init)
+            log.log(event="init", weights=args.init, grown_from=init.config.to_json())
 
     net = model
     if info.enabled:
@@ -338,6 +341,22 @@ def train(args: argparse.Namespace) -> dict:
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
+def _config_overrides(items: Optional[list[str]]) -> dict:
+    """``["recon_blocks=6", ...]`` -> CPFPConfig keyword overrides, typed like the dataclass defaults."""
+    defaults = asdict(CPFPConfig())
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults or key == "use_priors":
+            raise CPGDInputError(f"--set {item!r}: expected KEY=VALUE with KEY one of "
+                                 f"{sorted(k for k in defaults if k != 'use_priors')}")
+        try:
+            out[key] = type(defaults[key])(value)
+        except ValueError as e:
+            raise CPGDInputError(f"--set {item!r}: {e}") from e
+    return out
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Options of the synthetic clips, shared by training and make-val so both describe the same data."""
     p.add_argument("--crf", type=int, nargs=2, default=CRF_RANGE, metavar=("MIN", "MAX"))
@@ -348,6 +367,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core.train cpfp", description="train the stage-one CPFP network")
     p.add_argument("--config", choices=("lite", "base"), default="lite")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set recon_blocks=6 (repeatable); with --init from a "
+                        "network with fewer blocks, the extra blocks start as the identity")
     p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--batch", type=int, default=4, help="clips per process (per GPU under torchrun)")
     p.add_argument("--crop", type=int, default=128, help="square crop size in px (multiple of 4)")

@@ -149,3 +149,21 @@ def test_priors_to_model_inputs_units_and_padding():
     assert priors_to_model_inputs(p8)["valid_to_next"].shape == (1, 3, 1, 8, 12)
     with pytest.raises(CPGDInputError):
         priors_to_model_inputs(p, size=(30, 44))
+
+
+def test_grow_from_keeps_the_function_and_refuses_other_changes():
+    small = _model()
+    with torch.no_grad():  # trained-looking blocks: a zero last conv would make any growth look exact
+        for p in small.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    big = CPFP(CPFPConfig.lite(num_enc_blocks=2, backbone_blocks=3, recon_blocks=4)).grow_from(small).eval()
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(big(*_inputs()), small(*_inputs()), atol=1e-6, rtol=1e-5)
+    # the appended blocks are trainable, not frozen at zero: one step moves the output
+    loss = big(*_inputs()).square().mean()
+    loss.backward()
+    assert big.recon[3].conv2.weight.grad.abs().sum() > 0
+    for bad in (dict(mid_channels=64), dict(recon_blocks=1), dict(num_branches=4)):
+        with pytest.raises(CPGDInputError, match="cannot grow"):
+            CPFP(CPFPConfig.lite(**bad)).grow_from(small)

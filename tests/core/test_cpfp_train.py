@@ -48,3 +48,17 @@ def test_train_with_synth_data(tmp_path):
     out = str(tmp_path / "run")
     assert main(["cpfp", "--steps", "1", "--out", out, "--no-priors", *TINY[:3], "32", *TINY[4:]]) == 0
     assert not load_cpfp(os.path.join(out, "cpfp_final.safetensors")).config.use_priors
+
+
+def test_set_overrides_and_init_grows_a_shallower_network(tmp_path):
+    small, big = str(tmp_path / "small"), str(tmp_path / "big")
+    assert main(["cpfp", "--steps", "1", "--out", small, "--data", "random", *TINY]) == 0
+    init = os.path.join(small, "cpfp_final.safetensors")
+    assert main(["cpfp", "--steps", "1", "--out", big, "--data", "random", "--init", init,
+                 "--set", "recon_blocks=3", "--set", "num_enc_blocks=2", *TINY]) == 0
+    grown = [e for e in _log(big) if e["event"] == "init"]
+    assert grown and "grown_from" in grown[0]
+    cfg = load_cpfp(os.path.join(big, "cpfp_final.safetensors")).config
+    assert (cfg.recon_blocks, cfg.num_enc_blocks) == (3, 2)
+    with pytest.raises(Exception, match="--set 'recon=3'"):
+        main(["cpfp", "--steps", "1", "--out", str(tmp_path / "bad"), "--data", "random", "--set", "recon=3", *TINY])
