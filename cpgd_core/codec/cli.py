@@ -84,9 +84,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--size", default=None, help="resize, e.g. 640x360")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, _size(a.size), overwrite=a.overwrite)
-    except CPGDInputError as e:
-        print(f"error: {e}")
-        return 2
+    extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, _size(a.size), overwrite=a.overwrite)
     return 0

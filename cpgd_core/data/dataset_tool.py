@@ -271,15 +271,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     i.add_argument("folder")
     i.add_argument("--official-clip", default=None, help="clip name when FOLDER is an official-layout root")
     a = ap.parse_args(argv)
-    try:
-        if a.cmd == "encode":
-            n = encode_dataset(a.src, a.out, a.layout, a.format, a.crf, a.preset, a.fps, a.max_frames)
-            print(f"{n} clips written to {a.out}")
-        else:
-            pri = (read_official_clip(a.folder, a.official_clip)[2] if a.official_clip
-                   else read_priors_dir(a.folder))
-            print(pri.summary())
-    except CPGDInputError as err:
-        print(f"error: {err}")
-        return 2
+    if a.cmd == "encode":
+        n = encode_dataset(a.src, a.out, a.layout, a.format, a.crf, a.preset, a.fps, a.max_frames)
+        print(f"{n} clips written to {a.out}")
+    else:
+        pri = read_official_clip(a.folder, a.official_clip)[2] if a.official_clip else read_priors_dir(a.folder)
+        print(pri.summary())
     return 0

@@ -36,7 +36,7 @@ def test_priors_cli_writes_visualisations(tmp_path):
     # Existing outputs are not replaced without --overwrite; bad input gives a clean error.
     r2 = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
-    assert r2.returncode == 2 and "already exists" in r2.stdout
+    assert r2.returncode == 2 and "already exists" in r2.stderr
     r3 = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", str(tmp_path / "nope.mp4"), "--out", out],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r3.returncode == 2 and "not found" in r3.stdout
+    assert r3.returncode == 2 and "not found" in r3.stderr

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cpgd_core.__main__ import main as cli_main
 from cpgd_core.data import dataset_tool as dt
 from cpgd_core.data.synth import load_photo, make_blur_clip
 from cpgd_core.errors import CPGDInputError
@@ -104,4 +105,4 @@ def test_dvd_layout_and_errors(tmp_path):
     os.remove(os.path.join(src, "clip0", "GT", "000000.jpg"))
     with pytest.raises(CPGDInputError, match="sharp frames"):
         dt.find_clips(src)
-    assert dt.main(["encode", str(tmp_path / "nope"), out]) == 2
+    assert cli_main(["dataset", "encode", str(tmp_path / "nope"), out]) == 2
