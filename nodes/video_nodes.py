@@ -82,7 +82,8 @@ class LoadVideoWithPriors(io.ComfyNode):
                 io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
                                tooltip="Video file in ComfyUI's input folder (upload with the button)."),
                 io.Int.Input("skip_first_frames", default=0, min=0, max=10_000_000,
-                             tooltip="Number of frames to skip at the start of the video."),
+                             tooltip="Number of frames to skip at the start of the video. Decoding starts at the "
+                                     "keyframe before this frame, so a late start in a long video is quick."),
                 io.Int.Input("frame_load_cap", default=0, min=0, max=10_000_000,
                              tooltip="Maximum number of frames to return after skipping and selection; 0 = all."),
                 io.Int.Input("select_every_nth", default=1, min=1, max=1000,

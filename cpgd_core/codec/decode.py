@@ -23,6 +23,7 @@ the rasteriser and ``residual.py`` for the residual. How vectors become the per-
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -46,7 +47,7 @@ MV_CODECS = {"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "msmpeg4v2", "
 _ZERO_B_CODECS = {"mpeg4", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
 # Codecs whose P-frames may reference several past frames (FFmpeg exports no reference index), and how many
 # past anchors are tried (x264's default --ref is 3). The check costs ~15 ms per 720p frame, so it stops for
-# the rest of a stream after MULTI_REF_PROBE P-frames in which no block was found to use a farther
+# the rest of a GOP after MULTI_REF_PROBE P-frames in which no block was found to use a farther
 # reference (one-reference encoders, e.g. most phone hardware encoders).
 _MULTI_REF_CODECS = {"h264"}
 MAX_REFS = 3
@@ -74,6 +75,8 @@ class VideoInfo:
     exports_mvs: bool = True  # False: priors come from a libx264 re-encode
     rotation: int = 0        # clockwise degrees that turn the stored pictures upright; width/height are upright
     hdr: str = ""            # "hlg" / "pq" when the frames are HDR (converted to SDR BT.709 on decoding)
+    # (display index, pts) of each keyframe, for seeking to a start frame; empty when timestamps are missing
+    keyframes: tuple[tuple[int, int], ...] = field(default=(), repr=False)
 
     @property
     def coded_hw(self) -> tuple[int, int]:
@@ -144,6 +147,8 @@ def probe(path: str) -> VideoInfo:
         has_audio = bool(c.streams.audio)
         tb = vs.time_base or Fraction(1, 1000)
         pts: list[int] = []
+        key_pts: list[int] = []
+        timed = True
         first: Optional[tuple[int, str]] = None
         try:
             for pkt in c.demux(vs):
@@ -151,8 +156,11 @@ def probe(path: str) -> VideoInfo:
                     first = _first_picture(vs, pkt, len(pts))
                 if pkt.size and pkt.pts is not None:
                     pts.append(pkt.pts)
+                    if pkt.is_keyframe:
+                        key_pts.append(pkt.pts)
                 elif pkt.size:
                     pts.append(len(pts))
+                    timed = False
         except av.error.FFmpegError as e:
             raise CPGDInputError(f"corrupt or truncated video {path}: {e}") from e
     if width <= 0 or height <= 0:
@@ -161,6 +169,8 @@ def probe(path: str) -> VideoInfo:
     height, width = rotated_hw(height, width, rotation)
     pts.sort()
     n = len(pts)
+    # a keyframe's display index is the number of pictures shown before it
+    keyframes = tuple((bisect_right(pts, p) - 1, p) for p in sorted(key_pts)) if timed else ()
     rate = vs.average_rate or vs.guessed_rate or Fraction(25)
     variable = False
     duration = 0.0
@@ -181,7 +191,7 @@ def probe(path: str) -> VideoInfo:
     return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
                      codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
                      pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation,
-                     hdr=hdr)
+                     hdr=hdr, keyframes=keyframes)
 
 
 # A decoder may hold back its first picture for a few packets (B-frame reordering, frame threads).
@@ -271,8 +281,26 @@ def _raw_from_frame(fr, index: int, time: float, export_mvs: bool, export_qp: bo
     return _Raw(index, time, _pict_of(fr, mvs is not None), fr, mvs, qp)
 
 
+def _seek_point(info: VideoInfo, start: int) -> Optional[tuple[int, int]]:
+    """The last keyframe (display index, pts) before frame ``start``, or None when there is none past frame 0.
+
+    Decoding from there gives the frames from ``start`` on, with their priors, without decoding everything
+    before (minutes for a late start in a long file). It must lie *before* ``start``: an I-frame's residual is
+    taken against the picture shown just before it, which must be decoded too.
+    """
+    best = None
+    for index, pts in info.keyframes:
+        if index >= start:
+            break
+        best = (index, pts)
+    return best if best is not None and best[0] > 0 else None
+
+
 def _container_raws(path: str, export_mvs: bool, export_qp: bool,
-                    check_interrupt: Optional[Callable[[], None]]) -> Iterator[_Raw]:
+                    check_interrupt: Optional[Callable[[], None]],
+                    seek: Optional[tuple[int, int]] = None) -> Iterator[_Raw]:
+    """Decoded frames in display order with their side data. ``seek`` = (display index, pts) of a keyframe
+    (:func:`_seek_point`) to start decoding at; a file that does not land there is decoded from the start."""
     c = _open(path)
     try:
         vs = _video_stream(c, path)
@@ -288,10 +316,21 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
         vs.thread_type = "SLICE" if export_mvs else "AUTO"
         tb = vs.time_base or Fraction(1, 1000)
         index = 0
+        if seek is not None:
+            index, key_pts = seek
+            c.seek(key_pts, stream=vs, backward=True, any_frame=False)
         try:
             for fr in c.decode(vs):
                 if check_interrupt is not None:
                     check_interrupt()
+                if seek is not None:
+                    if fr.pts is not None and fr.pts < key_pts:
+                        continue  # open-GOP leading pictures: shown before the keyframe, references missing
+                    if fr.pts != key_pts:  # the demuxer landed elsewhere: nothing was yielded yet, start over
+                        c.close()
+                        yield from _container_raws(path, export_mvs, export_qp, check_interrupt)
+                        return
+                    seek = None
                 t = float(fr.pts * tb) if fr.pts is not None else index / float(vs.average_rate or 25)
                 yield _raw_from_frame(fr, index, t, export_mvs, export_qp)
                 index += 1
@@ -362,6 +401,12 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
         for b in pending_b:
             yield finish(b, prev_anchor, r)
         pending_b = []
+        if r.mvs is None and r.frame.key_frame:
+            # A keyframe starts a GOP that references nothing before it, and the multi-reference probe
+            # restarts with it: a GOP's priors come out the same whether decoding started there (seeking)
+            # or at frame 0.
+            anchors.clear()
+            probe.update(checked=0, far=0)
         yield finish(r, ref, None)
         prev_anchor = r
         last = r
@@ -544,12 +589,12 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
         src = _select_stage(_next_stage(_motion_stage(
-            _container_raws(path, False, False, check_interrupt), coded_hw[0], coded_hw[1], False,
+            _container_raws(path, False, False, check_interrupt, _seek_point(info, start)), coded_hw[0], coded_hw[1], False,
             lambda i: False, "luma", True)), start, cap, every_nth, size, coded_hw, None)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:
-        raws = _container_raws(path, export_mvs, export_qp, check_interrupt)
+        raws = _container_raws(path, export_mvs, export_qp, check_interrupt, _seek_point(info, start))
         frames = _pipeline(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
                            signed_residual)
     for df in frames:

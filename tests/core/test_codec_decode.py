@@ -411,3 +411,32 @@ def test_display_rotation_with_sizes_off_the_block_grid(tmp_path):
     # a requested size is the upright one
     xs, ps, _, _ = load_video(rot, size=(120, 160), cap=2)
     assert xs.shape == (2, 3, 160, 120) and ps.flow_to_prev.shape[-2:] == grid_size(160, 120)
+
+
+@pytest.mark.parametrize("params,ext", [("bframes=2:b-pyramid=none:ref=3:keyint=12:scenecut=0", "mkv"),
+                                        ("bframes=3:keyint=15:open-gop=1:scenecut=0", "mp4")])
+def test_start_offset_seeks_to_a_keyframe_with_identical_output(tmp_path, params, ext):
+    img_shape = load_photo("astronaut").shape
+    n = 48
+    path, _, _ = _clip(str(tmp_path), f"gop.{ext}", pan_zoom_path(img_shape, (160, 128), n, 2.0, 1.0),
+                       params=params, size=(160, 128))
+    info = probe(path)
+    key = [i for i, _ in info.keyframes]
+    assert len(key) >= 3 and key[0] == 0
+    full = list(iter_decoded(path, every_nth=1, info=info))
+    assert len(full) == n
+    start, cap = key[2] + 2, 5
+    decoded = []
+    part = list(iter_decoded(path, start=start, cap=cap, check_interrupt=lambda: decoded.append(1), info=info))
+    # decoding began at the keyframe before the start, not at frame 0
+    assert len(decoded) <= start - key[2] + cap + 6 < start
+    assert [f.index for f in part] == list(range(start, start + cap))
+    for i, (p, r) in enumerate(zip(part, full[start:start + cap])):
+        assert np.array_equal(p.rgb, r.rgb) and np.array_equal(p.residual, r.residual)
+        if i:  # the first kept frame has no previous frame by definition
+            assert np.array_equal(p.flow_to_prev, r.flow_to_prev) and np.array_equal(p.valid_to_prev, r.valid_to_prev)
+        if i < cap - 1:
+            assert np.array_equal(p.flow_to_next, r.flow_to_next) and np.array_equal(p.valid_to_next, r.valid_to_next)
+    # start right on a keyframe: the picture before it is decoded too (an I-frame's residual needs it)
+    on_key = list(iter_decoded(path, start=key[1], cap=2, info=info))
+    assert np.array_equal(on_key[0].residual, full[key[1]].residual)
