@@ -107,6 +107,20 @@ def test_multi_reference_vectors_are_resolved():
     assert three < 1.3 * one, (one, three)
 
 
+def test_one_reference_stream_stops_the_reference_check(tmp_path, monkeypatch):
+    """In a one-reference stream the check mistakes a few blocks per frame (repeating texture); after the
+    probe frames find no real share of far references, later frames keep the plain vectors."""
+    from cpgd_core.codec import decode
+
+    path, _, _ = _clip(str(tmp_path), "r1.mp4", pan_zoom_path(load_photo("astronaut").shape, SIZE, 30, 2.5, 1.0),
+                       params="bframes=0:ref=1:keyint=250:scenecut=0", crf=23)
+    checked = list(iter_decoded(path))
+    monkeypatch.setattr(decode, "MAX_REFS", 1)  # the plain nearest-reference reading
+    plain = list(iter_decoded(path))
+    changed = [not np.array_equal(a.flow_to_prev, b.flow_to_prev) for a, b in zip(checked, plain)]
+    assert not any(changed[decode.MULTI_REF_PROBE + 2:]), changed
+
+
 def test_residual_is_motion_compensated(clips):
     path, _, _ = clips["pan"]
     x, pri, _, _ = load_video(path)
