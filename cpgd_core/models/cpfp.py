@@ -46,10 +46,10 @@ class CPFPConfig:
 
     enc_channels: int = 16        # full and 1/2 resolution
     mid_channels: int = 32        # 1/4 resolution (propagation)
-    num_enc_blocks: int = 1       # residual blocks at 1/4 res in the encoder
+    num_enc_blocks: int = 2       # residual blocks at 1/4 res in the encoder
     num_branches: int = 2         # 2: backward_1, forward_1; 4: + backward_2, forward_2
-    backbone_blocks: int = 1      # residual blocks per propagation backbone
-    recon_blocks: int = 2         # residual blocks at 1/4 res after fusion
+    backbone_blocks: int = 2      # residual blocks per propagation backbone
+    recon_blocks: int = 6         # residual blocks at 1/4 res after fusion
     deform_groups: int = 4        # total DCN offset groups (half per neighbour, so must be even)
     offset_channels: int = 0      # hidden width of the offset/mask predictor (0: mid_channels)
     max_residue_magnitude: float = 5.0  # learned offsets around the MV are bounded by this (1/4-res px)

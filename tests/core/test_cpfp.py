@@ -152,7 +152,7 @@ def test_priors_to_model_inputs_units_and_padding():
 
 
 def test_grow_from_keeps_the_function_and_refuses_other_changes():
-    small = _model()
+    small = _model(num_enc_blocks=1, backbone_blocks=1, recon_blocks=2)
     with torch.no_grad():  # trained-looking blocks: a zero last conv would make any growth look exact
         for p in small.parameters():
             p.add_(torch.randn_like(p) * 0.01)
