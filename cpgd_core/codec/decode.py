@@ -318,29 +318,30 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
         # load); slice threading is safe.
         vs.thread_type = "SLICE" if export_mvs else "AUTO"
         tb = vs.time_base or Fraction(1, 1000)
-        index = 0
-        if seek is not None:
-            index, key_pts = seek
-            c.seek(key_pts, stream=vs, backward=True, any_frame=False)
+        index, key_pts = seek if seek is not None else (0, None)
         try:
+            if seek is not None:
+                c.seek(key_pts, stream=vs, backward=True, any_frame=False)
             for fr in c.decode(vs):
                 if check_interrupt is not None:
                     check_interrupt()
                 if seek is not None:
                     if fr.pts is not None and fr.pts < key_pts:
                         continue  # open-GOP leading pictures: shown before the keyframe, references missing
-                    if fr.pts != key_pts:  # the demuxer landed elsewhere: nothing was yielded yet, start over
-                        c.close()
-                        yield from _container_raws(path, export_mvs, export_qp, check_interrupt)
-                        return
+                    if fr.pts != key_pts:
+                        break
                     seek = None
                 t = float(fr.pts * tb) if fr.pts is not None else index / float(vs.average_rate or 25)
                 yield _raw_from_frame(fr, index, t, export_mvs, export_qp)
                 index += 1
         except av.error.FFmpegError as e:
-            raise CPGDInputError(f"corrupt or truncated video {path} (decoding failed after {index} frames: {e})") from e
+            if seek is None:  # (while seeking, the decode from the start below reports it)
+                raise CPGDInputError(f"corrupt or truncated video {path} (decoding failed after {index} frames: "
+                                     f"{e})") from e
     finally:
         c.close()
+    if seek is not None:  # the demuxer did not land on the keyframe; nothing was yielded yet: from the start
+        yield from _container_raws(path, export_mvs, export_qp, check_interrupt)
 
 
 # ------------------------------------------------------------------------------------ motion stages
@@ -591,9 +592,9 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
         size = (size[1], size[0])
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
-        src = _select_stage(_next_stage(_motion_stage(
-            _container_raws(path, False, False, check_interrupt, _seek_point(info, start)), coded_hw[0], coded_hw[1], False,
-            lambda i: False, "luma", True)), start, cap, every_nth, size, coded_hw, None)
+        raws = _container_raws(path, False, False, check_interrupt, _seek_point(info, start))
+        src = _select_stage(_next_stage(_motion_stage(raws, coded_hw[0], coded_hw[1], False, lambda i: False, "luma",
+                                                      True)), start, cap, every_nth, size, coded_hw, None)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:

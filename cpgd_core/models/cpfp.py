@@ -237,7 +237,7 @@ class CPFP(nn.Module):
                 mod.weight.data = mod.weight.data.contiguous(memory_format=torch.channels_last)
         return self
 
-    def _block_stacks(self) -> dict[str, nn.Sequential]:
+    def _block_stacks(self) -> dict[str, list[nn.Sequential]]:
         """The residual-block stacks whose depth a config sets, by the config field that sets it."""
         return {"num_enc_blocks": [self.enc_quarter], "recon_blocks": [self.recon],
                 "backbone_blocks": [self.backbone[name][2] for name in self.config.branch_names]}
@@ -257,15 +257,16 @@ class CPFP(nn.Module):
                                  f"only {', '.join(GROWABLE)} may differ, and only upwards")
         missing, unexpected = self.load_state_dict(smaller.state_dict(), strict=False)
         appended = set()
-        for field, stacks in self._block_stacks().items():
+        for name, stacks in self._block_stacks().items():
             for stack in stacks:
-                for block in list(stack)[old[field]:]:
+                for block in list(stack)[old[name]:]:
                     nn.init.zeros_(block.conv2.weight)
                     nn.init.zeros_(block.conv2.bias)
                     appended.update(id(p) for p in block.parameters())
         params = dict(self.named_parameters())
         if unexpected or any(id(params[k]) not in appended for k in missing):
-            raise CPGDInputError(f"CPFP growth mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise CPGDInputError(f"CPFP growth mismatch: missing {sorted(missing)[:5]}, "
+                                 f"unexpected {sorted(unexpected)[:5]}")
         return self
 
     # -- helpers -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Decoding with codec priors: real PyAV encodes of real photos moved along known camera paths."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from fractions import Fraction
 
@@ -454,3 +455,10 @@ def test_start_offset_seeks_to_a_keyframe_with_identical_output(tmp_path, params
     # start right on a keyframe: the picture before it is decoded too (an I-frame's residual needs it)
     on_key = list(iter_decoded(path, start=key[1], cap=2, info=info))
     assert np.array_equal(on_key[0].residual, full[key[1]].residual)
+    # a seek that does not land on the keyframe's timestamp falls back to decoding from the start
+    off = dataclasses.replace(info, keyframes=((key[2], info.keyframes[2][1] + 1),))
+    decoded.clear()
+    again = list(iter_decoded(path, start=start, cap=cap, check_interrupt=lambda: decoded.append(1), info=off))
+    assert len(decoded) >= start + cap
+    assert all(np.array_equal(a.rgb, b.rgb) and np.array_equal(a.residual, b.residual) for a, b in zip(again, part))
+    assert [f.index for f in again] == [f.index for f in part]
