@@ -40,6 +40,27 @@ def _synth_example(rng: np.random.Generator, crop: int, frames: int, crf_range: 
                                        motion_range=tuple(motion_range))
 
 
+def _real_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
+                  motion_range=None) -> dict:
+    """One clip of real footage blurred by interpolation + exposure averaging (cpgd_core.data.realblur).
+    Validation clips are all blurred; training has realblur.SHARP_SHARE clips with no blur."""
+    from ..data import realblur
+
+    share = realblur.SHARP_SHARE if split == "train" else 0.0
+    return realblur.make_training_example(rng, (crop, crop), frames, crf_range=tuple(crf_range), split=split,
+                                          sharp_share=share)
+
+
+def _mixed_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
+                   motion_range: tuple[float, float] = MOTION_RANGE) -> dict:
+    """Real footage, with realblur.STILL_SHARE still-photo clips (synth) mixed into training for variety."""
+    from ..data import realblur
+
+    if split == "train" and rng.random() < realblur.STILL_SHARE:
+        return _synth_example(rng, crop, frames, crf_range, split, motion_range)
+    return _real_example(rng, crop, frames, crf_range, split, motion_range)
+
+
 def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=None, split: str = "train",
                     motion_range=None) -> dict:
     """Debug data source (no codec): smooth random sharp clip translating by a known shift, box-blurred.
@@ -67,7 +88,7 @@ def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=
     return {"blurry_decoded": blurry, "sharp": sharp, "priors": pri}
 
 
-SOURCES = {"synth": _synth_example, "random": _random_example}
+SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example, "random": _random_example}
 
 
 def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
@@ -248,6 +269,7 @@ def train(args: argparse.Namespace) -> dict:
             model.grow_from(init)
             log.log(event="init", weights=args.init, grown_from=init.config.to_json())
 
+    commit = _git_commit()  # of the code that starts training, before anyone edits the tree under it
     net = model
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -276,13 +298,9 @@ def train(args: argparse.Namespace) -> dict:
         t_wait = time.monotonic()
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
         data_wait += time.monotonic() - t_wait
-        # With a wall-clock budget the cosine schedule follows whichever runs out first, steps or time,
-        # so a run cut short by --time-limit still ends with an annealed learning rate.
-        sched_step = step
-        if args.time_limit:
-            frac = (time.monotonic() - t0) / args.time_limit
-            sched_step = max(step, args.warmup + int(frac * (args.steps - args.warmup)))
-        mult = cosine_lr(sched_step, args.steps, args.warmup)
+        # The schedule depends on the step only: a run stopped by --time-limit or --stop-at and resumed later
+        # (in another session, on another machine) follows exactly the schedule of an uninterrupted run.
+        mult = cosine_lr(step, args.steps, args.warmup)
         for g in opt.param_groups:
             g["lr"] = args.lr * g["lr_mult"] * mult
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -305,7 +323,8 @@ def train(args: argparse.Namespace) -> dict:
         loss_acc += loss.item()
         n_acc += 1
         done = step + 1
-        out_of_time = bool(args.time_limit) and time.monotonic() - t0 >= args.time_limit
+        out_of_time = (bool(args.time_limit) and time.monotonic() - t0 >= args.time_limit) or \
+            (bool(args.stop_at) and done >= args.stop_at)
         if info.enabled:  # every rank must stop at the same step
             flag = torch.tensor([float(out_of_time)], device=dev)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -331,13 +350,47 @@ def train(args: argparse.Namespace) -> dict:
     final = os.path.join(args.out, FINAL_NAME)
     if info.is_main:
         meta = {"recipe": json.dumps({k: v for k, v in vars(args).items() if k != "func"}), "steps": done,
-                "train_seconds": round(time.monotonic() - t0, 1)}
+                "train_seconds": round(time.monotonic() - t0, 1), "seed": args.seed, "data": args.data,
+                "commit": commit, "data_manifest": json.dumps(data_manifest(args.data))}
+        if args.val:
+            meta["val_set"] = os.path.basename(args.val)
         meta.update({k: v for k, v in last.items()})
         save_cpfp(model, final, meta)
         log.log(event="done", step=done, weights=final, **last)
     log.close()
     cleanup_distributed()
     return {"weights": final, "step": done, **last}
+
+
+def _git_commit() -> str:
+    """The commit of the code that trained (with '+dirty' for uncommitted changes), or 'unknown'."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def data_manifest(source: str) -> dict:
+    """What the data source reads: real clips (train/val names, file sizes) and/or still photos (names)."""
+    from ..data import realblur, synth
+
+    out: dict = {"source": source}
+    if source in ("real", "mix"):
+        root = realblur.default_dir()
+        out["real_train"] = {n: os.path.getsize(os.path.join(root, n + ".mkv")) for n in realblur.clip_names("train")}
+        out["real_val"] = list(realblur.VAL_CLIPS)
+    if source in ("synth", "mix"):
+        out["photos_train"] = synth.photo_names("train")
+        out["photos_val"] = synth.photo_names("val")
+    return out
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -383,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=0,
-                   help="wall-clock budget in seconds (0 = none): stop, validate and export when it is spent")
+                   help="wall-clock budget in seconds (0 = none): stop, validate, checkpoint and export when it is "
+                        "spent; the learning-rate schedule does not change (resume with --resume)")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop (validate, checkpoint, export) at this step without changing the schedule of --steps")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 if supported, else fp16)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--offset-lr-ratio", type=float, default=0.25, help="lr multiplier of the DCN offset predictors")
@@ -395,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--data", choices=sorted(SOURCES), default="synth",
-                   help="'synth' (real pipeline) or 'random' (debug only: smoke tests without the codec)")
+    p.add_argument("--data", choices=sorted(SOURCES), default="mix",
+                   help="'mix' (real footage + still photos), 'real' (real footage), 'synth' (still photos "
+                        "moved along camera paths) or 'random' (debug only: smoke tests without the codec)")
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     return p
 
@@ -419,7 +476,7 @@ def make_val_main(argv: list[str]) -> int:
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--frames", type=int, default=7)
-    p.add_argument("--data", choices=sorted(SOURCES), default="synth")
+    p.add_argument("--data", choices=sorted(SOURCES), default="real")
     _add_data_args(p)
     a = p.parse_args(argv)
     path = make_val(a.out, a.seed, a.count, a.crop, a.frames, a.data, tuple(a.crf), tuple(a.motion))
