@@ -28,8 +28,10 @@ test: setup browser-deps
 test-fast: setup
 	scripts/run_tests.sh $(PYTEST_ARGS)
 
+# Every bench writes its figures into docs/bench/; the README / model-card tables are then filled from them.
 bench: setup
 	@set -e; for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f"; done
+	$(PY) scripts/fill_readme.py
 
 clean:
 	rm -rf output .pytest_cache

@@ -84,13 +84,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--md", default=os.path.join(ROOT, "docs", "bench", "cpfp.md"),
+                    help="markdown summary for the README ('' to skip)")
     ap.add_argument("--_child", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
         print(json.dumps(stream_peak(a._child, a.mem_size, a.device)))
         return
+    tp = None
     if not a.skip_throughput:
-        print(json.dumps(throughput(a.frames, a.device, a.dtype)), flush=True)
+        tp = throughput(a.frames, a.device, a.dtype)
+        print(json.dumps(tp), flush=True)
     res = []
     for n in a.mem:
         out = subprocess.run([sys.executable, __file__, "--_child", str(n), "--mem-size", str(a.mem_size),
@@ -98,8 +102,19 @@ def main() -> None:
         res.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(res[-1]), flush=True)
     key = "cuda_max_alloc_mib" if "cuda_max_alloc_mib" in res[0] else "rss_max_mib"
-    print(json.dumps({"bench": "stream_memory", "metric": key,
-                      "ratio": round(res[1][key] / res[0][key], 3)}))
+    ratio = round(res[1][key] / res[0][key], 3)
+    print(json.dumps({"bench": "stream_memory", "metric": key, "ratio": ratio}))
+    if a.md:
+        lines = ["# Stage-one speed and streaming memory (`bench/cpfp.py`)", "",
+                 "| what | measured |", "| --- | --- |"]
+        if tp:
+            lines.append(f"| CPFP lite, 1280x720, {tp['frames']} frames, {tp['device']} ({tp['threads']} threads) | "
+                         f"{tp['fps']:.2f} frames/s |")
+        lines.append(f"| streaming memory, {res[0]['frames']} vs {res[1]['frames']} frames ({a.mem_size}², "
+                     f"{key}) | {res[0][key]:.0f} vs {res[1][key]:.0f} MiB (x{ratio:.2f}) |")
+        os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
+        with open(a.md, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,21 @@
-"""Quality report of the shipped stage-one model (issue 3, "Quality bar"), CPU only.
+"""Quality report of the shipped stage-one model (issue 12), CPU only. Writes docs/bench/eval_quality.md.
 
-    python bench/eval_quality.py [--model W] [--ablation W] [--out .build/eval] [--images docs/images]
-                                 [--skip-real] [--skip-sample]
+    python bench/eval_quality.py [--model W] [--previous W] [--out .build/eval] [--images docs/images]
+                                 [--skip-real] [--skip-sample] [--md docs/bench/eval_quality.md]
 
-Sections (each prints a markdown table; one JSON line with every number closes the run):
-  a. the training validation set (make-val seed 0, 16 clips, 128 px, 7 frames, about 1-18 px of blur per
-     frame — identical to training's): PSNR/SSIM of the blurry input, the shipped lite model and the no-prior
-     ablation;
-  b. a larger held-out check: 8 clips of 256x256x7 from the same held-out image split (make-val seed 1),
-     a mild-blur set (seed 2, 16 x 128², 0.75-3 px of blur) to check that little blur is not damaged, and a
-     fast-motion set (seed 3, 8 x 256², 4.5-30 px per frame, beyond the ±20 px the no-prior ablation's
-     learned offsets can reach) where codec motion vectors should matter most; with the ablation, each set
-     also gets the per-clip paired PSNR difference (mean, standard error, clips won);
-  c. the real phone clips in ../shared/data/real_blurry_clips (skipped if absent): ~6 frames from the middle
-     of each, restored at full 1280x768 with restore_video; NIQE (and BRISQUE when installed) before/after,
-     mean over frames; one side-by-side JPEG per clip in --images;
-  d. the bundled sample (python -m cpgd_core sample): PSNR/SSIM against its lossless sharp ground truth over
-     the first 24 frames.
-Took 163 s on two idle CPU cores with --real-frames 3 (real clips ~10 s each).
+Sections (each a markdown table in --md; one JSON line with every number closes the run):
+  a. held-out REAL footage (whole clips never trained on, cpgd_core.data.realblur.VAL_CLIPS): real consecutive
+     frames blurred by interpolation + exposure averaging, encoded with libx264 (make-val --data real, seed 1,
+     12 clips of 256x256x7): PSNR/SSIM of the blurry input, the shipped model, the SAME network with its codec
+     priors zeroed (MVs, validity, residual), and the previous synthetic-only weights; per-clip paired PSNR
+     difference of priors vs zeroed priors (mean, standard error, clips won);
+  b. identity: the same held-out clips with no blur (make-val --data sharp, seed 2, 8 x 256x256x7), encoded:
+     PSNR(output, input) — the network must leave sharp video alone;
+  c. the still-photo synthetic held-out set of earlier reports (make-val --data synth, seed 1, 8 x 256² x 7);
+  d. real GoPro blur without ground truth (../shared/data/real_motion/real_blur_no_gt, 20 frames 1280x720):
+     NIQE (and BRISQUE when installed) before/after, and a committed before/after image with a 2x crop;
+  e. the real phone clips in ../shared/data/real_blurry_clips: NIQE/BRISQUE before/after, side-by-side images;
+  f. the bundled sample (python -m cpgd_core sample): PSNR/SSIM against its lossless sharp ground truth.
 """
 from __future__ import annotations
 
@@ -36,12 +34,13 @@ sys.path.insert(0, ROOT)
 from cpgd_core import metrics  # noqa: E402
 from cpgd_core.codec.decode import load_video, probe  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
-from cpgd_core.data.synth import MOTION_RANGE  # noqa: E402
-from cpgd_core.train.cpfp import clip_scores, load_val, make_val  # noqa: E402
+from cpgd_core.models.cpfp import CPFP  # noqa: E402
+from cpgd_core.train.cpfp import PRIOR_KEYS, clip_scores, load_val, make_val  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
-ABLATION = os.path.join(ROOT, "docs", "training", "cpfp_lite_noprior.safetensors")
+PREVIOUS = os.path.join(ROOT, "docs", "training", "cpfp_lite_synth.safetensors")
 REAL_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real_blurry_clips"))
+GOPRO_NO_GT = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real_motion", "real_blur_no_gt"))
 
 
 def _md(headers: list[str], rows: list[list]) -> str:
@@ -52,15 +51,24 @@ def _md(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def synthetic_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int,
-                   motion: tuple[float, float] = MOTION_RANGE) -> dict:
-    """PSNR/SSIM of the input and of each model on a make-val set (regenerated deterministically).
+def zero_priors(model: CPFP) -> CPFP:
+    """The same network and weights, run with its codec priors zeroed (motion, validity and residual)."""
+    from dataclasses import replace
 
-    With two models, also their per-clip paired PSNR difference (first minus second): mean, standard error
-    and how many clips the first wins, so a small gap can be told apart from clip-to-clip noise.
+    out = CPFP(replace(model.config, use_priors=False))
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+def val_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int, source: str,
+             paired: tuple[str, str] | None = None) -> dict:
+    """PSNR/SSIM of the input and of each model on a make-val set of ``source`` (regenerated deterministically).
+
+    ``paired`` names two models whose per-clip PSNR difference (first minus second) is reported: mean, standard
+    error and clips won, so a small gap can be told apart from clip-to-clip noise.
     """
     # Always regenerated: a cached set would silently keep the output of an older codec pipeline.
-    make_val(path, seed=seed, count=count, crop=crop, frames=frames, motion_range=motion)
+    make_val(path, seed=seed, count=count, crop=crop, frames=frames, source=source)
     clips = load_val(path)
     res, per_clip = {}, {}
     for name, model in models.items():
@@ -69,9 +77,8 @@ def synthetic_rows(models: dict, path: str, seed: int, count: int, crop: int, fr
         mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
         res.setdefault("blurry input", {"psnr": mean("input_psnr"), "ssim": mean("input_ssim")})
         res[name] = {"psnr": mean("val_psnr"), "ssim": mean("val_ssim")}
-    if len(per_clip) == 2:
-        a, b = per_clip.values()
-        d = a - b
+    if paired:
+        d = per_clip[paired[0]] - per_clip[paired[1]]
         res["paired"] = {"mean_db": float(d.mean()), "stderr_db": float(d.std(ddof=1) / np.sqrt(len(d))),
                          "wins": int((d > 0).sum()), "clips": len(d)}
     return res
@@ -116,17 +123,36 @@ def side_by_side(path: str, panels: list[tuple[str, torch.Tensor]], zoom: float 
     return len(buf)
 
 
-def real_clips(model, frames: int, images: str) -> dict:
-    """No-reference scores before/after on the middle ``frames`` frames of each real clip."""
+@torch.no_grad()
+def identity_rows(models: dict, path: str, seed: int, count: int, crop: int, frames: int) -> dict:
+    """Sharp (unblurred, encoded) held-out clips in: PSNR/SSIM of each model's output against its input."""
+    make_val(path, seed=seed, count=count, crop=crop, frames=frames, source="sharp")
+    clips = load_val(path)
     res = {}
-    names = sorted(n for n in os.listdir(REAL_DIR) if n.lower().endswith(".mp4"))
+    for name, model in models.items():
+        model.eval()
+        ps, ss = [], []
+        for c in clips:
+            x = c["blurry"].float()
+            y = model(x[None], *[c[k].float()[None] for k in PRIOR_KEYS])[0].float()
+            ps.append(metrics.psnr(y, x))
+            ss.append(metrics.ssim(y, x))
+        res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "min_psnr": float(np.min(ps))}
+    return res
+
+
+def real_clips(model, frames: int, images: str, folder: str = REAL_DIR, middle: bool = True,
+               exts: tuple[str, ...] = (".mp4",)) -> dict:
+    """No-reference scores before/after on ``frames`` frames (the middle ones, or the first) of each clip."""
+    res = {}
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(exts))
     for name in names:
-        path = os.path.join(REAL_DIR, name)
+        path = os.path.join(folder, name)
         t0 = time.time()
         n = probe(path).frame_count
-        start = max(0, n // 2 - frames // 2)
+        start = max(0, n // 2 - frames // 2) if middle else 0
         x, priors, _, _ = load_video(path, start=start, cap=frames)
-        y = restore_video(model, x, priors, chunk_size=frames, chunk_overlap=0)
+        y = restore_video(model, x, priors, chunk_size=min(frames, 16), chunk_overlap=4 if frames > 16 else 0)
         row = {"frames": f"{start}-{start + x.shape[0] - 1}", "size": f"{x.shape[-1]}x{x.shape[-2]}",
                "niqe_before": float(np.mean([metrics.niqe(f) for f in x])),
                "niqe_after": float(np.mean([metrics.niqe(f) for f in y]))}
@@ -136,7 +162,7 @@ def real_clips(model, frames: int, images: str) -> dict:
         mid = x.shape[0] // 2
         img = os.path.join(images, f"real_{os.path.splitext(name)[0]}.jpg")
         row["image"] = os.path.relpath(img, ROOT)
-        row["image_bytes"] = side_by_side(img, [("blurry input", x[mid]), ("CPFP lite", y[mid])])
+        row["image_bytes"] = side_by_side(img, [("blurry input", x[mid]), ("CPFP lite (shipped)", y[mid])])
         row["seconds"] = round(time.time() - t0, 1)
         res[name] = row
         print(f"  {name}: {row}", flush=True)
@@ -163,63 +189,95 @@ def sample_rows(models: dict, out: str, frames: int, images: str) -> dict:
     return res
 
 
+def _paired_line(label: str, p: dict, a: str, b: str) -> str:
+    return (f"- {label}: {a} minus {b}: {p['mean_db']:+.3f} ± {p['stderr_db']:.3f} dB (standard error), "
+            f"ahead on {p['wins']}/{p['clips']} clips")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, ".build", "eval"), help="scratch folder (val sets, sample)")
     ap.add_argument("--images", default=os.path.join(ROOT, "docs", "images"))
+    ap.add_argument("--md", default=os.path.join(ROOT, "docs", "bench", "eval_quality.md"),
+                    help="markdown report (README tables are filled from it by scripts/fill_readme.py)")
     ap.add_argument("--real-frames", type=int, default=6)
     ap.add_argument("--sample-frames", type=int, default=24)
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-sample", action="store_true")
     ap.add_argument("--model", default=default_cpfp_path(), help="CPFP weights to report (default: the shipped lite)")
-    ap.add_argument("--ablation", default=ABLATION, help="the no-prior ablation's weights")
+    ap.add_argument("--previous", default=PREVIOUS, help="earlier weights shown for comparison (synthetic-only training)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     os.makedirs(a.out, exist_ok=True)
-    models = {"CPFP lite (shipped)": load_cpfp(a.model), "CPFP lite, no priors": load_cpfp(a.ablation)}
-    report: dict = {"event": "eval_quality", "torch_threads": torch.get_num_threads()}
+    shipped = load_cpfp(a.model).eval()
+    ship, zero, prev = "CPFP lite (shipped)", "same, priors zeroed", "previous (synthetic-only)"
+    models = {ship: shipped, zero: zero_priors(shipped)}
+    if a.previous and os.path.isfile(a.previous):
+        models[prev] = load_cpfp(a.previous).eval()
+    report: dict = {"event": "eval_quality", "torch_threads": torch.get_num_threads(), "model": os.path.relpath(a.model, ROOT)}
     t0 = time.time()
+    md = [f"# Stage-one quality (`bench/eval_quality.py`, weights `{os.path.relpath(a.model, ROOT)}`)", ""]
 
-    headers = ["data", "metric"] + ["blurry input"] + list(models)
+    headers = ["data", "metric", "blurry input"] + list(models)
     rows, paired = [], []
-    for key, label, seed, count, crop, motion in (
-            ("val", "synthetic val (make-val seed 0, 16x128², 7 fr)", 0, 16, 128, MOTION_RANGE),
-            ("heldout256", "held-out (make-val seed 1, 8x256², 7 fr)", 1, 8, 256, MOTION_RANGE),
-            ("mild", "mild blur (seed 2, 16x128², 7 fr, --motion 0.5 0.5)", 2, 16, 128, (0.5, 0.5)),
-            ("fast", "fast motion (seed 3, 8x256², 7 fr, --motion 3 5)", 3, 8, 256, (3.0, 5.0))):
-        r = synthetic_rows(models, os.path.join(a.out, f"val_s{seed}_c{crop}.pt"), seed, count, crop, 7, motion)
+    for key, label, seed, count, crop, source in (
+            ("real", "held-out real footage (make-val --data real seed 1, 12x256², 7 fr)", 1, 12, 256, "real"),
+            ("synth", "still photos, held-out (make-val --data synth seed 1, 8x256², 7 fr)", 1, 8, 256, "synth")):
+        r = val_rows(models, os.path.join(a.out, f"val_{source}_s{seed}_c{crop}.pt"), seed, count, crop, 7, source,
+                     paired=(ship, zero))
         report[key] = r
         rows.append([label, "PSNR dB"] + [r[c]["psnr"] for c in headers[2:]])
         rows.append([label, "SSIM"] + [r[c]["ssim"] for c in headers[2:]])
-        if "paired" in r:
-            p = r["paired"]
-            paired.append(f"- {label}: {p['mean_db']:+.3f} ± {p['stderr_db']:.3f} dB (standard error), "
-                          f"ahead on {p['wins']}/{p['clips']} clips")
+        paired.append(_paired_line(label, r["paired"], ship, zero))
         print(f"[{time.time() - t0:.0f}s] {key} done", flush=True)
     if not a.skip_sample:
-        r = sample_rows(models, a.out, a.sample_frames, a.images)
+        r = sample_rows({k: v for k, v in models.items() if k != zero}, a.out, a.sample_frames, a.images)
         report["sample"] = r
         label = f"bundled sample (640x360, first {a.sample_frames} fr)"
-        rows.append([label, "PSNR dB"] + [r[c]["psnr"] for c in headers[2:]])
-        rows.append([label, "SSIM"] + [r[c]["ssim"] for c in headers[2:]])
+        rows.append([label, "PSNR dB"] + [r[c]["psnr"] if c in r else "" for c in headers[2:]])
+        rows.append([label, "SSIM"] + [r[c]["ssim"] if c in r else "" for c in headers[2:]])
         print(f"[{time.time() - t0:.0f}s] sample done", flush=True)
-    print("\n" + _md(headers, rows) + "\n")
-    if paired:
-        print(f"Per-clip PSNR difference, {headers[3]} minus {headers[4]}:\n" + "\n".join(paired) + "\n")
+    r = report["real"]
+    gain = r[ship]["psnr"] - r["blurry input"]["psnr"]
+    md += ["## Full-reference", "", _md(headers, rows), "",
+           f"Gain on held-out real footage: {gain:+.2f} dB over the blurry input; priors vs the same network with "
+           f"priors zeroed: {r['paired']['mean_db']:+.3f} dB.", "", "Per-clip paired PSNR difference:", *paired, ""]
+
+    ident = identity_rows(models, os.path.join(a.out, "val_sharp_s2_c256.pt"), 2, 8, 256, 7)
+    report["identity"] = ident
+    md += ["## Identity: sharp held-out real clips in (make-val --data sharp seed 2, 8x256², 7 fr)", "",
+           _md(["model", "PSNR(output, input) dB", "lowest clip dB", "SSIM(output, input)"],
+               [[k, v["psnr"], v["min_psnr"], v["ssim"]] for k, v in ident.items()]), ""]
+    print(f"[{time.time() - t0:.0f}s] identity done", flush=True)
 
     if not a.skip_real:
-        if os.path.isdir(REAL_DIR):
-            r = real_clips(models["CPFP lite (shipped)"], a.real_frames, a.images)
-            report["real"] = r
-            nr = ["NIQE"] + (["BRISQUE"] if metrics.brisque_available() else [])
-            hdr = ["clip", "frames"] + [f"{m} {w}" for m in nr for w in ("blurry", "restored")]
+        nr = ["NIQE"] + (["BRISQUE"] if metrics.brisque_available() else [])
+        hdr = ["clip", "frames"] + [f"{m} {w}" for m in nr for w in ("blurry", "restored")]
+        for key, folder, frames, middle, exts, title in (
+                ("gopro_no_gt", GOPRO_NO_GT, 20, False, (".mkv",), "Real GoPro blur, no ground truth"),
+                ("phone", REAL_DIR, a.real_frames, True, (".mp4",), "Real handheld phone clips")):
+            if not os.path.isdir(folder):
+                report[key] = f"skipped: {folder} not found"
+                md += [f"## {title}", "", report[key], ""]
+                continue
+            r = real_clips(shipped, frames, a.images, folder, middle, exts)
+            report[key] = r
             body = [[k, v["frames"]] + [v[f"{m.lower()}_{w}"] for m in nr for w in ("before", "after")]
                     for k, v in r.items()]
-            print("\n" + _md(hdr, body) + "\n(no-reference scores: lower is better; mean over the frames)\n")
-        else:
-            report["real"] = f"skipped: {REAL_DIR} not found"
-            print(report["real"])
+            imgs = [f"![{k}](../../{v['image']})" for k, v in r.items()]
+            md += [f"## {title} (`{os.path.relpath(folder, os.path.dirname(ROOT))}`)", "", _md(hdr, body), "",
+                   "No-reference scores: lower is better; mean over the frames. Images: the middle frame, full and a "
+                   "2x centre crop.", "", *imgs, ""]
+            print(f"[{time.time() - t0:.0f}s] {key} done", flush=True)
     report["seconds"] = round(time.time() - t0, 1)
+    md += [f"Run time {report['seconds']:.0f} s on {report['torch_threads']} CPU threads.", ""]
+    os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
+    with open(a.md + ".part", "w") as f:
+        f.write("\n".join(md))
+    os.replace(a.md + ".part", a.md)
+    with open(os.path.splitext(a.md)[0] + ".json", "w") as f:
+        json.dump(report, f, default=float, indent=1)
+    print("\n".join(md))
     print(json.dumps(report, default=float))
     return 0
 

@@ -51,6 +51,15 @@ def _real_example(rng: np.random.Generator, crop: int, frames: int, crf_range: t
                                           sharp_share=share)
 
 
+def _sharp_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
+                   motion_range=None) -> dict:
+    """Real footage with no blur at all (target = input before encoding): the identity check."""
+    from ..data import realblur
+
+    return realblur.make_training_example(rng, (crop, crop), frames, crf_range=tuple(crf_range), split=split,
+                                          sharp_share=1.0)
+
+
 def _mixed_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
                    motion_range: tuple[float, float] = MOTION_RANGE) -> dict:
     """Real footage, with realblur.STILL_SHARE still-photo clips (synth) mixed into training for variety."""
@@ -88,7 +97,8 @@ def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=
     return {"blurry_decoded": blurry, "sharp": sharp, "priors": pri}
 
 
-SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example, "random": _random_example}
+SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example, "sharp": _sharp_example,
+           "random": _random_example}
 
 
 def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
@@ -294,7 +304,12 @@ def train(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     done = start
     data_wait = 0.0
-    for step in range(start, args.steps):
+    # --stop-at at or before the resumed step only exports the checkpoint's weights (with validation)
+    end = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    if start >= end and val_clips:
+        last = evaluate(model, val_clips, dev)
+        log.log(event="val", step=start, **last)
+    for step in range(start, end):
         t_wait = time.monotonic()
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
         data_wait += time.monotonic() - t_wait
