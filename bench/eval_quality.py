@@ -194,6 +194,33 @@ def _paired_line(label: str, p: dict, a: str, b: str) -> str:
             f"ahead on {p['wins']}/{p['clips']} clips")
 
 
+def summary_md(report: dict, ship: str, zero: str) -> str:
+    """The README's short table: issue 12's acceptance figures, each with its bar."""
+    r, ident = report["real"], report["identity"][ship]
+    gain = r[ship]["psnr"] - r["blurry input"]["psnr"]
+    p = r["paired"]
+    rows = [["held-out real footage: output vs blurry input (PSNR)",
+             f"{r['blurry input']['psnr']:.2f} → {r[ship]['psnr']:.2f} dB ({gain:+.2f})", ">= +2.5 dB",
+             "yes" if gain >= 2.5 else "no"],
+            ["same, priors vs the same network with priors zeroed",
+             f"{p['mean_db']:+.3f} ± {p['stderr_db']:.3f} dB ({p['wins']}/{p['clips']} clips)", ">= +0.3 dB",
+             "yes" if p["mean_db"] >= 0.3 else "no"],
+            ["sharp clips in: PSNR(output, input)", f"{ident['psnr']:.2f} dB (lowest clip {ident['min_psnr']:.2f})",
+             ">= 40 dB", "yes" if ident["psnr"] >= 40 else "no"]]
+    g = report.get("gopro_no_gt")
+    if isinstance(g, dict):
+        for name, v in g.items():
+            ok = v["niqe_after"] < v["niqe_before"]
+            rows.append([f"real GoPro blur, no ground truth (frames {v['frames']}): NIQE",
+                         f"{v['niqe_before']:.2f} → {v['niqe_after']:.2f}", "lower than input", "yes" if ok else "no"])
+    if "sample" in report:
+        sm = report["sample"]
+        rows.append(["bundled sample vs its sharp ground truth (PSNR)",
+                     f"{sm['blurry input']['psnr']:.2f} → {sm[ship]['psnr']:.2f} dB", "", ""])
+    return "\n".join(["# Stage-one summary (`bench/eval_quality.py`)", "",
+                      _md(["what", "measured", "bar (issue 12)", "met"], rows)])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, ".build", "eval"), help="scratch folder (val sets, sample)")
@@ -277,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(a.md + ".part", a.md)
     with open(os.path.splitext(a.md)[0] + ".json", "w") as f:
         json.dump(report, f, default=float, indent=1)
+    summary = os.path.join(os.path.dirname(os.path.abspath(a.md)), "stage_one_summary.md")
+    with open(summary, "w") as f:
+        f.write(summary_md(report, ship, zero) + "\n")
     print("\n".join(md))
     print(json.dumps(report, default=float))
     return 0
