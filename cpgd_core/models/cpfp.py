@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,11 @@ RESIDUAL_GAIN = 16.0
 _TAPS = 9
 # config fields a trained network can be deepened along (CPFP.grow_from)
 GROWABLE = ("num_enc_blocks", "backbone_blocks", "recon_blocks")
+# The full-resolution encoder and decoder run over groups of frames of at most this many pixels (at least
+# one frame): at 720p one frame per group. Each group is a fraction of a second on a CPU, so an interrupt
+# check between groups answers Cancel quickly; frames are independent in these stages, so the grouping
+# does not change the result, and the largest intermediate activations shrink with it.
+FRAME_GROUP_PIXELS = 1 << 20
 
 
 @dataclass
@@ -278,11 +283,12 @@ class CPFP(nn.Module):
         return torch.tanh(RESIDUAL_GAIN * r).reshape(n, t, 1, h, w)
 
     def _propagate(self, feats: dict, name: str, flows: torch.Tensor, valids: torch.Tensor,
-                   rmap: torch.Tensor) -> None:
+                   rmap: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None) -> None:
         """Fill ``feats[name]`` (list over frames of (N, C, h, w)).
 
         ``flows``/``valids``: (N, T, 2|1, h, w), field on frame t pointing into the neighbour this branch
         comes from (t+1 for backward branches, t-1 for forward ones), already gated by validity.
+        ``check_interrupt()`` is called before each frame's step.
         """
         t_len = flows.shape[1]
         order = list(range(t_len))[::-1] if name.startswith("backward") else list(range(t_len))
@@ -295,6 +301,8 @@ class CPFP(nn.Module):
         out: list = [None] * t_len
         prop = zeros_feat
         for i, idx in enumerate(order):
+            if check_interrupt is not None:
+                check_interrupt()
             current = feats[prev_names[-1]][idx]
             if i == 0:
                 # no neighbour yet: zero features with valid = 0, not zero motion
@@ -324,8 +332,14 @@ class CPFP(nn.Module):
         feats[name] = out
 
     # -- forward -------------------------------------------------------------------------------------
+    def _frame_groups(self, n: int, t: int, hh: int, ww: int) -> list[slice]:
+        """Consecutive frame ranges for the full-resolution stages (see :data:`FRAME_GROUP_PIXELS`)."""
+        size = max(1, FRAME_GROUP_PIXELS // (n * hh * ww))
+        return [slice(i, min(i + size, t)) for i in range(0, t, size)]
+
     def forward(self, frames: torch.Tensor, flow_to_prev: torch.Tensor, valid_to_prev: torch.Tensor,
-                flow_to_next: torch.Tensor, valid_to_next: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+                flow_to_next: torch.Tensor, valid_to_next: torch.Tensor, residual: torch.Tensor,
+                *, check_interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
         """Deblur a clip.
 
         Args:
@@ -334,6 +348,8 @@ class CPFP(nn.Module):
             valid_to_prev: (N, T, 1, H/4, W/4) 1 where ``flow_to_prev`` is known, else 0 (bool or float).
             flow_to_next, valid_to_next: the same towards t+1.
             residual: (N, T, 1, H, W) signed coding residual in [0,1]-luma units.
+            check_interrupt: called between frames (each propagation step, each group of the full-resolution
+                encoder and decoder); it cancels the computation by raising. It does not change the result.
         Returns:
             (N, T, 3, H, W) restored frames (not clamped).
         """
@@ -361,24 +377,40 @@ class CPFP(nn.Module):
             vp, vn = torch.zeros_like(vp), torch.zeros_like(vn)
             rmap = frames.new_zeros((n, t, 1, h, w))
 
-        x = frames.reshape(n * t, 3, hh, ww)
-        shortcut = self.enc_full(F.leaky_relu(self.conv_in(x), 0.1, inplace=True))
-        half = self.enc_half(F.leaky_relu(self.down1(shortcut), 0.1, inplace=True))
-        spatial = self.enc_quarter(F.leaky_relu(self.down2(half), 0.1, inplace=True))
-        spatial = spatial.reshape(n, t, -1, h, w)
+        def poll() -> None:
+            if check_interrupt is not None:
+                check_interrupt()
 
-        feats: dict = {"spatial": [spatial[:, i] for i in range(t)]}
+        groups = self._frame_groups(n, t, hh, ww)
+        shortcuts, halves, spatial = [], [], []
+        for g in groups:
+            poll()
+            k = g.stop - g.start
+            x = frames[:, g].reshape(n * k, 3, hh, ww)
+            shortcut = self.enc_full(F.leaky_relu(self.conv_in(x), 0.1, inplace=True))
+            half = self.enc_half(F.leaky_relu(self.down1(shortcut), 0.1, inplace=True))
+            quarter = self.enc_quarter(F.leaky_relu(self.down2(half), 0.1, inplace=True)).reshape(n, k, -1, h, w)
+            shortcuts.append(shortcut)
+            halves.append(half)
+            spatial += [quarter[:, i] for i in range(k)]
+
+        feats: dict = {"spatial": spatial}
         for name in self.config.branch_names:
             if name.startswith("backward"):
-                self._propagate(feats, name, fn, vn, rmap)
+                self._propagate(feats, name, fn, vn, rmap, check_interrupt)
             else:
-                self._propagate(feats, name, fp, vp, rmap)
+                self._propagate(feats, name, fp, vp, rmap, check_interrupt)
 
-        fused = torch.stack([torch.cat([feats[k][i] for k in feats], 1) for i in range(t)], 1)
-        y = self.recon(self.fuse(fused.reshape(n * t, -1, h, w)))
-        y = self.dec_half(F.leaky_relu(F.pixel_shuffle(self.up1(y), 2), 0.1, inplace=True) + half)
-        y = self.dec_full(F.leaky_relu(F.pixel_shuffle(self.up2(y), 2), 0.1, inplace=True) + shortcut)
-        return self.conv_out(y).reshape(n, t, 3, hh, ww) + frames
+        out = []
+        for g, shortcut, half in zip(groups, shortcuts, halves):
+            poll()
+            k = g.stop - g.start
+            fused = torch.stack([torch.cat([feats[key][i] for key in feats], 1) for i in range(g.start, g.stop)], 1)
+            y = self.recon(self.fuse(fused.reshape(n * k, -1, h, w)))
+            y = self.dec_half(F.leaky_relu(F.pixel_shuffle(self.up1(y), 2), 0.1, inplace=True) + half)
+            y = self.dec_full(F.leaky_relu(F.pixel_shuffle(self.up2(y), 2), 0.1, inplace=True) + shortcut)
+            out.append(self.conv_out(y).reshape(n, k, 3, hh, ww) + frames[:, g])
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
 
 
 def priors_to_model_inputs(priors: CodecPriors, device: torch.device | str | None = None,

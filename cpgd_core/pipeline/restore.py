@@ -156,7 +156,8 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
 
     Frames are padded (reflect) to multiples of 4 and cropped back. With ``tile_size`` > 0 the frame is
     cut into tiles of about that size (multiples of 4) overlapping by ``tile_overlap`` px and blended with
-    feathered weights that sum to 1.
+    feathered weights that sum to 1. ``check_interrupt()`` is called before each tile and, inside the
+    network, between frames.
     """
     _check_match(frames, priors)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -187,7 +188,7 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
                 for key in ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next"):
                     args.append(inputs[key][..., q[0], q[1]])
                 args.append(inputs["residual"][..., y0:y1, x0:x1])
-                pred = model(*[a.to(dev) for a in args])[0].float().cpu()
+                pred = model(*[a.to(dev) for a in args], check_interrupt=check_interrupt)[0].float().cpu()
                 if out is None:
                     out = pred
                 else:
@@ -204,7 +205,8 @@ def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_
     """Deblur a whole clip: frames (T, 3, H, W) float in [0, 1] with their priors -> (T, 3, H, W) float32.
 
     Temporal chunks of ``chunk_size`` frames overlapping by >= ``chunk_overlap`` are cross-faded linearly.
-    ``progress(done, total)`` is called after each chunk, ``check_interrupt()`` before each chunk and tile.
+    ``progress(done, total)`` is called after each chunk, ``check_interrupt()`` before each chunk and tile
+    and between frames inside the network (it cancels by raising).
     """
     _check_match(frames, priors)
     if frames.shape[0] == 0:

@@ -167,3 +167,40 @@ def test_grow_from_keeps_the_function_and_refuses_other_changes():
     for bad in (dict(mid_channels=64), dict(recon_blocks=1), dict(num_branches=4)):
         with pytest.raises(CPGDInputError, match="cannot grow"):
             CPFP(CPFPConfig.lite(**bad)).grow_from(small)
+
+
+@pytest.mark.parametrize("branches", [2, 4])
+def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypatch):
+    """Cancel is polled per frame in every propagation branch and per frame group in the encoder/decoder;
+    neither the callback nor the grouping changes the output; raising from the callback stops the forward."""
+    import cpgd_core.models.cpfp as cpfp_mod
+
+    m = _model(num_branches=branches)
+    inp = _inputs()
+    with torch.no_grad():
+        whole = m(*inp)
+        calls = []
+        assert torch.equal(m(*inp, check_interrupt=lambda: calls.append(1)), whole)
+        assert len(calls) == branches * T + 2  # one encoder and one decoder group at this size
+        # one frame per group (what a 720p clip gets): the callback runs T times more in each stage
+        monkeypatch.setattr(cpfp_mod, "FRAME_GROUP_PIXELS", H * W)
+        calls.clear()
+        grouped = m(*inp, check_interrupt=lambda: calls.append(1))
+        assert len(calls) == branches * T + 2 * T
+        torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=0)
+
+        class Cancelled(Exception):
+            pass
+
+        def cancel_at(k: int):
+            seen = []
+
+            def check() -> None:
+                seen.append(1)
+                if len(seen) == k:
+                    raise Cancelled
+            return check
+
+        for k in (1, T + 2, branches * T + 2 * T):  # in the encoder, a propagation branch, the decoder
+            with pytest.raises(Cancelled):
+                m(*inp, check_interrupt=cancel_at(k))

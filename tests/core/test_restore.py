@@ -35,7 +35,7 @@ class Pointwise(torch.nn.Module):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, frames, fp, vp, fn, vn, res):
+    def forward(self, frames, fp, vp, fn, vn, res, check_interrupt=None):
         assert frames.shape[-1] % 4 == 0 and fp.shape[-1] * 4 == frames.shape[-1]
         return frames * 0.5 + 0.25
 
@@ -179,3 +179,26 @@ def test_stream_matches_restore_video_on_same_windows():
     a = restore_video(m, frames, priors, chunk_size=6, chunk_overlap=2)
     b = torch.cat(list(restore_stream(m, _chunks(frames, priors, 6, 2), overlap=2)))
     torch.testing.assert_close(a, b)
+
+
+def test_interrupt_reaches_inside_the_network():
+    """The restore hands check_interrupt to the network: with one chunk and one tile it is still polled per
+    frame, and a Cancel raised there ends the restore."""
+    m = identity_cpfp()
+    frames = torch.rand(6, 3, 16, 16)
+    priors = make_priors(6, 16, 16)
+    n = []
+    restore_video(m, frames, priors, chunk_size=8, check_interrupt=lambda: n.append(1))
+    assert len(n) >= 1 + 1 + 2 * 6  # chunk + tile + each frame of both propagation branches
+
+    class Stop(Exception):
+        pass
+
+    def stop_mid_chunk():
+        n.append(1)
+        if len(n) == 8:
+            raise Stop
+
+    n.clear()
+    with pytest.raises(Stop):
+        restore_video(m, frames, priors, chunk_size=8, check_interrupt=stop_mid_chunk)
