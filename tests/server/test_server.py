@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import os
-import urllib.request
 import uuid
 
 import av
@@ -20,21 +19,6 @@ media = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(media)
 
 VIDEO_NODES = {"CPGD_LoadVideoWithPriors", "CPGD_PriorsFromImages", "CPGD_VisualizePriors"}
-
-
-def upload(server, path: str, name: str) -> dict:
-    """POST /upload/image (multipart), the endpoint the UI's video upload button uses."""
-    boundary = uuid.uuid4().hex
-    with open(path, "rb") as f:
-        data = f.read()
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: video/mp4\r\n\r\n").encode() + data + \
-        (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue"
-         f"\r\n--{boundary}--\r\n").encode()
-    req = urllib.request.Request(server.base_url + "/upload/image", data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
 
 
 def graph(video: str) -> dict:
@@ -76,7 +60,7 @@ def test_object_info_lists_every_node_with_tooltips(comfy_server):
 
 
 def test_upload_load_visualise_and_fetch(comfy_server, pan_clip):
-    up = upload(comfy_server, pan_clip, "srv_pan.mp4")
+    up = comfy_server.upload(pan_clip, "srv_pan.mp4")
     assert up["name"] == "srv_pan.mp4" and os.path.isfile(os.path.join(comfy_server.input_dir, "srv_pan.mp4"))
     entry = comfy_server.run(graph(up["name"]))
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -98,7 +82,7 @@ def test_upload_load_visualise_and_fetch(comfy_server, pan_clip):
 
 def test_bad_input_reports_error_and_server_survives(comfy_server, pan_clip, tmp_path):
     bad = media.write_text(str(tmp_path / "renamed.mp4"))
-    name = upload(comfy_server, bad, "srv_renamed.mp4")["name"]
+    name = comfy_server.upload(bad, "srv_renamed.mp4")["name"]
     entry = comfy_server.run(graph(name))
     assert entry["status"]["status_str"] == "error"
     errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
@@ -112,13 +96,13 @@ def test_bad_input_reports_error_and_server_survives(comfy_server, pan_clip, tmp
 
     # the server is still up and runs the next good prompt
     assert comfy_server.proc.poll() is None
-    name = upload(comfy_server, pan_clip, "srv_pan2.mp4")["name"]
+    name = comfy_server.upload(pan_clip, "srv_pan2.mp4")["name"]
     assert comfy_server.run(graph(name))["status"]["status_str"] == "success"
 
 
 def test_websocket_reports_loader_progress(comfy_server, pan_clip):
     aiohttp = pytest.importorskip("aiohttp")
-    name = upload(comfy_server, pan_clip, "srv_pan_ws.mp4")["name"]
+    name = comfy_server.upload(pan_clip, "srv_pan_ws.mp4")["name"]
     prompt = graph(name)
     prompt["1"]["inputs"]["frame_load_cap"] = 6  # differs from the other tests: no cache hit
 
