@@ -54,3 +54,51 @@ def test_deblur_cli_bad_weights(clip, tmp_path, capsys):
     assert main(["deblur", clip, str(tmp_path / "o.mp4"), "--weights", str(bad)]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.mp4")
+
+
+def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, weights):
+    """kill -9 while ``deblur`` is writing: nothing under the output's name (only the temporary ``.part``),
+    and the same command run again writes the whole video. The clip is long enough that the encoder has
+    written packets (x264 holds back its look-ahead of frames) well before the end."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 20, 28, generator=g), size=(48, 64), mode="bilinear")[0]
+    src = str(tmp_path / "long.mp4")
+    write_video(src, torch.stack([torch.roll(base, i, dims=2) for i in range(120)]), Fraction(12), crf=20,
+                preset="ultrafast")
+    out = str(tmp_path / "out.mp4")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [sys.executable, "-m", "cpgd_core", "deblur", src, out, "--weights", weights, "--chunk", "4",
+           "--overlap", "1"]
+    env = dict(os.environ, PYTHONPATH=root, OMP_WAIT_POLICY="PASSIVE")
+
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, proc.kill)  # bounded: never wait forever on a stuck child
+    watchdog.start()
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            part = [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
+            if '"event": "progress"' in line and part and os.path.getsize(tmp_path / part[0]) > 0:
+                os.kill(proc.pid, signal.SIGKILL)  # mid-write: restored frames are going into the file
+                break
+        rc = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    assert rc == -signal.SIGKILL, f"deblur was not killed mid-run (rc {rc}): {''.join(lines)[-2000:]}"
+    assert not os.path.exists(out)
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
+    assert leftovers, "the kill should have hit the write (a temporary file in progress)"
+    print(f"killed after {lines[-1].strip()}; left {leftovers[0]} ({os.path.getsize(tmp_path / leftovers[0])} "
+          f"bytes), no {os.path.basename(out)}")
+
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert probe(out).frame_count == 120
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
