@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
+from ..fileio import temporary_path
 
 FrameSource = Union[torch.Tensor, np.ndarray, Iterable[Union[torch.Tensor, np.ndarray]]]
 
@@ -157,7 +158,7 @@ class VideoWriter:
         self.audio = audio
         self._astream = []
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._tmp = self.path + ".part" + os.path.splitext(self.path)[1]
+        self._tmp = temporary_path(self.path)
         # bitexact: no random segment UIDs or version strings, so the same frames give the same file.
         self._container = av.open(self._tmp, "w", format=_format_for(self.path), options={"fflags": "+bitexact"})
         add_audio = (lambda: self._astream.append(_add_audio(self._container, audio))) if audio is not None else None

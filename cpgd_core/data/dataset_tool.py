@@ -25,6 +25,7 @@ is decoded again exactly as at inference (``codec.decode.load_video``) and the p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -40,12 +41,22 @@ from ..codec.encode import write_video
 from ..codec.motion import grid_size, invert_grid
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
+from ..fileio import atomic_write, write_text
 
 FIELDS = ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 OFFICIAL_MV_STRIDE = 8
 OFFICIAL_MV_SCALE = 4      # quarter-pel
 OFFICIAL_RESI_SCALE = 255  # residual = (raw + 1) / 255
+
+
+# Every file is written to a hidden temporary name and renamed into place (cpgd_core.fileio), and each
+# clip's index entry (meta.json, meta_info.txt) comes last: an interrupted run leaves no truncated frame,
+# array or index, and re-running it rewrites the clip.
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 # ----------------------------------------------------------------------------------- input layouts
@@ -100,25 +111,31 @@ def write_frames(folder: str, frames: torch.Tensor, names: Optional[list[str]] =
     arr = (frames.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     for i, a in enumerate(arr):
         name = names[i] if names else f"{i:05d}.png"
-        cv2.imwrite(os.path.join(folder, name), np.ascontiguousarray(a[:, :, ::-1]))
+        ok, data = cv2.imencode(os.path.splitext(name)[1], np.ascontiguousarray(a[:, :, ::-1]))
+        if not ok:
+            raise CPGDInputError(f"cannot encode frame {name} for {folder}")
+        with atomic_write(os.path.join(folder, name)) as tmp, open(tmp, "wb") as f:
+            f.write(data.tobytes())
 
 
 # ------------------------------------------------------------------------------------ our npy layout
 
 def write_priors_dir(folder: str, priors: CodecPriors, extra: Optional[dict] = None) -> None:
     """One .npy per frame and field plus meta.json (see module docstring)."""
+    # meta.json marks a complete clip: drop an older one first, so a rewrite cut short is not read as whole
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, "meta.json"))
     for name in FIELDS:
         d = os.path.join(folder, name)
         os.makedirs(d, exist_ok=True)
         data = getattr(priors, name).numpy()
         for t in range(len(priors)):
-            np.save(os.path.join(d, f"{t:05d}.npy"), data[t])
+            _save_npy(os.path.join(d, f"{t:05d}.npy"), data[t])
     meta = {"frame_types": priors.frame_types, "height": priors.height, "width": priors.width,
             "fps": [priors.fps.numerator, priors.fps.denominator], "flow_stride": priors.flow_stride,
             "source_indices": priors.source_indices, "source": priors.source, "frames": len(priors)}
     meta.update(extra or {})
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_text(os.path.join(folder, "meta.json"), json.dumps(meta, indent=1))
 
 
 def read_priors_dir(folder: str) -> CodecPriors:
@@ -142,12 +159,23 @@ def _pair_name(clip: str, a: int) -> str:
     return f"{clip}_{a:05d}_{a + 1:05d}.npy"
 
 
+def _index_without(meta: str, clip: str) -> list[str]:
+    """The lines of an official ``meta_info.txt`` except ``clip``'s."""
+    if not os.path.isfile(meta):
+        return []
+    with open(meta) as f:
+        return [ln for ln in f.read().splitlines() if ln.strip() and ln.split()[0] != clip]
+
+
 def write_official_clip(root: str, clip: str, lq: torch.Tensor, gt: Optional[torch.Tensor],
                         priors: CodecPriors) -> None:
     """Write one clip in the official "265/264" layout (module docstring) under ``root``."""
     if priors.flow_stride != 4:
         raise CPGDInputError(f"official export expects priors on the 1/4 grid, got stride {priors.flow_stride}")
     h, w = priors.height, priors.width
+    meta = os.path.join(root, "meta_info.txt")
+    if os.path.isfile(meta):  # the clip's line marks it complete: drop an older one first (re-added at the end)
+        write_text(meta, "".join(ln + "\n" for ln in _index_without(meta, clip)))
     write_frames(os.path.join(root, "lq", clip), lq)
     if gt is not None:
         write_frames(os.path.join(root, "gt", clip), gt)
@@ -159,18 +187,12 @@ def write_official_clip(root: str, clip: str, lq: torch.Tensor, gt: Optional[tor
         flow = priors.flow_to_prev[a + 1, :, ::2, ::2].float()[:, :gh8, :gw8]
         valid = priors.valid_to_prev[a + 1, :, ::2, ::2][:, :gh8, :gw8]
         raw = torch.round(flow * OFFICIAL_MV_SCALE) * valid  # no mask in the format: intra = zero motion
-        np.save(os.path.join(root, "MVs", clip, _pair_name(clip, a)), raw.numpy().astype(np.int16))
-        np.save(os.path.join(root, "MVs_valid", clip, _pair_name(clip, a)), valid[0].numpy())
+        _save_npy(os.path.join(root, "MVs", clip, _pair_name(clip, a)), raw.numpy().astype(np.int16))
+        _save_npy(os.path.join(root, "MVs_valid", clip, _pair_name(clip, a)), valid[0].numpy())
         res = torch.round(priors.residual[a + 1, 0].float() * OFFICIAL_RESI_SCALE) - 1
-        np.save(os.path.join(root, "resi", clip, _pair_name(clip, a)), res.numpy().astype(np.int16))
-    meta = os.path.join(root, "meta_info.txt")
-    lines = []
-    if os.path.isfile(meta):
-        with open(meta) as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip() and ln.split()[0] != clip]
-    lines.append(f"{clip} {len(priors)} ({h},{w},3)")
-    with open(meta, "w") as f:
-        f.write("\n".join(sorted(lines)) + "\n")
+        _save_npy(os.path.join(root, "resi", clip, _pair_name(clip, a)), res.numpy().astype(np.int16))
+    lines = _index_without(meta, clip) + [f"{clip} {len(priors)} ({h},{w},3)"]
+    write_text(meta, "\n".join(sorted(lines)) + "\n")
 
 
 def read_official_clip(root: str, clip: str, fps: float = 30.0) -> tuple[torch.Tensor, Optional[torch.Tensor], CodecPriors]:

@@ -10,6 +10,7 @@ Writes, deterministically for a seed:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..codec.encode import write_video
+from ..fileio import write_text
 from .synth import load_photo, make_blur_clip
 
 SAMPLE_VERSION = 1
@@ -73,13 +75,14 @@ def make_sample(out_dir: str, seed: int = 0, force: bool = False) -> tuple[str, 
                     return blurry, sharp
         except (OSError, ValueError):
             pass
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(meta_path)  # written last: marks a complete pair
     clip = make_blur_clip(load_photo(PHOTO), FPS * SECONDS, SIZE, subframes=9, seed=seed, motion=MOTION)
     # x264 with B-frames is not bit-reproducible across thread timings; IPPP (like the phone clips) is.
     write_video(blurry, clip["blurry"], FPS, audio=beep_track(SECONDS), crf=23, preset="medium",
                 x264_params="bframes=0", overwrite=True)
     write_video(sharp, clip["sharp"], FPS, codec="ffv1", pix_fmt="bgr0", overwrite=True)
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_text(meta_path, json.dumps(meta, indent=1))
     return blurry, sharp
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fileio import atomic_write
+
 
 # -- losses / metrics --------------------------------------------------------------------------------
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -138,9 +140,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str, **state: Any) -> None:
     """Atomic torch.save (a crash while writing never corrupts the previous checkpoint)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import CPGDInputError
+from ..fileio import atomic_write
 
 CPFP_FORMAT = "cpfp"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,9 +80,8 @@ def save_cpfp(model, path: str, extra_metadata: Optional[Mapping[str, object]] =
     meta.update({"cpgd_format": CPFP_FORMAT, "config": net.config.to_json()})
     sd = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(sd, tmp, metadata=meta)
-    os.replace(tmp, path)  # never leave a half-written file under the final name
+    with atomic_write(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
 
 
 def read_cpfp_metadata(path: str) -> dict:

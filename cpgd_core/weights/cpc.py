@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import CPGDInputError
+from ..fileio import atomic_write
 from ..models.cpcontrolnet import CPControlNet, CPControlNetConfig
 
 FORMAT_TAG = "cpcontrolnet"
@@ -99,7 +100,8 @@ def save_cpcontrolnet(net: CPControlNet, path: str, dtype: Optional[torch.dtype]
           for k, v in net.state_dict().items()}
     meta = {"cpgd_format": FORMAT_TAG, "config": json.dumps(net.config.to_dict())}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(sd, path, metadata=meta)
+    with atomic_write(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
 
 
 def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -106,3 +106,53 @@ def test_dvd_layout_and_errors(tmp_path):
     with pytest.raises(CPGDInputError, match="sharp frames"):
         dt.find_clips(src)
     assert cli_main(["dataset", "encode", str(tmp_path / "nope"), out]) == 2
+
+
+def test_writes_are_atomic_and_a_cut_rewrite_is_not_read_as_complete(encoded, tmp_path, monkeypatch):
+    """Every file goes through a hidden temporary name (none is left after a run); a rewrite that fails part
+    way leaves no temporary file and no index entry, so the clip reads as missing instead of as a mix."""
+    src, out = encoded
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.endswith(".part")]
+    assert not leftovers
+
+    priors = dt.read_priors_dir(os.path.join(out, "train", "clip0"))
+    lq = torch.rand(N, 3, SIZE[1], SIZE[0])
+    ours, official = str(tmp_path / "ours"), str(tmp_path / "official")
+    dt.write_priors_dir(ours, priors)
+    dt.write_official_clip(official, "clip0", lq, None, priors)
+    dt.write_official_clip(official, "other", lq, None, priors)
+
+    class Killed(Exception):
+        pass
+
+    real_save = np.save
+    calls = []
+
+    def save_then_fail(f, arr, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            real_save(f, arr[..., :1], *a, **kw)  # a partial array reached the temporary file
+            raise Killed
+        real_save(f, arr, *a, **kw)
+
+    monkeypatch.setattr(np, "save", save_then_fail)
+    with pytest.raises(Killed):
+        dt.write_priors_dir(ours, priors)
+    calls.clear()
+    with pytest.raises(Killed):
+        dt.write_official_clip(official, "clip0", lq, None, priors)
+    monkeypatch.setattr(np, "save", real_save)
+
+    for root in (ours, official):
+        assert not [f for d, _, files in os.walk(root) for f in files if f.endswith(".part")]
+    with pytest.raises(CPGDInputError, match="meta.json missing"):
+        dt.read_priors_dir(ours)
+    with open(os.path.join(official, "meta_info.txt")) as f:
+        assert [ln.split()[0] for ln in f.read().splitlines()] == ["other"]
+    # every stored array is whole (the cut one never reached its final name)
+    for d, _, files in os.walk(os.path.join(ours, "flow_to_prev")):
+        for f in files:
+            assert np.load(os.path.join(d, f)).shape == tuple(priors.flow_to_prev.shape[1:])
+    # re-running completes the clip
+    dt.write_priors_dir(ours, priors)
+    assert len(dt.read_priors_dir(ours)) == N

@@ -10,6 +10,7 @@ import torch
 from cpgd_core.__main__ import main
 from cpgd_core.codec.decode import probe
 from cpgd_core.codec.encode import write_video
+from cpgd_core.fileio import temporary_path
 from cpgd_core.models.cpfp import CPFP, CPFPConfig
 from cpgd_core.weights import save_cpfp
 
@@ -71,6 +72,7 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
     write_video(src, torch.stack([torch.roll(base, i, dims=2) for i in range(120)]), Fraction(12), crf=20,
                 preset="ultrafast")
     out = str(tmp_path / "out.mp4")
+    part = temporary_path(out)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [sys.executable, "-m", "cpgd_core", "deblur", src, out, "--weights", weights, "--chunk", "4",
            "--overlap", "1"]
@@ -83,8 +85,7 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            part = [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
-            if '"event": "progress"' in line and part and os.path.getsize(tmp_path / part[0]) > 0:
+            if '"event": "progress"' in line and os.path.isfile(part) and os.path.getsize(part) > 0:
                 os.kill(proc.pid, signal.SIGKILL)  # mid-write: restored frames are going into the file
                 break
         rc = proc.wait(timeout=60)
@@ -93,12 +94,11 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
         proc.stdout.close()
     assert rc == -signal.SIGKILL, f"deblur was not killed mid-run (rc {rc}): {''.join(lines)[-2000:]}"
     assert not os.path.exists(out)
-    leftovers = [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
-    assert leftovers, "the kill should have hit the write (a temporary file in progress)"
-    print(f"killed after {lines[-1].strip()}; left {leftovers[0]} ({os.path.getsize(tmp_path / leftovers[0])} "
-          f"bytes), no {os.path.basename(out)}")
+    assert os.path.isfile(part), "the kill should have hit the write (a temporary file in progress)"
+    print(f"killed after {lines[-1].strip()}; left {os.path.basename(part)} ({os.path.getsize(part)} bytes), "
+          f"no {os.path.basename(out)}")
 
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert probe(out).frame_count == 120
-    assert not [f for f in os.listdir(tmp_path) if f.startswith("out.mp4.part")]
+    assert not os.path.exists(part)
