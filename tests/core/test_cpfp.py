@@ -171,8 +171,9 @@ def test_grow_from_keeps_the_function_and_refuses_other_changes():
 
 @pytest.mark.parametrize("branches", [2, 4])
 def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypatch):
-    """Cancel is polled per frame in every propagation branch and per frame group in the encoder/decoder;
-    neither the callback nor the grouping changes the output; raising from the callback stops the forward."""
+    """Cancel is polled three times per frame in every propagation branch and between the stages of each
+    frame group in the encoder (2) and decoder (3); neither the callback nor the grouping changes the
+    output; raising from the callback stops the forward wherever it is."""
     import cpgd_core.models.cpfp as cpfp_mod
 
     m = _model(num_branches=branches)
@@ -181,12 +182,13 @@ def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypat
         whole = m(*inp)
         calls = []
         assert torch.equal(m(*inp, check_interrupt=lambda: calls.append(1)), whole)
-        assert len(calls) == branches * T + 2  # one encoder and one decoder group at this size
+        assert len(calls) == 3 * branches * T + 2 + 3  # one encoder and one decoder group at this size
         # one frame per group (what a 720p clip gets): the callback runs T times more in each stage
         monkeypatch.setattr(cpfp_mod, "FRAME_GROUP_PIXELS", H * W)
         calls.clear()
         grouped = m(*inp, check_interrupt=lambda: calls.append(1))
-        assert len(calls) == branches * T + 2 * T
+        total = 3 * branches * T + 5 * T
+        assert len(calls) == total
         torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=0)
 
         class Cancelled(Exception):
@@ -201,6 +203,6 @@ def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypat
                     raise Cancelled
             return check
 
-        for k in (1, T + 2, branches * T + 2 * T):  # in the encoder, a propagation branch, the decoder
+        for k in (1, 2 * T + 2, total):  # in the encoder, the first propagation branch, the decoder
             with pytest.raises(Cancelled):
                 m(*inp, check_interrupt=cancel_at(k))
