@@ -391,9 +391,8 @@ class VideoSampler(io.ComfyNode):
         def sample_fn(win, lat, nz):
             pos = _window_conditioning(positive, win.start, win.stop, win.crop, (h, w))
             neg = _window_conditioning(negative, win.start, win.stop, win.crop, (h, w))
-            # ComfyUI's samplers poll Cancel only through the step callback: without one, a window is uninterruptible
             return comfy.sample.sample_custom(model, nz, cfg, sampler, sigmas, pos, neg, lat,
-                                              callback=lambda *_: check_interrupt(), disable_pbar=True, seed=seed)
+                                              disable_pbar=True, seed=seed)
 
         out = sample_windows(samples.float(), noise, sample_fn, chunk_size, chunk_overlap, tile_size, tile_overlap,
                              progress=progress, check_interrupt=check_interrupt)

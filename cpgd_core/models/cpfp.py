@@ -39,16 +39,11 @@ _TAPS = 9
 # config fields a trained network can be deepened along (CPFP.grow_from)
 GROWABLE = ("num_enc_blocks", "backbone_blocks", "recon_blocks")
 # The full-resolution encoder and decoder run over groups of frames of at most this many pixels (at least
-# one frame): at 720p one frame per group. Each group is a fraction of a second on a CPU, so an interrupt
-# check between groups answers Cancel quickly; frames are independent in these stages, so the grouping
-# does not change the result, and the largest intermediate activations shrink with it.
+# one frame): at 720p one frame per group, so no single convolution (where Cancel is polled) runs over a
+# whole chunk. Frames are independent in these stages: the grouping does not change the result, and the
+# largest intermediate activations shrink with it.
 FRAME_GROUP_PIXELS = 1 << 20
 Interrupt = Optional[Callable[[], None]]
-
-
-def _poll(check_interrupt: Interrupt) -> None:
-    if check_interrupt is not None:
-        check_interrupt()
 
 
 @dataclass
@@ -182,7 +177,7 @@ class CPFA(nn.Module):
         """feat_*: (N, C, h, w); flow_*: (N, 2, h, w) already multiplied by valid_*; valid_*, r_*: (N, 1, h, w).
 
         ``r_n1``/``r_n2`` are the neighbours' residual maps already warped onto frame t. Returns (N, C, h, w).
-        ``check_interrupt()`` is called between the offset prediction and the deformable convolution.
+        ``check_interrupt()`` is called before the deformable convolution.
         """
         from ..ops import deform_conv2d  # late: the kernel module may pick a backend at import
 
@@ -191,7 +186,6 @@ class CPFA(nn.Module):
         extra = torch.cat([cond_n1, feat_current, cond_n2, r_n1, r_current, r_n2, valid_n1, valid_n2,
                            flow_n1, flow_n2], 1)
         out = self.conv_offset(extra)
-        _poll(check_interrupt)
         half = _TAPS * self.groups // 2
         o1, o2, m = torch.split(out, [2 * half, 2 * half, 2 * half], 1)
         # torchvision layout: per offset group, per tap, (dy, dx); our flows are (x, y)
@@ -204,6 +198,8 @@ class CPFA(nn.Module):
         mask = torch.sigmoid(torch.cat([m1 + b * (2 * r_n1 * valid_n1 - 1),
                                         m2 + b * (2 * r_n2 * valid_n2 - 1)], 1))
         x = torch.cat([feat_n1, feat_n2], 1)
+        if check_interrupt is not None:  # the one heavy operation that is not a convolution module
+            check_interrupt()
         return deform_conv2d(x, offset.to(x.dtype), self.weight.to(x.dtype), self.bias.to(x.dtype),
                              padding=1, mask=mask.to(x.dtype))
 
@@ -297,7 +293,7 @@ class CPFP(nn.Module):
 
         ``flows``/``valids``: (N, T, 2|1, h, w), field on frame t pointing into the neighbour this branch
         comes from (t+1 for backward branches, t-1 for forward ones), already gated by validity.
-        ``check_interrupt()`` is called a few times in each frame's step.
+        ``check_interrupt`` goes to the alignment's deformable convolution.
         """
         t_len = flows.shape[1]
         order = list(range(t_len))[::-1] if name.startswith("backward") else list(range(t_len))
@@ -310,7 +306,6 @@ class CPFP(nn.Module):
         out: list = [None] * t_len
         prop = zeros_feat
         for i, idx in enumerate(order):
-            _poll(check_interrupt)
             current = feats[prev_names[-1]][idx]
             if i == 0:
                 # no neighbour yet: zero features with valid = 0, not zero motion
@@ -334,7 +329,6 @@ class CPFP(nn.Module):
                     feat_n2, flow_n2, valid_n2, r_n2 = zeros_feat, zeros2, zeros1, zeros1
             aligned = cpfa(feat_n1, feat_n2, current, flow_n1, flow_n2, valid_n1, valid_n2,
                            rmap[:, idx], r_n1, r_n2, check_interrupt=check_interrupt)
-            _poll(check_interrupt)
             stack = [feats[k][idx] for k in prev_names] + [aligned]
             prop = aligned + backbone(torch.cat(stack, 1))
             out[idx] = prop
@@ -357,12 +351,26 @@ class CPFP(nn.Module):
             valid_to_prev: (N, T, 1, H/4, W/4) 1 where ``flow_to_prev`` is known, else 0 (bool or float).
             flow_to_next, valid_to_next: the same towards t+1.
             residual: (N, T, 1, H, W) signed coding residual in [0,1]-luma units.
-            check_interrupt: called between the stages of each frame (propagation steps, and groups of
-                frames in the full-resolution encoder and decoder); it cancels the computation by raising.
-                It does not change the result.
+            check_interrupt: called before every convolution and deformable convolution (as ComfyUI's own
+                layers poll Cancel at every op); it cancels the computation by raising. It does not change
+                the result.
         Returns:
             (N, T, 3, H, W) restored frames (not clamped).
         """
+        if check_interrupt is None:
+            return self._forward(frames, flow_to_prev, valid_to_prev, flow_to_next, valid_to_next, residual, None)
+        hooks = [m.register_forward_pre_hook(lambda *_: check_interrupt())
+                 for m in self.modules() if isinstance(m, nn.Conv2d)]
+        try:
+            return self._forward(frames, flow_to_prev, valid_to_prev, flow_to_next, valid_to_next, residual,
+                                 check_interrupt)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _forward(self, frames: torch.Tensor, flow_to_prev: torch.Tensor, valid_to_prev: torch.Tensor,
+                 flow_to_next: torch.Tensor, valid_to_next: torch.Tensor, residual: torch.Tensor,
+                 check_interrupt: Interrupt) -> torch.Tensor:
         n, t, ch, hh, ww = frames.shape
         if ch != 3 or hh % 4 or ww % 4:
             raise CPGDInputError(f"CPFP needs (N, T, 3, H, W) frames with H, W multiples of 4, got "
@@ -390,11 +398,9 @@ class CPFP(nn.Module):
         groups = self._frame_groups(n, t, hh, ww)
         shortcuts, halves, spatial = [], [], []
         for g in groups:
-            _poll(check_interrupt)
             k = g.stop - g.start
             x = frames[:, g].reshape(n * k, 3, hh, ww)
             shortcut = self.enc_full(F.leaky_relu(self.conv_in(x), 0.1, inplace=True))
-            _poll(check_interrupt)
             half = self.enc_half(F.leaky_relu(self.down1(shortcut), 0.1, inplace=True))
             quarter = self.enc_quarter(F.leaky_relu(self.down2(half), 0.1, inplace=True)).reshape(n, k, -1, h, w)
             shortcuts.append(shortcut)
@@ -410,13 +416,10 @@ class CPFP(nn.Module):
 
         out = []
         for g, shortcut, half in zip(groups, shortcuts, halves):
-            _poll(check_interrupt)
             k = g.stop - g.start
             fused = torch.stack([torch.cat([feats[key][i] for key in feats], 1) for i in range(g.start, g.stop)], 1)
             y = self.recon(self.fuse(fused.reshape(n * k, -1, h, w)))
-            _poll(check_interrupt)
             y = self.dec_half(F.leaky_relu(F.pixel_shuffle(self.up1(y), 2), 0.1, inplace=True) + half)
-            _poll(check_interrupt)
             y = self.dec_full(F.leaky_relu(F.pixel_shuffle(self.up2(y), 2), 0.1, inplace=True) + shortcut)
             out.append(self.conv_out(y).reshape(n, k, 3, hh, ww) + frames[:, g])
         return out[0] if len(out) == 1 else torch.cat(out, 1)

@@ -219,3 +219,18 @@ def test_default_prompt_is_the_official_one(env):
     info = env.nodes.NODE_CLASS_MAPPINGS["CPGD_DefaultPrompt"].INPUT_TYPES()
     default = info["required"]["text"][1]["default"]
     assert default.startswith("high-quality, clear, fine details, sharp edges")
+
+
+def test_video_sampler_cancel_lands_within_a_window(env):
+    """Cancel pressed during the first sampling step of a one-window run stops the sampler there, not after
+    the window's remaining steps (ComfyUI's model layers poll Cancel at every op; the video sampler adds its
+    own check between windows)."""
+    import sys
+    fixtures = next(m for name, m in sys.modules.items() if name.endswith("cpc_test_nodes") and hasattr(m, "CANCEL_CALLS"))
+    g = video_graph(chunk=4, overlap=0, tile=0, tile_overlap=0)
+    g["12"]["inputs"]["steps"] = 6
+    g["15"] = {"class_type": "CPGDTest_CancelAfterCalls", "inputs": {"model": ["1", 0], "calls": 1}}
+    g["13"]["inputs"]["model"] = ["15", 0]
+    res = env.run(g, expect_success=False)
+    assert not res.success and res.error == "interrupted"
+    assert 1 <= len(fixtures.CANCEL_CALLS) <= 2, f"{len(fixtures.CANCEL_CALLS)} model calls after Cancel (6 steps)"

@@ -170,25 +170,27 @@ def test_grow_from_keeps_the_function_and_refuses_other_changes():
 
 
 @pytest.mark.parametrize("branches", [2, 4])
-def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypatch):
-    """Cancel is polled three times per frame in every propagation branch and between the stages of each
-    frame group in the encoder (2) and decoder (3); neither the callback nor the grouping changes the
-    output; raising from the callback stops the forward wherever it is."""
+def test_check_interrupt_polled_per_op_and_result_unchanged(branches, monkeypatch):
+    """Cancel is polled before every convolution and deformable convolution; neither the callback nor the
+    per-frame grouping of the full-resolution stages changes the output; raising from the callback stops
+    the forward wherever it is, and no polling hook is left behind."""
     import cpgd_core.models.cpfp as cpfp_mod
 
     m = _model(num_branches=branches)
     inp = _inputs()
+    convs = sum(isinstance(x, torch.nn.Conv2d) for x in m.modules())
     with torch.no_grad():
         whole = m(*inp)
         calls = []
         assert torch.equal(m(*inp, check_interrupt=lambda: calls.append(1)), whole)
-        assert len(calls) == 3 * branches * T + 2 + 3  # one encoder and one decoder group at this size
-        # one frame per group (what a 720p clip gets): the callback runs T times more in each stage
+        one_group = len(calls)
+        assert one_group >= convs + branches * T  # every conv at least once, one deformable conv per step
+        # one frame per group (what a 720p clip gets): the full-resolution convolutions run once per frame
         monkeypatch.setattr(cpfp_mod, "FRAME_GROUP_PIXELS", H * W)
         calls.clear()
         grouped = m(*inp, check_interrupt=lambda: calls.append(1))
-        total = 3 * branches * T + 5 * T
-        assert len(calls) == total
+        total = len(calls)
+        assert total > one_group
         torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=0)
 
         class Cancelled(Exception):
@@ -203,6 +205,8 @@ def test_check_interrupt_between_frames_and_result_unchanged(branches, monkeypat
                     raise Cancelled
             return check
 
-        for k in (1, 2 * T + 2, total):  # in the encoder, the first propagation branch, the decoder
+        for k in (1, total // 2, total):  # in the encoder, the propagation, the last decoder convolution
             with pytest.raises(Cancelled):
                 m(*inp, check_interrupt=cancel_at(k))
+        assert all(not x._forward_pre_hooks for x in m.modules())
+        assert torch.equal(m(*inp), grouped)
