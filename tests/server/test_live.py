@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 
+import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,8 +22,6 @@ _spec = importlib.util.spec_from_file_location(
     "cpgd_media_fixtures", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "media_fixtures.py"))
 media = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(media)
-
-aiohttp = pytest.importorskip("aiohttp")
 
 RESTORE = "3"
 SAVE = "4"
