@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..data.synth import CRF_RANGE, MOTION_RANGE
 from ..errors import CPGDInputError
+from ..fileio import atomic_write
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
 from ..weights import load_cpfp, save_cpfp
 from .common import (DistInfo, JsonLogger, barrier, charbonnier, cleanup_distributed, cosine_lr, init_distributed,
@@ -185,7 +186,8 @@ def make_val(out: str, seed: int = 0, count: int = 8, crop: int = 128, frames: i
     meta = {"seed": seed, "count": count, "crop": crop, "frames": frames, "source": source,
             "crf_range": list(crf_range), "motion_range": list(motion_range)}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    torch.save({"meta": json.dumps(meta), "clips": clips}, out)
+    with atomic_write(out) as tmp:
+        torch.save({"meta": json.dumps(meta), "clips": clips}, tmp)
     return out
 
 

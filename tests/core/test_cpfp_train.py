@@ -43,11 +43,26 @@ def test_train_smoke_resume_and_export(tmp_path, capsys):
 
 
 def test_train_with_synth_data(tmp_path):
-    synth = pytest.importorskip("cpgd_core.data.synth")
-    assert hasattr(synth, "make_training_example")
     out = str(tmp_path / "run")
-    assert main(["cpfp", "--steps", "1", "--out", out, "--no-priors", *TINY[:3], "32", *TINY[4:]]) == 0
+    assert main(["cpfp", "--steps", "1", "--out", out, "--no-priors", "--data", "synth", *TINY[:3], "32",
+                 *TINY[4:]]) == 0
     assert not load_cpfp(os.path.join(out, "cpfp_final.safetensors")).config.use_priors
+
+
+def test_schedule_is_step_based_across_stops_and_resumes(tmp_path):
+    """--stop-at / resume follow the uninterrupted run's learning rates; the weights carry their provenance."""
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    args = ["--steps", "5", "--data", "random", "--seed", "3", *TINY[:-6], "--warmup", "2", "--log-every", "1",
+            "--ckpt-every", "1"]
+    assert main(["cpfp", "--out", whole, *args]) == 0
+    assert main(["cpfp", "--out", parts, "--stop-at", "2", *args]) == 0
+    assert main(["cpfp", "--out", parts, "--resume", "--time-limit", "1e-9", *args]) == 0  # stops after 1 step
+    assert main(["cpfp", "--out", parts, "--resume", *args]) == 0
+    lr = lambda out: [(e["step"], e["lr"]) for e in _log(out) if e["event"] == "train"]  # noqa: E731
+    assert lr(parts) == lr(whole) and len(lr(whole)) == 5
+    meta = read_cpfp_metadata(os.path.join(parts, "cpfp_final.safetensors"))
+    assert meta["steps"] == "5" and meta["seed"] == "3" and meta["data"] == "random"
+    assert meta["commit"] and json.loads(meta["data_manifest"])["source"] == "random"
 
 
 def test_set_overrides_and_init_grows_a_shallower_network(tmp_path, capsys):
