@@ -35,12 +35,21 @@ DEFAULT_PROMPT = ("high-quality, clear, fine details, sharp edges, realistic tex
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _SharedCache:
-    """Hint latents and raw prior maps per latent size, shared by all copies of one applied control."""
+class _InputCache:
+    """Hint latents and raw prior maps of one applied control, keyed by the identity of their inputs and the
+    latent size. Every ``set_cond_hint`` (one per Apply result) starts a new one; the copies ComfyUI and the
+    video sampler make of that result share it. Entries hold their inputs, so an id is never reused while cached.
+    """
 
     def __init__(self) -> None:
-        self.hint: dict[tuple[int, int], torch.Tensor] = {}
-        self.prior: dict[tuple[int, int], torch.Tensor] = {}
+        self._entries: dict[tuple, tuple[tuple, torch.Tensor]] = {}
+
+    def get(self, kind: str, inputs: tuple, size: tuple[int, int], make) -> torch.Tensor:
+        key = (kind, tuple(id(x) for x in inputs), size)
+        got = self._entries.get(key)
+        if got is None:
+            got = self._entries[key] = (inputs, make())
+        return got[1]
 
 
 class CPCControl(comfy.controlnet.ControlBase):
@@ -61,7 +70,7 @@ class CPCControl(comfy.controlnet.ControlBase):
         self.joint_frames = 0
         self.window: Optional[tuple[int, int, tuple[int, int, int, int], tuple[int, int]]] = None
         self.model_sampling_current = None
-        self.cache = _SharedCache()
+        self.cache = _InputCache()
         self.upscale_algorithm = "bilinear"
 
     # -- ControlBase contract -------------------------------------------------------------------------------
@@ -86,6 +95,12 @@ class CPCControl(comfy.controlnet.ControlBase):
     def inference_memory_requirements(self, dtype) -> int:
         return super().inference_memory_requirements(dtype)
 
+    def set_cond_hint(self, *args, **kwargs) -> "CPCControl":
+        """ControlBase's, and a new cache: a new hint never finds the latents of an earlier one."""
+        super().set_cond_hint(*args, **kwargs)
+        self.cache = _InputCache()
+        return self
+
     # -- our additions --------------------------------------------------------------------------------------
     def set_priors(self, priors: Optional[CodecPriors], joint_frames: int) -> "CPCControl":
         self.priors, self.joint_frames = priors, int(joint_frames)
@@ -106,11 +121,11 @@ class CPCControl(comfy.controlnet.ControlBase):
 
     def _hint_latents(self, size: tuple[int, int]) -> torch.Tensor:
         """(T, 4, h, w) model-space latents of the hint frames for an h x w latent (VAE mode x scale)."""
-        got = self.cache.hint.get(size)
-        if got is not None:
-            return got
         if self.vae is None:
             raise CPGDInputError("the CPControlNet apply node needs a VAE to encode the stage-one frames")
+        return self.cache.get("hint", (self.cond_hint_original, self.vae), size, lambda: self._encode_hint(size))
+
+    def _encode_hint(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
         ratio = self.vae.spacial_compression_encode()
         img = comfy.utils.common_upscale(self.cond_hint_original, w * ratio, h * ratio, self.upscale_algorithm,
@@ -121,14 +136,11 @@ class CPCControl(comfy.controlnet.ControlBase):
         lat = self.latent_format.process_in(lat).float().cpu()
         if lat.shape[-2:] != (h, w):
             raise CPGDInputError(f"VAE latent of the hint is {tuple(lat.shape[-2:])}, the sampled latent is {size}")
-        self.cache.hint[size] = lat
         return lat
 
     def _prior_raw(self, size: tuple[int, int]) -> torch.Tensor:
-        got = self.cache.prior.get(size)
-        if got is None:
-            got = self.cache.prior[size] = prior_map(self.priors, size=size, max_motion=1.0)
-        return got
+        return self.cache.get("prior", (self.priors,), size,
+                              lambda: prior_map(self.priors, size=size, max_motion=1.0))
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
         control_prev = None

@@ -129,16 +129,23 @@ class ComfyInProcess:
     def validate(self, prompt: dict):
         return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
-    def run(self, prompt: dict, expect_success: bool = True) -> RunResult:
-        """Validate and execute a prompt (API format). Fails the test on an unexpected outcome."""
+    def executor(self):
+        """A PromptExecutor with ComfyUI's default output caching, to be passed to several ``run`` calls: it
+        behaves like a server that stays up (unchanged nodes are not re-executed, their outputs are reused)."""
+        return self.execution.PromptExecutor(_RecordingServer(), cache_type=self.execution.CacheType.CLASSIC,
+                                             cache_args={"lru": 0, "ram": 0})
+
+    def run(self, prompt: dict, expect_success: bool = True, executor=None) -> RunResult:
+        """Validate and execute a prompt (API format). Fails the test on an unexpected outcome.
+
+        Each call uses a fresh executor (nothing cached between calls) unless ``executor`` is given."""
         ok, err, outputs, node_errors = self.validate(prompt)
         if not ok:
             if expect_success:
                 pytest.fail(f"prompt failed validation: {err} {json.dumps(node_errors)[:2000]}")
             return RunResult(False, {}, [("validation_error", {"error": err, "node_errors": node_errors})])
-        server = _RecordingServer()
-        ex = self.execution.PromptExecutor(server, cache_type=self.execution.CacheType.CLASSIC,
-                                           cache_args={"lru": 0, "ram": 0})
+        ex = executor or self.executor()
+        ex.success = True  # execute() only sets it when a node runs
         self.progress.clear()
         ex.execute(prompt, str(uuid.uuid4()), {"client_id": "pytest"}, outputs)
         raw = {}

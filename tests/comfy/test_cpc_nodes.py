@@ -234,3 +234,37 @@ def test_video_sampler_cancel_lands_within_a_window(env):
     res = env.run(g, expect_success=False)
     assert not res.success and res.error == "interrupted"
     assert 1 <= len(fixtures.CANCEL_CALLS) <= 2, f"{len(fixtures.CANCEL_CALLS)} model calls after Cancel (6 steps)"
+
+
+def test_a_server_that_stays_up_conditions_each_prompt_on_its_own_clip(env):
+    """ComfyUI reuses the loader's output across prompts; every Apply result must still use its own frames.
+
+    The same graph with another clip of the same size, in one executor with ComfyUI's output caching: the
+    second result must equal what a fresh server gives for that clip (not be conditioned on the first clip)."""
+    fresh = {seed: latent(env.run(_with_clip(graph(), seed))) for seed in (3, 7)}
+    assert float((fresh[3] - fresh[7]).abs().max()) > 1e-4  # the clips do make a difference
+    server = env.executor()
+    for seed in (3, 7, 3):
+        got = env.run(_with_clip(graph(), seed), executor=server)
+        torch.testing.assert_close(latent(got), fresh[seed], rtol=0, atol=1e-6)
+    # the loader really was reused (else the test would not exercise ComfyUI's caching)
+    cached = [d["nodes"] for e, d in got.messages if e == "execution_cached"][0]
+    assert "5" in cached
+
+
+def test_two_apply_nodes_on_one_loader_keep_their_own_hints(env):
+    g = _with_clip(graph(), 3)
+    g["24"] = dict(g["4"], inputs=dict(g["4"]["inputs"], seed=7))
+    g["26"] = {"class_type": "CPGD_CPControlNetApply",
+               "inputs": dict(g["6"]["inputs"], image=["24", 0])}
+    g["28"] = {"class_type": "KSampler",
+               "inputs": dict(g["8"]["inputs"], positive=["26", 0], negative=["26", 1])}
+    with_sinks(g, latents=["28"])
+    both = env.run(g)
+    torch.testing.assert_close(latent(both, "8"), latent(env.run(_with_clip(graph(), 3))), rtol=0, atol=1e-6)
+    torch.testing.assert_close(latent(both, "28"), latent(env.run(_with_clip(graph(), 7))), rtol=0, atol=1e-6)
+
+
+def _with_clip(g: dict, seed: int) -> dict:
+    g["4"]["inputs"]["seed"] = seed
+    return g
