@@ -97,7 +97,7 @@ class _StreamEncoder:
             elif rgb.shape[0] > self.stream.height or rgb.shape[1] > self.stream.width:
                 raise CPGDInputError(f"frame size changed mid-video: {rgb.shape[1]}x{rgb.shape[0]} after "
                                      f"{self.stream.width}x{self.stream.height}")
-            fr = _yuv_frame(_pad_even(rgb, self.stream.width, self.stream.height), self.pix_fmt)
+            fr = _yuv_frame(pad_to(rgb, self.stream.width, self.stream.height), self.stream.pix_fmt)
             fr.pts = self.count
             fr.time_base = Fraction(1) / self.rate
             for p in self.stream.encode(fr):
@@ -106,8 +106,8 @@ class _StreamEncoder:
 
     def _open(self, h: int, w: int) -> None:
         vs = self.container.add_stream(self.codec, rate=self.rate)
-        vs.width, vs.height = _even(w, self.pix_fmt), _even(h, self.pix_fmt)
-        vs.pix_fmt = self.pix_fmt
+        vs.width, vs.height = w, h
+        vs.pix_fmt = pix_fmt_for_size(self.pix_fmt, h, w)
         vs.time_base = Fraction(1) / self.rate
         vs.codec_context.options = self.options
         if self.pix_fmt not in _RGB_FORMATS:
@@ -213,8 +213,8 @@ def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], aud
     Args:
         frames: (T, 3, H, W) float [0, 1] or uint8, or an iterator of such chunks (bounded memory).
         fps: frame rate. crf/preset: quality knobs for libx264/libx265 (ignored by ffv1 and similar).
-        pix_fmt: yuv420p (odd sizes are padded by one pixel, edge-replicated); ``bgr0`` with ffv1 stores
-            RGB losslessly.
+        pix_fmt: yuv420p (frames of an odd size are stored 4:4:4, so the file keeps their exact size);
+            ``bgr0`` with ffv1 stores RGB losslessly.
         overwrite: refuse to replace an existing file unless True.
         x264_params: extra encoder parameters, e.g. ``bframes=0:ref=1``.
     Returns the path. The container follows the extension (.mp4, .mkv, .mov). The file appears atomically
@@ -235,11 +235,27 @@ def _format_for(path: str) -> str:
     return {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}.get(ext, "mp4")
 
 
-def _even(n: int, pix_fmt: str) -> int:
-    return n + (n % 2) if pix_fmt in ("yuv420p", "yuvj420p", "nv12", "yuv422p") else n
+# Chroma-subsampled formats store whole chroma samples only: 4:2:0 needs even sizes, 4:2:2 an even width.
+_SUBSAMPLED = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "nv12": (2, 2), "yuv422p": (2, 1)}
+_FULL_CHROMA = {"yuvj420p": "yuvj444p"}
 
 
-def _pad_even(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+def pix_fmt_for_size(pix_fmt: str, h: int, w: int) -> str:
+    """The format a frame of h x w is stored in: ``pix_fmt``, or its 4:4:4 counterpart when the size is odd
+    where ``pix_fmt`` subsamples chroma, so the file has exactly the frames' size (H.264's frame cropping
+    also counts in chroma samples and cannot help)."""
+    sx, sy = _SUBSAMPLED.get(pix_fmt, (1, 1))
+    if w % sx or h % sy:
+        return _FULL_CHROMA.get(pix_fmt, "yuv444p")
+    return pix_fmt
+
+
+def even_size(h: int, w: int) -> tuple[int, int]:
+    """(h, w) rounded up to even: what a 4:2:0 encoder needs (``pad_to`` fills the extra row/column)."""
+    return h + h % 2, w + w % 2
+
+
+def pad_to(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
     if rgb.shape[1] == w and rgb.shape[0] == h:
         return rgb
     return np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")

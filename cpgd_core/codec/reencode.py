@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .decode import DecodedFrame, _pipeline, _raw_from_frame, frames_to_tensor, priors_from_decoded
-from .encode import _even, _pad_even, _rate, _yuv_frame, tag_bt709, to_uint8_hwc
+from .encode import _rate, _yuv_frame, even_size, pad_to, tag_bt709, to_uint8_hwc
 from .priors import CodecPriors
 
 SOURCE = "reencode:libx264"
@@ -50,7 +50,7 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
     for n, rgb in enumerate(rgbs):
         if check_interrupt is not None:
             check_interrupt()
-        fr = _yuv_frame(_pad_even(rgb, width, height), "yuv420p")
+        fr = _yuv_frame(pad_to(rgb, width, height), "yuv420p")
         fr.pts = n
         yield from drain(enc.encode(fr))
     yield from drain(enc.encode(None))
@@ -71,7 +71,7 @@ def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] =
     if first is None:
         return
     h, w = first.rgb.shape[:2]
-    hp, wp = _even(h, "yuv420p"), _even(w, "yuv420p")
+    hp, wp = even_size(h, w)
     held: deque[DecodedFrame] = deque()
 
     def rgbs():

@@ -204,3 +204,19 @@ def test_main_job_workflow_validates(comfy, media):
             node["inputs"]["video"] = media["blurry"]
     ok, err, outputs, node_errors = comfy.validate(prompt)
     assert ok, (err, node_errors)
+
+
+def test_odd_sizes_are_kept(comfy, tmp_path):
+    """A 4:4:4 clip of an odd size, loaded at its own size and at an odd custom size: the restored frames have
+    exactly the selected size."""
+    g = torch.Generator().manual_seed(2)
+    frames = torch.rand(3, 3, 41, 57, generator=g)
+    write_video(os.path.join(comfy.input_dir, "cpfp_odd.mkv"), frames, FPS, crf=20, preset="superfast",
+                overwrite=True)
+    for (w, h) in ((0, 0), (35, 27)):
+        gr = graph("cpfp_odd.mkv", tile_size=32, tile_overlap=8)
+        gr["1"]["inputs"].update(custom_width=w, custom_height=h)
+        res = comfy.run(gr)
+        size = (h or 41, w or 57)
+        assert tuple(res.raw["1"][0].shape) == (3, *size, 3)
+        assert tuple(res.raw["3"][0].shape) == (3, *size, 3)

@@ -67,11 +67,11 @@ def test_audio_is_muxed_in_sync(tmp_path):
 
 
 def test_encode_h264_bytes_decodes(tmp_path):
-    frames, _ = _pan(size=(97, 63))  # odd size: padded for x264
+    frames, _ = _pan(size=(97, 63))  # odd size: kept (stored 4:4:4)
     data = encode_h264_bytes(frames, 24, crf=20)
     with av.open(io.BytesIO(data)) as c:
         s = c.streams.video[0]
-        assert s.codec_context.name == "h264" and (s.width, s.height) == (98, 64)
+        assert s.codec_context.name == "h264" and (s.width, s.height) == (97, 63)
         assert sum(1 for _ in c.decode(s)) == 6
 
 

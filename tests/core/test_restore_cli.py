@@ -102,3 +102,20 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert probe(out).frame_count == 120
     assert not os.path.exists(part)
+
+
+@pytest.mark.parametrize("size", [(241, 321), (40, 57)])  # (h, w): both odd; only the width odd
+def test_deblur_cli_keeps_odd_sizes(size, weights, tmp_path):
+    h, w = size
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(4, 3, h, w, generator=g)
+    src = str(tmp_path / "odd.mkv")
+    write_video(src, frames, Fraction(12), crf=20, preset="ultrafast")
+    assert (probe(src).width, probe(src).height) == (w, h)
+    out = str(tmp_path / "odd_out.mp4")
+    assert main(["deblur", src, out, "--weights", weights, "--chunk", "3", "--overlap", "1"]) == 0
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (w, h, 4)
+    from cpgd_core.codec.decode import load_video
+    x, _, _, _ = load_video(out)
+    assert x.shape == (4, 3, h, w)
