@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
+from typing import TextIO
 
 from .errors import CPGDInputError
 
@@ -24,3 +26,39 @@ def dispatch(commands: dict[str, tuple[str, str, str]], argv: list[str], prog: s
     except CPGDInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+class ProgressBar:
+    """``[#####-----]  40/100 frames  2.1 fps  ETA 0:28`` redrawn in place on a terminal; silent otherwise
+    (logs and pipes get the final summary only)."""
+
+    def __init__(self, total: int, unit: str = "frames", stream: TextIO | None = None, width: int = 30) -> None:
+        self.total, self.unit, self.width = max(int(total), 0), unit, width
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.monotonic()
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        frac = min(done / self.total, 1.0) if self.total else 0.0
+        fill = int(round(frac * self.width))
+        eta = _clock((self.total - done) / rate) if rate > 0 and self.total else "?"
+        self.stream.write(f"\r[{'#' * fill}{'-' * (self.width - fill)}] {done}/{self.total} {self.unit}  "
+                          f"{rate:.2f} fps  ETA {eta}  ")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

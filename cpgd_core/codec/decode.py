@@ -125,8 +125,17 @@ def _open(path: str) -> "av.container.InputContainer":
         raise CPGDInputError(f"video file is empty: {path}")
     try:
         return av.open(path)
+    except av.error.EOFError:  # a valid header and nothing after it (e.g. a zero-frame .mkv)
+        raise CPGDInputError(f"no video frames in {path}") from None
     except av.error.FFmpegError as e:
-        raise CPGDInputError(f"not a readable media file (corrupt, truncated or not a video): {path} ({e})") from e
+        raise CPGDInputError(f"not a readable media file (corrupt, truncated or not a video): {path} "
+                             f"({av_reason(e)})") from None
+
+
+def av_reason(e: Exception) -> str:
+    """FFmpeg's reason for a failure without the errno number and the path PyAV adds to it."""
+    reason = getattr(e, "strerror", None) or str(e)
+    return reason[:1].lower() + reason[1:]
 
 
 def _video_stream(container, path: str):
@@ -165,7 +174,9 @@ def probe(path: str) -> VideoInfo:
                     pts.append(len(pts))
                     timed = False
         except av.error.FFmpegError as e:
-            raise CPGDInputError(f"corrupt or truncated video {path}: {e}") from e
+            raise CPGDInputError(f"corrupt or truncated video {path} ({av_reason(e)})") from None
+    if not pts:
+        raise CPGDInputError(f"no video frames in {path}")
     if width <= 0 or height <= 0:
         raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
     rotation, hdr = first or (0, "")
@@ -337,7 +348,7 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
         except av.error.FFmpegError as e:
             if seek is None:  # (while seeking, the decode from the start below reports it)
                 raise CPGDInputError(f"corrupt or truncated video {path} (decoding failed after {index} frames: "
-                                     f"{e})") from e
+                                     f"{av_reason(e)})") from None
     finally:
         c.close()
     if seek is not None:  # the demuxer did not land on the keyframe; nothing was yielded yet: from the start
@@ -759,7 +770,7 @@ def read_audio(path: str, start_s: float = 0.0, end_s: Optional[float] = None) -
             for rf in resampler.resample(None):
                 chunks.append(rf.to_ndarray())
         except av.error.FFmpegError as e:
-            raise CPGDInputError(f"corrupt audio in {path}: {e}") from e
+            raise CPGDInputError(f"corrupt audio in {path} ({av_reason(e)})") from None
     if not chunks:
         return None
     data = np.concatenate(chunks, axis=1).astype(np.float32)

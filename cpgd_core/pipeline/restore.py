@@ -8,6 +8,7 @@ in-memory front end (its output is of course O(T)).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
-from ..models.cpfp import CPFP, priors_to_model_inputs
+from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
 
 Progress = Optional[Callable[[int, int], None]]
 Interrupt = Optional[Callable[[], None]]
@@ -121,6 +122,93 @@ class ChunkBlender:
         return out
 
 
+# -- memory budget -----------------------------------------------------------------------------------
+GiB = 1 << 30
+DEFAULT_BUDGET = 3 * GiB  # whole-process ceiling of a default run: fits 8 GB machines next to a browser
+# Driver buffers per frame of a chunk and per full-resolution pixel, on the host: decoded uint8 frames and
+# their float copy, residual, padded model input, tile accumulator, cross-fade, uint8 for the encoder.
+HOST_BYTES_PER_PIXEL = 100
+TILE_CANDIDATES = (1024, 768, 512, 384, 256, 192, 128)
+
+
+def activation_bytes_per_pixel(config: CPFPConfig, elem_bytes: int = 4) -> float:
+    """Peak activations of one CPFP forward, per frame and per input pixel, in bytes (an upper estimate).
+
+    Full resolution: the encoder skip, the residual-block transients and input/output frames (~6e + 10
+    channels); half resolution ~6e; quarter resolution: every branch's features for all frames plus the
+    fusion/reconstruction transients (~(3 (1 + branches) + 4) c). bench/memory.py checks it against the
+    measured peak (lite, fp32: ~430-500 B measured, 600 B estimated).
+    """
+    e, c, b = config.enc_channels, config.mid_channels, config.num_branches
+    channels = (6 * e + 10) + 6 * e / 4 + (3 * (1 + b) + 4) * c / 16
+    return channels * elem_bytes
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory on ``device`` in bytes: CUDA free + reusable cache, or the host's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with ComfyUI; the bare library falls back to the kernel's estimate
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def current_rss() -> int:
+    """Resident memory of this process in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def default_budget(device: torch.device) -> tuple[int, int]:
+    """(host bytes, device bytes) a default run may add to the process: host RAM up to ``DEFAULT_BUDGET`` in
+    total and at most half of what is available; on CUDA 80 % of the free device memory."""
+    host = max(min(DEFAULT_BUDGET - current_rss(), available_memory(torch.device("cpu")) // 2), 256 << 20)
+    dev = int(available_memory(device) * 0.8) if device.type == "cuda" else host
+    return host, dev
+
+
+def plan_memory(config: CPFPConfig, height: int, width: int, chunk_size: int, chunk_overlap: int,
+                tile_size: int, tile_overlap: int, host_budget: int, device_budget: int,
+                on_host: bool = True, elem_bytes: int = 4) -> tuple[int, int, int]:
+    """The largest (chunk_size, chunk_overlap, tile_size) not above the requested ones whose estimated peak fits.
+
+    ``tile_size`` 0 means whole frames if they fit. Tiles shrink first (down to 256 px), then the chunk
+    halves (the overlap shrinks with it to a quarter of the chunk), then tiles go down to 128 px; if
+    nothing fits, the smallest plan is returned. ``on_host``: the model runs on the CPU, so activations
+    and driver buffers share ``host_budget``; otherwise activations count against ``device_budget``.
+    """
+    per_px = activation_bytes_per_pixel(config, elem_bytes)
+    hp, wp = -(-height // 4) * 4, -(-width // 4) * 4
+    ov = -(-max(tile_overlap, 0) // 4) * 4
+    limit = tile_size if tile_size > 0 else max(hp, wp)
+    tiles = [0] if tile_size <= 0 else [tile_size]
+    tiles += [t for t in TILE_CANDIDATES if t < limit and t > ov]
+
+    def fits(chunk: int, tile: int) -> bool:
+        th, tw = (hp, wp) if tile <= 0 else (min(tile, hp), min(tile, wp))
+        act = chunk * th * tw * per_px
+        host = chunk * hp * wp * HOST_BYTES_PER_PIXEL
+        return host + act <= host_budget if on_host else (host <= host_budget and act <= device_budget)
+
+    chunk, overlap = chunk_size, chunk_overlap
+    while True:
+        for tile in tiles:
+            if (tile == tiles[0] or tile >= 256 or chunk == 1) and fits(chunk, tile):
+                return chunk, overlap, tile
+        if chunk == 1:
+            return chunk, overlap, tiles[-1]
+        chunk = max(1, chunk // 2)
+        overlap = min(overlap, chunk // 4)
+
+
 # -- precision / device ------------------------------------------------------------------------------
 def _autocast(device: torch.device, dtype: str):
     if dtype not in ("auto", "fp32", "fp16", "bf16"):
@@ -177,7 +265,7 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
     wy, wx = tile_weights(ys, hp), tile_weights(xs, wp)
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
-    out = torch.zeros(t, 3, hp, wp, dtype=torch.float64) if len(ys) * len(xs) > 1 else None
+    out = torch.zeros(t, 3, hp, wp) if len(ys) * len(xs) > 1 else None
     with _autocast(dev, dtype):
         for (y0, y1), wgt_y in zip(ys, wy):
             for (x0, x1), wgt_x in zip(xs, wx):
@@ -193,7 +281,7 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
                     out = pred
                 else:
                     weight = (wgt_y.view(-1, 1) * wgt_x.view(1, -1))
-                    out[..., y0:y1, x0:x1] += pred.double() * weight
+                    out[..., y0:y1, x0:x1] += pred * weight.float()
     return out[..., :h, :w].float().clamp_(0, 1)
 
 

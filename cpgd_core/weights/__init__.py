@@ -12,6 +12,7 @@ import torch
 
 from ..errors import CPGDInputError
 from ..fileio import atomic_write
+from .reader import read_state_dict
 
 CPFP_FORMAT = "cpfp"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,28 +24,8 @@ def default_cpfp_path() -> str:
 
 
 def _read_keys(path: str) -> tuple[list[str], dict]:
-    """Tensor names and metadata without loading the tensors (safetensors) or via mmap (torch pickles)."""
-    if not os.path.isfile(path):
-        raise CPGDInputError(f"weights file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        try:
-            with safe_open(path, "pt") as f:
-                return list(f.keys()), dict(f.metadata() or {})
-        except Exception as e:  # noqa: BLE001 - any parse failure means a bad user file
-            raise CPGDInputError(f"cannot read {path} as safetensors (corrupt or not a safetensors file): {e}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001
-        raise CPGDInputError(f"cannot read {path}: not a safetensors file nor a plain torch state dict "
-                             f"(weights_only=True): {e}") from e
-    for key in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise CPGDInputError(f"{path} does not contain a state dict")
-    return [k for k, v in obj.items() if isinstance(v, torch.Tensor)], {}
+    """Tensor names and metadata without loading the tensors."""
+    return read_state_dict(path, load=False)
 
 
 def _kind_from_keys(keys: list[str], meta: Mapping[str, str]) -> str:

@@ -16,6 +16,7 @@ import torch
 from ..errors import CPGDInputError
 from ..fileio import atomic_write
 from ..models.cpcontrolnet import CPControlNet, CPControlNetConfig
+from .reader import read_state_dict
 
 FORMAT_TAG = "cpcontrolnet"
 _PREFIXES = ("control_model.", "controlnet.", "module.", "model.")
@@ -102,31 +103,6 @@ def save_cpcontrolnet(net: CPControlNet, path: str, dtype: Optional[torch.dtype]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as tmp:
         save_file(sd, tmp, metadata=meta)
-
-
-def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """A checkpoint's tensors and metadata; .pt/.pth/.ckpt with weights_only=True (no arbitrary code)."""
-    if not os.path.isfile(path):
-        raise CPGDInputError(f"weights file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-            return load_file(path), meta
-        except Exception as e:  # noqa: BLE001 - any parse failure is a bad user file
-            raise CPGDInputError(f"cannot read {path} as safetensors: {e}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CPGDInputError(f"cannot read {path} with torch.load(weights_only=True) (a pickle that is not a plain "
-                             f"state dict is refused for safety): {e}") from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CPGDInputError(f"{path} does not contain a state dict of tensors")
-    return obj, {}
 
 
 def load_cpcontrolnet(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"

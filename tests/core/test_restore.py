@@ -202,3 +202,33 @@ def test_interrupt_reaches_inside_the_network():
     n.clear()
     with pytest.raises(Stop):
         restore_video(m, frames, priors, chunk_size=8, check_interrupt=stop_mid_chunk)
+
+
+def _estimate(cfg, h, w, chunk, tile, ov=32, elem=4):
+    from cpgd_core.pipeline.restore import HOST_BYTES_PER_PIXEL, activation_bytes_per_pixel
+    th, tw = (h, w) if tile == 0 else (min(tile, h), min(tile, w))
+    return chunk * (h * w * HOST_BYTES_PER_PIXEL + th * tw * activation_bytes_per_pixel(cfg, elem))
+
+
+def test_memory_plan_fits_the_budget():
+    from cpgd_core.models.cpfp import CPFPConfig
+    from cpgd_core.pipeline.restore import GiB, plan_memory
+    cfg = CPFPConfig.lite()
+    # small frames: the request fits as it is
+    assert plan_memory(cfg, 240, 320, 16, 4, 0, 32, 3 * GiB, 3 * GiB) == (16, 4, 0)
+    # 4K on a CPU with 2.5 GiB: tiles, a shorter chunk, within the budget
+    chunk, ov, tile = plan_memory(cfg, 2160, 3840, 16, 4, 0, 32, int(2.5 * GiB), 0)
+    assert 0 < tile < 2160 and 1 <= chunk < 16 and 0 <= ov < chunk
+    assert _estimate(cfg, 2160, 3840, chunk, tile) <= 2.5 * GiB
+    # and not more reduced than needed: the next larger tile would not fit
+    from cpgd_core.pipeline.restore import TILE_CANDIDATES
+    bigger = [t for t in TILE_CANDIDATES if t > tile]
+    if bigger:
+        assert _estimate(cfg, 2160, 3840, chunk, min(bigger)) > 2.5 * GiB
+    # on a GPU the activations count against the device budget, the frames against the host's
+    c2, _, t2 = plan_memory(cfg, 2160, 3840, 16, 4, 0, 32, 8 * GiB, 1 * GiB, on_host=False, elem_bytes=2)
+    assert c2 * 2160 * 3840 * 100 <= 8 * GiB and t2 > 0
+    # an explicit tile is an upper bound that is kept when it fits; the base network needs more memory
+    assert plan_memory(cfg, 2160, 3840, 4, 1, 256, 32, 8 * GiB, 0)[2] == 256
+    base = plan_memory(CPFPConfig.base(), 2160, 3840, 16, 4, 0, 32, int(2.5 * GiB), 0)
+    assert (base[0], base[2] or 9999) <= (chunk, tile or 9999)

@@ -1,6 +1,8 @@
 """``python -m cpgd_core deblur``: real encode -> streamed CPFP -> real encode, overwrite refusal."""
 from __future__ import annotations
 
+import io
+import json
 import os
 from fractions import Fraction
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from cpgd_core.__main__ import main
+from cpgd_core.cli import ProgressBar
 from cpgd_core.codec.decode import probe
 from cpgd_core.codec.encode import write_video
 from cpgd_core.fileio import temporary_path
@@ -36,12 +39,14 @@ def weights(tmp_path):
 def test_deblur_cli_streams_and_keeps_fps(clip, weights, tmp_path, capsys):
     out = str(tmp_path / "out.mp4")
     rc = main(["deblur", clip, out, "--weights", weights, "--chunk", "4", "--overlap", "1", "--tile", "32",
-               "--tile-overlap", "8"])
+               "--tile-overlap", "8", "--json"])
     assert rc == 0
     info, src = probe(out), probe(clip)
     assert (info.width, info.height, info.frame_count) == (src.width, src.height, src.frame_count)
     assert info.fps == src.fps
-    assert '"event": "done"' in capsys.readouterr().out
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"event": "plan", "chunk": 4, "overlap": 1, "tile": 32, "width": 56, "height": 40}
+    assert [e["frames"] for e in lines if e["event"] == "progress"][-1] == 11 and lines[-1]["event"] == "done"
     # refuses to overwrite, then does with --overwrite and --max-frames
     assert main(["deblur", clip, out, "--weights", weights]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -75,7 +80,7 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
     part = temporary_path(out)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [sys.executable, "-m", "cpgd_core", "deblur", src, out, "--weights", weights, "--chunk", "4",
-           "--overlap", "1"]
+           "--overlap", "1", "--json"]
     env = dict(os.environ, PYTHONPATH=root, OMP_WAIT_POLICY="PASSIVE")
 
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -119,3 +124,41 @@ def test_deblur_cli_keeps_odd_sizes(size, weights, tmp_path):
     from cpgd_core.codec.decode import load_video
     x, _, _, _ = load_video(out)
     assert x.shape == (4, 3, h, w)
+
+
+def test_deblur_cli_without_json_prints_a_summary_not_json(clip, weights, tmp_path, capsys):
+    out = str(tmp_path / "out.mp4")
+    assert main(["deblur", clip, out, "--weights", weights, "--chunk", "4", "--overlap", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"wrote {out}: 11 frames in " + captured.out.split(" in ")[-1].strip()
+    assert "{" not in captured.out and "{" not in captured.err  # capsys is no terminal: no bar either
+
+
+def test_progress_bar_on_a_terminal_shows_count_and_eta():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    bar = ProgressBar(20, stream=term)
+    for done in (5, 10, 20):
+        bar.update(done)
+    bar.close()
+    text = term.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n")
+    assert "5/20 frames" in text and "20/20 frames" in text and "ETA 0:00" in text
+    assert "[" + "#" * 30 + "]" in text
+    piped = io.StringIO()
+    ProgressBar(20, stream=piped).update(5)
+    assert piped.getvalue() == ""
+
+
+def test_deblur_cli_memory_budget_lowers_chunk_and_tiles(clip, weights, tmp_path, capsys):
+    out = str(tmp_path / "out.mp4")
+    # 40x56 frames (no tile is smaller): a 0.0006 GiB budget (0.64 MB) cannot hold 8 frames' buffers and
+    # activations, so the chunk (and its overlap) shrink
+    assert main(["deblur", clip, out, "--weights", weights, "--chunk", "8", "--overlap", "2",
+                 "--memory-budget", "0.0006", "--json", "--tile-overlap", "8"]) == 0
+    plan = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert plan["event"] == "plan" and plan["chunk"] < 8 and plan["overlap"] < plan["chunk"]
+    assert probe(out).frame_count == 11
