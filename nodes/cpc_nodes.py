@@ -24,7 +24,8 @@ from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpcontrolnet import CPControlNet, prior_map
 from ..cpgd_core.pipeline.colorfix import color_fix
-from ..cpgd_core.pipeline.video_sampler import NOISE_MODES, chunk_ranges, make_noise, sample_windows, tile_grid
+from ..cpgd_core.pipeline.video_sampler import (NOISE_MODES, chunk_ranges, fit_windows, make_noise, sample_windows,
+                                                tile_grid)
 from ..cpgd_core.weights.cpc import load_cpcontrolnet
 from .types import MODEL_FOLDER, CodecPriorsSocket, frames_to_image, image_to_frames, progress_callbacks
 
@@ -353,11 +354,14 @@ class VideoSampler(io.ComfyNode):
                              tooltip="Noise seed (the same for every chunk and tile, so overlaps agree)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Official CPGD: 1.0 (no classifier-free guidance)."),
-                io.Int.Input("chunk_size", default=6, min=1, max=256, tooltip="Frames sampled together."),
+                io.Int.Input("chunk_size", default=6, min=1, max=256,
+                             tooltip="Frames sampled together (at most: lowered on a GPU when a window would not "
+                                     "fit in its memory)."),
                 io.Int.Input("chunk_overlap", default=0, min=0, max=255, tooltip="Frames shared by consecutive "
                                                                                  "chunks, cross-faded."),
                 io.Int.Input("tile_size", default=64, min=0, max=1024, step=8,
-                             tooltip="Latent tile size (64 = 512 px); 0 = no tiling."),
+                             tooltip="Latent tile size (64 = 512 px; at most, lowered on a GPU to fit its "
+                                     "memory); 0 = no tiling when it fits."),
                 io.Int.Input("tile_overlap", default=32, min=0, max=1016, step=8,
                              tooltip="Latent tile overlap, Gaussian-blended (official: 32)."),
                 io.Combo.Input("noise_mode", options=list(NOISE_MODES), default="independent",
@@ -397,6 +401,8 @@ class VideoSampler(io.ComfyNode):
         for ctrl in _controls(positive) + _controls(negative):
             if ctrl.n_frames() not in (1, n):
                 raise CPGDInputError(f"CPControlNet hint has {ctrl.n_frames()} frames but the latent has {n}")
+        chunk_size, chunk_overlap, tile_size = _fit_gpu_memory(model, cfg, h, w, chunk_size, chunk_overlap,
+                                                               tile_size, tile_overlap)
         progress, check_interrupt = progress_callbacks(len(chunk_ranges(n, chunk_size, chunk_overlap))
                                                        * len(tile_grid(h, w, tile_size, tile_overlap)))
 
@@ -412,6 +418,25 @@ class VideoSampler(io.ComfyNode):
         result.pop("noise_mask", None)
         result["samples"] = out.to(samples.dtype)
         return io.NodeOutput(result)
+
+
+def _fit_gpu_memory(model, cfg: float, h: int, w: int, chunk: int, overlap: int, tile: int, tile_overlap: int
+                    ) -> tuple[int, int, int]:
+    """Chunk and tile sizes whose windows fit 80 % of the GPU memory left beside the model's weights (ComfyUI's
+    own per-call estimate); on the CPU the requested sizes are kept (RAM is not the limit there)."""
+    device = model.load_device
+    if comfy.model_management.is_device_cpu(device):
+        return chunk, overlap, tile
+    loaded = any(m is model for m in comfy.model_management.loaded_models())
+    weights = 0 if loaded else model.model_size()
+    budget = 0.8 * max(comfy.model_management.get_free_memory(device) - weights, 0)
+    cond_batch = 1 if cfg == 1.0 else 2
+    c = model.model.latent_format.latent_channels
+
+    def unet_bytes(frames: int, th: int, tw: int) -> float:
+        return float(model.model.memory_required([cond_batch * frames, c, th, tw]))
+
+    return fit_windows(h, w, chunk, overlap, tile, tile_overlap, unet_bytes, budget)
 
 
 class ColorFix(io.ComfyNode):

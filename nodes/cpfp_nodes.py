@@ -21,7 +21,7 @@ import folder_paths
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpfp import CPFPConfig
-from ..cpgd_core.pipeline.restore import restore_video, temporal_chunks
+from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video, temporal_chunks
 from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
 from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_image, image_to_frames, progress_callbacks
 
@@ -190,11 +190,13 @@ class CPFPRestore(io.ComfyNode):
                 CodecPriorsSocket.Input("priors",
                                         tooltip="Codec priors of exactly these frames (same count and size)."),
                 io.Int.Input("frames_per_chunk", default=16, min=1, max=512,
-                             tooltip="Frames processed together; more frames = more temporal context and memory."),
+                             tooltip="Frames processed together (at most: lowered when they would not fit in "
+                                     "memory); more frames = more temporal context and memory."),
                 io.Int.Input("chunk_overlap", default=4, min=0, max=256,
                              tooltip="Frames shared by consecutive chunks and cross-faded (must be < frames_per_chunk)."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=4,
-                             tooltip="Spatial tile size in pixels; 0 = whole frames. Tiles lower memory use."),
+                             tooltip="Spatial tile size in pixels (at most); 0 = whole frames when they fit in "
+                                     "memory (half the free RAM, or 80% of the free GPU memory), else tiles."),
                 io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
                              tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
@@ -218,10 +220,17 @@ class CPFPRestore(io.ComfyNode):
         frames = image_to_frames(images)
         if not use_priors:
             priors = zero_priors(priors)
-        chunks = len(temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap))  # validates early
+        temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
         precision = resolve_dtype(dtype, device)
+        on_host = mm.is_device_cpu(device)
+        host = available_memory(torch.device("cpu")) // 2
+        frames_per_chunk, chunk_overlap, tile_size = plan_memory(
+            model.config, frames.shape[-2], frames.shape[-1], frames_per_chunk, chunk_overlap, tile_size,
+            tile_overlap, host, host if on_host else int(mm.get_free_memory(device) * 0.8), on_host=on_host,
+            elem_bytes=4 if precision == "fp32" else 2)
+        chunks = len(temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap))
 
         def run(tile: int) -> torch.Tensor:
             # fresh bar per attempt: an OOM retry starts again from the first chunk

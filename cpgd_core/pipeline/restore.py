@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
+from .schedule import fit_chunk_and_tile
 
 Progress = Optional[Callable[[int, int], None]]
 Interrupt = Optional[Callable[[], None]]
@@ -188,9 +189,6 @@ def plan_memory(config: CPFPConfig, height: int, width: int, chunk_size: int, ch
     per_px = activation_bytes_per_pixel(config, elem_bytes)
     hp, wp = -(-height // 4) * 4, -(-width // 4) * 4
     ov = -(-max(tile_overlap, 0) // 4) * 4
-    limit = tile_size if tile_size > 0 else max(hp, wp)
-    tiles = [0] if tile_size <= 0 else [tile_size]
-    tiles += [t for t in TILE_CANDIDATES if t < limit and t > ov]
 
     def fits(chunk: int, tile: int) -> bool:
         th, tw = (hp, wp) if tile <= 0 else (min(tile, hp), min(tile, wp))
@@ -198,15 +196,8 @@ def plan_memory(config: CPFPConfig, height: int, width: int, chunk_size: int, ch
         host = chunk * hp * wp * HOST_BYTES_PER_PIXEL
         return host + act <= host_budget if on_host else (host <= host_budget and act <= device_budget)
 
-    chunk, overlap = chunk_size, chunk_overlap
-    while True:
-        for tile in tiles:
-            if (tile == tiles[0] or tile >= 256 or chunk == 1) and fits(chunk, tile):
-                return chunk, overlap, tile
-        if chunk == 1:
-            return chunk, overlap, tiles[-1]
-        chunk = max(1, chunk // 2)
-        overlap = min(overlap, chunk // 4)
+    smaller = [t for t in TILE_CANDIDATES if t < max(hp, wp) and t > ov]
+    return fit_chunk_and_tile(chunk_size, chunk_overlap, tile_size, smaller, fits, comfortable_tile=256)
 
 
 # -- precision / device ------------------------------------------------------------------------------

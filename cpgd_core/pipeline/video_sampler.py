@@ -16,6 +16,7 @@ import torch
 
 from ..codec.flow import resize_flow, warp
 from ..errors import CPGDInputError
+from .schedule import fit_chunk_and_tile
 
 
 def chunk_ranges(n: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:
@@ -74,6 +75,26 @@ def chunk_weights(ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
         raw.append(r)
         total[a:b] += r
     return [r / total[a:b] for r, (a, b) in zip(raw, ranges)]
+
+
+LATENT_TILE_CANDIDATES = (128, 96, 64, 48, 32)
+CONTROL_OVERHEAD = 1.5  # the CPControlNet (encoder + middle of the UNet) adds about half a UNet pass
+
+
+def fit_windows(h: int, w: int, chunk: int, chunk_overlap: int, tile: int, tile_overlap: int,
+                unet_bytes: Callable[[int, int, int], float], budget: float) -> tuple[int, int, int]:
+    """(chunk, chunk_overlap, tile) for an h x w latent whose windows fit ``budget`` bytes of GPU memory.
+
+    ``unet_bytes(batch, th, tw)`` is the denoiser's own estimate for one call (ComfyUI's
+    ``model.memory_required``); a window costs that times ``CONTROL_OVERHEAD``. Tiles shrink first (down
+    to 32 latent px, 256 image px), then the chunk halves; the requested sizes are upper bounds.
+    """
+    def fits(c: int, t: int) -> bool:
+        th, tw = (h, w) if t <= 0 else (min(t, h), min(t, w))
+        return unet_bytes(c, th, tw) * CONTROL_OVERHEAD <= budget
+
+    smaller = [t for t in LATENT_TILE_CANDIDATES if t < max(h, w) and t > tile_overlap]
+    return fit_chunk_and_tile(chunk, chunk_overlap, tile, smaller, fits, comfortable_tile=32)
 
 
 NOISE_MODES = ("independent", "shared", "mv-warped")

@@ -148,3 +148,19 @@ def test_adain_colour_fix():
         colorfix.color_fix(img, ref, "lab")
     with pytest.raises(CPGDInputError, match="frames"):
         colorfix.color_fix(img, torch.rand(3, 3, 32, 32))
+
+
+def test_video_sampler_windows_fit_the_gpu_budget():
+    from cpgd_core.pipeline.video_sampler import CONTROL_OVERHEAD, fit_windows
+
+    def unet_bytes(batch, th, tw):  # ComfyUI's formula for SD 2.x without flash attention (factor 1.0)
+        return batch * th * tw * 0.15 * 1024 * 1024
+
+    # 4K video (latent 270 x 480): the request (6 frames, 64 tiles) fits 24 GB and is kept
+    assert fit_windows(270, 480, 6, 0, 64, 32, unet_bytes, 24e9) == (6, 0, 64)
+    # 4 GB: smaller tiles first, then fewer frames; the chosen window fits
+    chunk, ov, tile = fit_windows(270, 480, 6, 2, 64, 16, unet_bytes, 4e9)
+    assert unet_bytes(chunk, tile, tile) * CONTROL_OVERHEAD <= 4e9
+    assert (chunk, tile) == (6, 48) and ov == 2
+    # no tiling requested but the whole latent does not fit: tiles are introduced
+    assert fit_windows(270, 480, 6, 0, 0, 16, unet_bytes, 8e9)[2] > 0
