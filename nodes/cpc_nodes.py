@@ -24,8 +24,8 @@ from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpcontrolnet import CPControlNet, prior_map
 from ..cpgd_core.pipeline.colorfix import color_fix
-from ..cpgd_core.pipeline.video_sampler import (NOISE_MODES, chunk_ranges, fit_windows, make_noise, sample_windows,
-                                                tile_grid)
+from ..cpgd_core.pipeline.schedule import chunk_windows
+from ..cpgd_core.pipeline.video_sampler import NOISE_MODES, fit_windows, make_noise, sample_windows, tile_grid
 from ..cpgd_core.weights.cpc import load_cpcontrolnet
 from .types import MODEL_FOLDER, CodecPriorsSocket, frames_to_image, image_to_frames, progress_callbacks
 
@@ -403,7 +403,7 @@ class VideoSampler(io.ComfyNode):
                 raise CPGDInputError(f"CPControlNet hint has {ctrl.n_frames()} frames but the latent has {n}")
         chunk_size, chunk_overlap, tile_size = _fit_gpu_memory(model, cfg, h, w, chunk_size, chunk_overlap,
                                                                tile_size, tile_overlap)
-        progress, check_interrupt = progress_callbacks(len(chunk_ranges(n, chunk_size, chunk_overlap))
+        progress, check_interrupt = progress_callbacks(len(chunk_windows(n, chunk_size, chunk_overlap))
                                                        * len(tile_grid(h, w, tile_size, tile_overlap)))
 
         def sample_fn(win, lat, nz):

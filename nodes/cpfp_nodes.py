@@ -21,7 +21,8 @@ import folder_paths
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpfp import CPFPConfig
-from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video, temporal_chunks
+from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
+from ..cpgd_core.pipeline.schedule import chunk_windows
 from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
 from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_image, image_to_frames, progress_callbacks
 
@@ -220,7 +221,7 @@ class CPFPRestore(io.ComfyNode):
         frames = image_to_frames(images)
         if not use_priors:
             priors = zero_priors(priors)
-        temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
+        chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
         precision = resolve_dtype(dtype, device)
@@ -230,7 +231,7 @@ class CPFPRestore(io.ComfyNode):
             model.config, frames.shape[-2], frames.shape[-1], frames_per_chunk, chunk_overlap, tile_size,
             tile_overlap, host, host if on_host else int(mm.get_free_memory(device) * 0.8), on_host=on_host,
             elem_bytes=4 if precision == "fp32" else 2)
-        chunks = len(temporal_chunks(frames.shape[0], frames_per_chunk, chunk_overlap))
+        chunks = len(chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap))
 
         def run(tile: int) -> torch.Tensor:
             # fresh bar per attempt: an OOM retry starts again from the first chunk

@@ -1,5 +1,6 @@
 """Stage-one (CPFP) inference driver: temporal chunks with linear cross-fades, optional feathered spatial
-tiles, padding to multiples of 4, precision selection, progress and interruption.
+tiles (both cut by ``pipeline.schedule``), a memory budget, padding to multiples of 4, precision selection,
+progress and interruption.
 
 Memory is bounded by the chunk (and tile) size: :func:`restore_stream` holds at most one chunk of
 predictions besides the chunk being processed, whatever the video length. :func:`restore_video` is the
@@ -17,110 +18,10 @@ import torch.nn.functional as F
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
-from .schedule import fit_chunk_and_tile
+from .schedule import ChunkBlender, chunk_windows, feather_weights, fit_chunk_and_tile, windows_1d
 
 Progress = Optional[Callable[[int, int], None]]
 Interrupt = Optional[Callable[[], None]]
-
-
-# -- scheduling --------------------------------------------------------------------------------------
-def temporal_chunks(num_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, stop) windows covering ``num_frames``; consecutive windows overlap by at least ``overlap``.
-
-    The spare frames are spread evenly (no tiny tail chunk with little temporal context).
-    """
-    if chunk_size < 1 or overlap < 0 or overlap >= chunk_size:
-        raise CPGDInputError(f"chunk_size must be >= 1 and chunk_overlap in [0, chunk_size): got "
-                             f"chunk_size={chunk_size}, chunk_overlap={overlap}")
-    if num_frames <= chunk_size:
-        return [(0, num_frames)]
-    n = -(-(num_frames - overlap) // (chunk_size - overlap))
-    starts = [round(k * (num_frames - chunk_size) / (n - 1)) for k in range(n)]
-    return [(s, s + chunk_size) for s in starts]
-
-
-def spatial_tiles(size: int, tile: int, overlap: int, align: int = 4) -> list[tuple[int, int]]:
-    """[start, stop) intervals of length ``tile`` covering ``size`` with >= ``overlap`` overlap; starts on
-    multiples of ``align`` (so the 1/4 prior grid is cut exactly) except that the last tile ends at ``size``.
-    ``size`` and ``tile`` must be multiples of ``align``."""
-    if tile <= 0 or tile >= size:
-        return [(0, size)]
-    if overlap >= tile:
-        raise CPGDInputError(f"tile_overlap ({overlap}) must be smaller than tile_size ({tile})")
-    n = -(-(size - overlap) // (tile - overlap))
-    n = max(n, 2)
-    starts = [int(round(k * (size - tile) / (n - 1) / align)) * align for k in range(n)]
-    starts[-1] = size - tile
-    return [(s, s + tile) for s in starts]
-
-
-def _ramp_1d(length: int, lo_overlap: int, hi_overlap: int, device=None) -> torch.Tensor:
-    """Trapezoid: rises over ``lo_overlap`` samples, falls over ``hi_overlap``, 1 in between, > 0 everywhere."""
-    i = torch.arange(length, dtype=torch.float64, device=device)
-    w = torch.ones(length, dtype=torch.float64, device=device)
-    if lo_overlap > 0:
-        w = torch.minimum(w, (i + 1) / (lo_overlap + 1))
-    if hi_overlap > 0:
-        w = torch.minimum(w, (length - i) / (hi_overlap + 1))
-    return w
-
-
-def tile_weights(intervals: list[tuple[int, int]], size: int) -> list[torch.Tensor]:
-    """Per-interval feather weights along one axis, normalised so that they sum to exactly 1 everywhere
-    (up to float rounding). Each entry is a float64 vector of the interval's length."""
-    raw = []
-    for k, (s, e) in enumerate(intervals):
-        lo = intervals[k - 1][1] - s if k > 0 else 0
-        hi = e - intervals[k + 1][0] if k + 1 < len(intervals) else 0
-        raw.append(_ramp_1d(e - s, max(lo, 0), max(hi, 0)))
-    total = torch.zeros(size, dtype=torch.float64)
-    for (s, e), w in zip(intervals, raw):
-        total[s:e] += w
-    return [w / total[s:e] for (s, e), w in zip(intervals, raw)]
-
-
-class ChunkBlender:
-    """Cross-fades overlapping temporal chunks and releases frames as soon as no later chunk can cover them.
-
-    ``add(start, pred)`` with non-decreasing starts, contiguous or overlapping coverage; returns the frames
-    that became final (possibly none). In an overlap of length o the earlier chunk fades out linearly
-    (weights (o-i)/(o+1)) and the later one in ((i+1)/(o+1)); the two weights sum to 1.
-    """
-
-    def __init__(self) -> None:
-        self.pending: Optional[torch.Tensor] = None  # frames [self.start, self.start + len)
-        self.start = 0
-        self.emitted = 0
-
-    def add(self, start: int, pred: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.pending is None:
-            if start != 0:
-                raise ValueError(f"first chunk must start at frame 0, not {start}")
-            self.pending, self.start = pred, 0
-            return None
-        end = self.start + len(self.pending)
-        if start < self.emitted or start > end:
-            raise ValueError(f"chunk at {start} leaves a gap or overlaps emitted frames (emitted {self.emitted}, "
-                             f"pending up to {end})")
-        out = self.pending[: start - self.start]
-        o = min(end, start + len(pred)) - start
-        if o > 0:
-            w = (torch.arange(1, o + 1, dtype=torch.float64) / (o + 1)).to(pred.dtype).view(-1, 1, 1, 1)
-            old = self.pending[start - self.start: start - self.start + o]
-            mixed = old * (1 - w) + pred[:o] * w
-            tail = pred[o:] if start + len(pred) >= end else torch.cat([pred[o:], self.pending[start - self.start + o:]])
-            self.pending = torch.cat([mixed, tail])
-        else:
-            self.pending = pred
-        self.start = start
-        self.emitted = start
-        return out if len(out) else None
-
-    def flush(self) -> Optional[torch.Tensor]:
-        out, self.pending = self.pending, None
-        if out is not None:
-            self.emitted = self.start + len(out)
-        return out
 
 
 # -- memory budget -----------------------------------------------------------------------------------
@@ -252,8 +153,8 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
     ov = -(-max(tile_overlap, 0) // 4) * 4
     if ts and ov >= ts:
         raise CPGDInputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
-    ys, xs = spatial_tiles(hp, ts, ov), spatial_tiles(wp, ts, ov)
-    wy, wx = tile_weights(ys, hp), tile_weights(xs, wp)
+    ys, xs = windows_1d(hp, ts, ov), windows_1d(wp, ts, ov)  # multiples of 4: the 1/4 prior grid is cut exactly
+    wy, wx = feather_weights(ys, hp), feather_weights(xs, wp)
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
     out = torch.zeros(t, 3, hp, wp) if len(ys) * len(xs) > 1 else None
@@ -290,7 +191,7 @@ def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_
     _check_match(frames, priors)
     if frames.shape[0] == 0:
         raise CPGDInputError("no frames to restore")
-    windows = temporal_chunks(frames.shape[0], chunk_size, chunk_overlap)
+    windows = chunk_windows(frames.shape[0], chunk_size, chunk_overlap)
     blender = ChunkBlender()
     parts = []
     for k, (s, e) in enumerate(windows):

@@ -8,7 +8,6 @@ Shapes: latents (T, C, h, w); a tile is ``(y0, x0, th, tw)`` in latent pixels; a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -16,65 +15,13 @@ import torch
 
 from ..codec.flow import resize_flow, warp
 from ..errors import CPGDInputError
-from .schedule import fit_chunk_and_tile
-
-
-def chunk_ranges(n: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:
-    """Frame ranges [start, stop) of at most ``size`` frames covering 0..n, consecutive ones sharing ``overlap``.
-
-    The last chunk is moved back to end at n (so every chunk is full-size when n >= size).
-    """
-    if n <= 0:
-        raise CPGDInputError("video sampler: no frames to sample")
-    if size < 1 or overlap < 0 or overlap >= size:
-        raise CPGDInputError(f"video sampler: need chunk size >= 1 and 0 <= overlap < size (got {size}, {overlap})")
-    if n <= size:
-        return [(0, n)]
-    stride = size - overlap
-    starts = list(range(0, n - size, stride)) + [n - size]
-    return [(s, s + size) for s in starts]
+from .schedule import ChunkBlender, chunk_windows, fit_chunk_and_tile, gaussian_weights, windows_1d
 
 
 def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Latent tiles ``(y0, x0, th, tw)`` covering an h x w latent; ``tile`` <= 0 or >= the size means one tile."""
-    def axis(n: int) -> list[tuple[int, int]]:
-        if tile <= 0 or n <= tile:
-            return [(0, n)]
-        if overlap < 0 or overlap >= tile:
-            raise CPGDInputError(f"video sampler: need 0 <= tile overlap < tile (got {overlap}, {tile})")
-        stride = tile - overlap
-        starts = list(range(0, n - tile, stride)) + [n - tile]
-        return [(s, tile) for s in starts]
-
-    return [(y, x, th, tw) for y, th in axis(h) for x, tw in axis(w)]
-
-
-def gaussian_weights(th: int, tw: int, var: float = 0.01) -> torch.Tensor:
-    """(th, tw) Gaussian blending weight peaked at the tile centre (variance ``var`` in units of the tile size)."""
-    def g(n: int) -> torch.Tensor:
-        x = torch.arange(n, dtype=torch.float64)
-        mid = (n - 1) / 2
-        return torch.exp(-((x - mid) / n) ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
-
-    return (g(th)[:, None] * g(tw)[None, :]).float()
-
-
-def chunk_weights(ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Per-chunk (len,) temporal weights that sum to 1 on every frame.
-
-    A frame's raw weight in a chunk is its distance to the chunk's nearer end (+1), so overlaps cross-fade
-    linearly towards the chunk that sees the frame deeper inside; blending outputs that agree reproduces them
-    exactly. Works for any overlap pattern, including a last chunk moved back over two earlier ones.
-    """
-    n = max(b for _, b in ranges)
-    raw = []
-    total = torch.zeros(n)
-    for a, b in ranges:
-        f = torch.arange(a, b, dtype=torch.float32)
-        r = torch.minimum(f - a + 1, b - f)
-        raw.append(r)
-        total[a:b] += r
-    return [r / total[a:b] for r, (a, b) in zip(raw, ranges)]
+    ys, xs = windows_1d(h, tile, overlap, "latent tile"), windows_1d(w, tile, overlap, "latent tile")
+    return [(y0, x0, y1 - y0, x1 - x0) for y0, y1 in ys for x0, x1 in xs]
 
 
 LATENT_TILE_CANDIDATES = (128, 96, 64, 48, 32)
@@ -164,8 +111,8 @@ class Window:
 
 def plan_windows(n: int, h: int, w: int, chunk: int, chunk_overlap: int, tile: int, tile_overlap: int
                  ) -> list[Window]:
-    return [Window(a, b, *t) for a, b in chunk_ranges(n, chunk, chunk_overlap) for t in tile_grid(h, w, tile,
-                                                                                                   tile_overlap)]
+    return [Window(a, b, *t) for a, b in chunk_windows(n, chunk, chunk_overlap) for t in tile_grid(h, w, tile,
+                                                                                                    tile_overlap)]
 
 
 def sample_windows(latent: torch.Tensor, noise: torch.Tensor,
@@ -180,14 +127,14 @@ def sample_windows(latent: torch.Tensor, noise: torch.Tensor,
     Only one chunk's accumulators are alive at a time besides the (small) full latent output.
     """
     n, c, h, w = latent.shape
-    ranges = chunk_ranges(n, chunk, chunk_overlap)
+    ranges = chunk_windows(n, chunk, chunk_overlap)
     tiles = tile_grid(h, w, tile, tile_overlap)
-    tweights = chunk_weights(ranges)
     total = len(ranges) * len(tiles)
-    out = torch.zeros(n, c, h, w, dtype=torch.float32)
+    blender = ChunkBlender()
+    parts = []
     done = 0
     gauss_cache: dict[tuple[int, int], torch.Tensor] = {}
-    for (a, b), tw_ in zip(ranges, tweights):
+    for a, b in ranges:
         acc = torch.zeros(b - a, c, h, w, dtype=torch.float32)
         wsum = torch.zeros(1, 1, h, w, dtype=torch.float32)
         for (y0, x0, th, tw) in tiles:
@@ -206,5 +153,8 @@ def sample_windows(latent: torch.Tensor, noise: torch.Tensor,
             done += 1
             if progress is not None:
                 progress(done, total)
-        out[a:b] += acc / wsum * tw_.view(-1, 1, 1, 1)
-    return out
+        final = blender.add(a, acc / wsum)
+        if final is not None:
+            parts.append(final)
+    parts.append(blender.flush())
+    return torch.cat(parts)

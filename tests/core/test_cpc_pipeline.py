@@ -6,27 +6,25 @@ import torch
 
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.pipeline import colorfix
-from cpgd_core.pipeline.video_sampler import (chunk_ranges, chunk_weights, gaussian_weights, make_noise,
-                                              plan_windows, sample_windows, tile_grid)
+from cpgd_core.pipeline.schedule import ChunkBlender, chunk_windows, gaussian_weights
+from cpgd_core.pipeline.video_sampler import make_noise, plan_windows, sample_windows, tile_grid
 
 
 @pytest.mark.parametrize("n,size,ov", [(1, 6, 0), (6, 6, 2), (7, 6, 0), (11, 6, 2), (48, 6, 0), (23, 8, 3)])
 def test_chunks_cover_and_weights_sum_to_one(n, size, ov):
-    ranges = chunk_ranges(n, size, ov)
+    ranges = chunk_windows(n, size, ov)
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(b - a == min(size, n) for a, b in ranges)
-    total = torch.zeros(n)
-    for (a, b), wt in zip(ranges, chunk_weights(ranges)):
-        total[a:b] += wt
-        assert float(wt.min()) > 0
-    torch.testing.assert_close(total, torch.ones(n))
+    blender = ChunkBlender()  # the cross-fade weights of every frame sum to one: ones blend to ones
+    parts = [blender.add(a, torch.ones(b - a, 1, 1, 1)) for a, b in ranges] + [blender.flush()]
+    torch.testing.assert_close(torch.cat([p for p in parts if p is not None]).flatten(), torch.ones(n))
     for (a0, b0), (a1, b1) in zip(ranges, ranges[1:]):
         assert b0 - a1 >= ov  # requested overlap is honoured
 
 
 def test_chunk_and_tile_input_errors():
     with pytest.raises(CPGDInputError):
-        chunk_ranges(10, 4, 4)
+        chunk_windows(10, 4, 4)
     with pytest.raises(CPGDInputError):
         tile_grid(100, 100, 64, 64)
 
@@ -58,7 +56,7 @@ def test_constant_video_is_seam_free():
 
     out = sample_windows(lat, torch.zeros_like(lat), identity, chunk=6, chunk_overlap=2, tile=32, tile_overlap=16)
     torch.testing.assert_close(out, lat, rtol=0, atol=1e-6)
-    assert len(calls) == len(chunk_ranges(11, 6, 2)) * len(tile_grid(40, 72, 32, 16))
+    assert len(calls) == len(chunk_windows(11, 6, 2)) * len(tile_grid(40, 72, 32, 16))
 
 
 def test_overlap_blending_exact_where_chunks_agree():
@@ -76,7 +74,7 @@ def test_overlap_blending_exact_where_chunks_agree():
         return torch.full_like(x, float(win.start))
 
     out = sample_windows(lat, torch.zeros_like(lat), disagree, chunk=5, chunk_overlap=2)
-    r = chunk_ranges(13, 5, 2)
+    r = chunk_windows(13, 5, 2)
     assert float(out[r[1][0], 0, 0, 0]) > r[0][0] and float(out[r[1][0], 0, 0, 0]) < r[1][0]
 
 

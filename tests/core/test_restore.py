@@ -9,8 +9,8 @@ import torch
 from cpgd_core.codec.priors import CodecPriors
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpfp import CPFP, CPFPConfig
-from cpgd_core.pipeline.restore import (ChunkBlender, restore_stream, restore_video, spatial_tiles,
-                                        temporal_chunks, tile_weights)
+from cpgd_core.pipeline.restore import restore_stream, restore_video
+from cpgd_core.pipeline.schedule import ChunkBlender, chunk_windows, feather_weights, windows_1d
 
 
 
@@ -51,7 +51,7 @@ def identity_cpfp() -> CPFP:
 
 @pytest.mark.parametrize("t,cs,ov", [(1, 16, 4), (16, 16, 4), (17, 16, 4), (29, 16, 4), (100, 8, 3), (40, 5, 0)])
 def test_temporal_chunks_cover_with_overlap(t, cs, ov):
-    wins = temporal_chunks(t, cs, ov)
+    wins = chunk_windows(t, cs, ov)
     assert wins[0][0] == 0 and wins[-1][1] == t
     assert all(e - s == min(cs, t) for s, e in wins)
     for (s0, e0), (s1, e1) in zip(wins, wins[1:]):
@@ -60,16 +60,16 @@ def test_temporal_chunks_cover_with_overlap(t, cs, ov):
 
 def test_temporal_chunks_bad_args():
     with pytest.raises(CPGDInputError, match="chunk_overlap"):
-        temporal_chunks(10, 4, 4)
+        chunk_windows(10, 4, 4)
 
 
 @pytest.mark.parametrize("size,tile,ov", [(128, 48, 16), (100, 32, 8), (64, 64, 8), (200, 56, 32)])
 def test_tile_weights_sum_to_one(size, tile, ov):
-    tiles = spatial_tiles(size, tile, ov)
+    tiles = windows_1d(size, tile, ov)
     assert tiles[0][0] == 0 and tiles[-1][1] == size
     assert all(s % 4 == 0 for s, _ in tiles)
     total = torch.zeros(size, dtype=torch.float64)
-    for (s, e), w in zip(tiles, tile_weights(tiles, size)):
+    for (s, e), w in zip(tiles, feather_weights(tiles, size)):
         assert (w > 0).all()
         total[s:e] += w
     torch.testing.assert_close(total, torch.ones(size, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -175,7 +175,7 @@ def test_stream_matches_restore_video_on_same_windows():
     m = CPFP(CPFPConfig.lite()).eval()
     frames, priors = torch.rand(10, 3, 16, 16), make_priors(10, 16, 16)
     # 10 frames, chunk 6, overlap 2 -> windows [0,6) [4,10) in both drivers
-    assert temporal_chunks(10, 6, 2) == [(0, 6), (4, 10)]
+    assert chunk_windows(10, 6, 2) == [(0, 6), (4, 10)]
     a = restore_video(m, frames, priors, chunk_size=6, chunk_overlap=2)
     b = torch.cat(list(restore_stream(m, _chunks(frames, priors, 6, 2), overlap=2)))
     torch.testing.assert_close(a, b)
