@@ -22,8 +22,9 @@ import folder_paths
 
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
-from ..cpgd_core.models.cpcontrolnet import CPControlNet, prior_map
+from ..cpgd_core.models.cpcontrolnet import QUALITY_PROMPT, CPControlNet, prior_map
 from ..cpgd_core.pipeline.colorfix import color_fix
+from ..cpgd_core.precision import DTYPE_CHOICES, TORCH_DTYPES, resolve_dtype
 from ..cpgd_core.pipeline.schedule import chunk_windows
 from ..cpgd_core.pipeline.video_sampler import NOISE_MODES, fit_windows, make_noise, sample_windows, tile_grid
 from ..cpgd_core.weights.cpc import load_cpcontrolnet
@@ -31,9 +32,6 @@ from .types import MODEL_FOLDER, CodecPriorsSocket, frames_to_image, image_to_fr
 
 CATEGORY = "CPGD/diffusion"
 CONTROLNET_FOLDERS = ("controlnet", MODEL_FOLDER)
-DEFAULT_PROMPT = ("high-quality, clear, fine details, sharp edges, realistic textures, detailed enhancement, "
-                  "high resolution, high fidelity, fine-grained details.")
-DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class _InputCache:
@@ -225,8 +223,8 @@ class CPControlNetLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("control_net_name", options=_controlnet_files(),
                                tooltip="File in models/controlnet or models/cpgd."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto = fp16 on GPU, fp32 on CPU."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="auto = bf16 (or fp16) on GPU, fp32 on CPU."),
             ],
             outputs=[io.ControlNet.Output(tooltip="The CPControlNet, for 'Apply CPControlNet (CPGD)'.")],
         )
@@ -234,10 +232,9 @@ class CPControlNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, control_net_name: str, dtype: str) -> io.NodeOutput:
         path = _resolve(control_net_name)
-        dt = DTYPES[dtype]
-        if dt is None:
-            dev = comfy.model_management.get_torch_device()
-            dt = torch.float16 if comfy.model_management.should_use_fp16(dev) else torch.float32
+        mm = comfy.model_management
+        dev = mm.get_torch_device()
+        dt = TORCH_DTYPES[resolve_dtype(dtype, dev, mm.should_use_bf16(dev), mm.should_use_fp16(dev))]
         return io.NodeOutput(CPCControl(load_cpcontrolnet(path, dtype=dt)))
 
 
@@ -473,7 +470,7 @@ class DefaultPrompt(io.ComfyNode):
             display_name="CPGD Prompt",
             category=CATEGORY,
             description="The quality prompt the official CPGD-Net uses for every frame (editable).",
-            inputs=[io.String.Input("text", default=DEFAULT_PROMPT, multiline=True,
+            inputs=[io.String.Input("text", default=QUALITY_PROMPT, multiline=True,
                                     tooltip="The prompt text; connect to a CLIP Text Encode node's text input.")],
             outputs=[io.String.Output(display_name="text", tooltip="The prompt text.")],
         )

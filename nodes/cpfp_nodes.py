@@ -21,6 +21,7 @@ import folder_paths
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpfp import CPFPConfig
+from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype
 from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
 from ..cpgd_core.pipeline.schedule import chunk_windows
 from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
@@ -28,7 +29,6 @@ from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_i
 
 CATEGORY = "CPGD/restore"
 SHIPPED = "cpfp_lite (shipped)"
-DTYPES = ["auto", "fp32", "fp16", "bf16"]
 # OOM back-off, as the core upscale node does: halve the tile, give up below the smallest tile.
 OOM_FIRST_TILE = 512
 OOM_MIN_TILE = 128
@@ -93,21 +93,6 @@ def load_cpfp_model(name: str) -> CPFPModel:
     while len(_MODELS) > _CACHE_SIZE:
         _MODELS.popitem(last=False)
     return handle
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """'auto' -> fp32 on CPU, else bf16/fp16/fp32 as ComfyUI's model management recommends for the device."""
-    if dtype not in DTYPES:
-        raise CPGDInputError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    if dtype != "auto":
-        return dtype
-    if mm.is_device_cpu(device):
-        return "fp32"
-    if mm.should_use_bf16(device):
-        return "bf16"
-    if mm.should_use_fp16(device):
-        return "fp16"
-    return "fp32"
 
 
 def zero_priors(priors: CodecPriors) -> CodecPriors:
@@ -200,7 +185,7 @@ class CPFPRestore(io.ComfyNode):
                                      "memory (half the free RAM, or 80% of the free GPU memory), else tiles."),
                 io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
                              tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="Compute precision. auto = fp32 on CPU, bf16 (or fp16) on GPU."),
                 io.Boolean.Input("use_priors", default=True,
                                  tooltip="Off = run with the codec priors zeroed (no motion, no residual), "
@@ -224,13 +209,13 @@ class CPFPRestore(io.ComfyNode):
         chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
-        precision = resolve_dtype(dtype, device)
+        precision = resolve_dtype(dtype, device, mm.should_use_bf16(device), mm.should_use_fp16(device))
         on_host = mm.is_device_cpu(device)
         host = available_memory(torch.device("cpu")) // 2
         frames_per_chunk, chunk_overlap, tile_size = plan_memory(
             model.config, frames.shape[-2], frames.shape[-1], frames_per_chunk, chunk_overlap, tile_size,
             tile_overlap, host, host if on_host else int(mm.get_free_memory(device) * 0.8), on_host=on_host,
-            elem_bytes=4 if precision == "fp32" else 2)
+            elem_bytes=element_bytes(precision))
         chunks = len(chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap))
 
         def run(tile: int) -> torch.Tensor:

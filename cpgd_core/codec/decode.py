@@ -250,7 +250,7 @@ class _Raw:
 def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
     """Decoded frame -> (H, W, 3) uint8 RGB, honouring the stream's matrix and range tags; HDR (HLG / PQ)
     frames are converted to SDR BT.709 (``hdr.py``)."""
-    kwargs = {"threads": 1}  # see encode._yuv_frame: no per-frame swscale thread pools
+    kwargs = {"threads": 1}  # see encode.yuv_frame: no per-frame swscale thread pools
     if fr.color_range in (1, 2):  # MPEG (limited) / JPEG (full); unspecified -> pix_fmt decides
         kwargs["src_color_range"] = int(fr.color_range)
         kwargs["dst_color_range"] = 2
@@ -282,7 +282,8 @@ def _side(fr, name: str):
         return None
 
 
-def _raw_from_frame(fr, index: int, time: float, export_mvs: bool, export_qp: bool) -> _Raw:
+def raw_frame(fr, index: int, time: float, export_mvs: bool, export_qp: bool) -> _Raw:
+    """What the prior stages need of one decoded PyAV frame (picture, type, motion vectors, QP map)."""
     mvs = None
     if export_mvs:
         sd = _side(fr, "MOTION_VECTORS")
@@ -343,7 +344,7 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
                         break
                     seek = None
                 t = float(fr.pts * tb) if fr.pts is not None else index / float(vs.average_rate or 25)
-                yield _raw_from_frame(fr, index, t, export_mvs, export_qp)
+                yield raw_frame(fr, index, t, export_mvs, export_qp)
                 index += 1
         except av.error.FFmpegError as e:
             if seek is None:  # (while seeking, the decode from the start below reports it)
@@ -562,8 +563,15 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
                         qp=None if qp is None else qp[None].astype(np.float32))
 
 
-def _pipeline(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int, cap: int, every_nth: int,
-              size, residual_channels: str, signed: bool, crop_hw=None) -> Iterator[DecodedFrame]:
+def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int = 0, cap: int = 0,
+                 every_nth: int = 1, size=None, residual_channels: str = "luma", signed: bool = True,
+                 crop_hw=None) -> Iterator[DecodedFrame]:
+    """Decoded pictures (``raw_frame``, in decode order) -> kept frames with their priors, in display order.
+
+    Motion vectors become block-grid flows both ways with validity, the motion-compensated residual is
+    computed, frames are selected (start, cap, every_nth), resized to ``size`` and cropped to ``crop_hw``
+    (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules.
+    """
     if residual_channels not in RESIDUAL_CHANNELS:
         raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
 
@@ -610,7 +618,7 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:
         raws = _container_raws(path, export_mvs, export_qp, check_interrupt, _seek_point(info, start))
-        frames = _pipeline(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
+        frames = prior_stages(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
                            signed_residual)
     for df in frames:
         yield _upright(df, info.rotation)

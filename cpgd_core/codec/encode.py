@@ -51,7 +51,8 @@ def _chunks(frames: FrameSource) -> Iterator[Union[torch.Tensor, np.ndarray]]:
 _RGB_FORMATS = {"gbrp", "bgr0", "rgb24", "bgr24", "rgb0", "0rgb"}
 
 
-def _yuv_frame(rgb: np.ndarray, pix_fmt: str) -> "av.VideoFrame":
+def yuv_frame(rgb: np.ndarray, pix_fmt: str) -> "av.VideoFrame":
+    """(H, W, 3) uint8 RGB -> a PyAV frame in ``pix_fmt`` (BT.709 limited range, tagged; RGB formats as is)."""
     # threads=1: FFmpeg 8's swscale otherwise starts one thread per core for every frame, and many
     # encoding processes at once (training data workers) then fail with EAGAIN from thread creation.
     fr = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -71,7 +72,7 @@ def _tag_stream(stream) -> None:
 
 
 def tag_bt709(cc) -> None:
-    """Tag an encoder context as BT.709 limited range, the matrix ``_yuv_frame`` converts with; untagged
+    """Tag an encoder context as BT.709 limited range, the matrix ``yuv_frame`` converts with; untagged
     streams are decoded with BT.601 and come back with shifted colours."""
     cc.colorspace = _BT709
     cc.color_range = _RANGE_TV
@@ -97,7 +98,7 @@ class _StreamEncoder:
             elif rgb.shape[0] > self.stream.height or rgb.shape[1] > self.stream.width:
                 raise CPGDInputError(f"frame size changed mid-video: {rgb.shape[1]}x{rgb.shape[0]} after "
                                      f"{self.stream.width}x{self.stream.height}")
-            fr = _yuv_frame(pad_to(rgb, self.stream.width, self.stream.height), self.stream.pix_fmt)
+            fr = yuv_frame(pad_to(rgb, self.stream.width, self.stream.height), self.stream.pix_fmt)
             fr.pts = self.count
             fr.time_base = Fraction(1) / self.rate
             for p in self.stream.encode(fr):
@@ -123,7 +124,8 @@ class _StreamEncoder:
             self.container.mux(p)
 
 
-def _rate(fps) -> Fraction:
+def frame_rate(fps) -> Fraction:
+    """``fps`` (float or Fraction) as the exact Fraction encoders take; CPGDInputError unless positive."""
     if not fps or float(fps) <= 0:
         raise CPGDInputError(f"fps must be positive, got {fps}")
     return Fraction(fps).limit_denominator(100000)
@@ -154,7 +156,7 @@ class VideoWriter:
         self.path = os.fspath(path)
         if os.path.exists(self.path) and not overwrite:
             raise CPGDInputError(f"output file already exists: {self.path} (pass overwrite=True to replace it)")
-        rate = _rate(fps)
+        rate = frame_rate(fps)
         self.audio = audio
         self._astream = []
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -304,7 +306,7 @@ def encode_h264_bytes(frames: FrameSource, fps: Union[float, Fraction], crf: int
     buf = io.BytesIO()
     c = av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"})
     try:
-        enc = _StreamEncoder(c, _rate(fps), "libx264", "yuv420p", _codec_options("libx264", crf, preset, x264_params))
+        enc = _StreamEncoder(c, frame_rate(fps), "libx264", "yuv420p", _codec_options("libx264", crf, preset, x264_params))
         for chunk in _chunks(frames):
             enc.write(chunk)
         enc.flush()

@@ -8,6 +8,10 @@ from typing import Optional
 import torch
 
 
+# The per-frame prior tensors of CodecPriors, the CPFP inputs of the same names and the dataset files' arrays.
+PRIOR_FIELDS = ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual")
+
+
 @dataclass
 class CodecPriors:
     """Coding priors of T frames, aligned 1:1 with the frames they were extracted with.
@@ -45,6 +49,10 @@ class CodecPriors:
     def __len__(self) -> int:
         return int(self.residual.shape[0])
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-frame prior tensors by field name (``PRIOR_FIELDS``, in that order)."""
+        return {name: getattr(self, name) for name in PRIOR_FIELDS}
+
     def slice(self, start: int, stop: int) -> "CodecPriors":
         """Frames [start, stop). Motion that points outside the slice is marked invalid."""
         n = len(self)
@@ -73,7 +81,7 @@ class CodecPriors:
         return torch.nn.functional.interpolate(flow.to(dtype), size=(self.height, self.width), mode="nearest")
 
     def nbytes(self) -> int:
-        tensors = [self.flow_to_prev, self.valid_to_prev, self.flow_to_next, self.valid_to_next, self.residual]
+        tensors = list(self.tensors().values())
         if self.qp is not None:
             tensors.append(self.qp)
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
-from .decode import DecodedFrame, _pipeline, _raw_from_frame, frames_to_tensor, priors_from_decoded
-from .encode import _rate, _yuv_frame, even_size, pad_to, tag_bt709, to_uint8_hwc
+from .decode import DecodedFrame, frames_to_tensor, prior_stages, priors_from_decoded, raw_frame
+from .encode import even_size, frame_rate, pad_to, tag_bt709, to_uint8_hwc, yuv_frame
 from .priors import CodecPriors
 
 SOURCE = "reencode:libx264"
@@ -44,13 +44,13 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
         nonlocal index
         for pkt in packets:
             for fr in dec.decode(pkt):
-                yield _raw_from_frame(fr, index, index / float(fps), True, False)
+                yield raw_frame(fr, index, index / float(fps), True, False)
                 index += 1
 
     for n, rgb in enumerate(rgbs):
         if check_interrupt is not None:
             check_interrupt()
-        fr = _yuv_frame(pad_to(rgb, width, height), "yuv420p")
+        fr = yuv_frame(pad_to(rgb, width, height), "yuv420p")
         fr.pts = n
         yield from drain(enc.encode(fr))
     yield from drain(enc.encode(None))
@@ -79,8 +79,8 @@ def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] =
             held.append(f)
             yield f.rgb
 
-    raws = _x264_raws(rgbs(), wp, hp, _rate(fps), crf, preset, x264_params, check_interrupt)
-    for df in _pipeline(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w)):
+    raws = _x264_raws(rgbs(), wp, hp, frame_rate(fps), crf, preset, x264_params, check_interrupt)
+    for df in prior_stages(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w)):
         s = held.popleft()
         df.index, df.time = s.index, s.time
         if not keep_decoded:
@@ -115,7 +115,7 @@ def encode_and_extract(frames: Union[torch.Tensor, np.ndarray], fps: Union[float
                                  x264_params=x264_params))
     for i, f in enumerate(out):
         f.time = i / float(fps)
-    return frames_to_tensor(out), priors_from_decoded(out, _rate(fps), SOURCE)
+    return frames_to_tensor(out), priors_from_decoded(out, frame_rate(fps), SOURCE)
 
 
 def priors_from_frames(frames: Union[torch.Tensor, np.ndarray], fps: Union[float, Fraction] = 25, crf: int = 18,
@@ -128,4 +128,4 @@ def priors_from_frames(frames: Union[torch.Tensor, np.ndarray], fps: Union[float
         out.append(f)
         if progress is not None:
             progress(len(out), total)
-    return priors_from_decoded(out, _rate(fps), SOURCE)
+    return priors_from_decoded(out, frame_rate(fps), SOURCE)

@@ -39,11 +39,10 @@ import torch
 from ..codec.decode import load_video
 from ..codec.encode import write_video
 from ..codec.motion import grid_size, invert_grid
-from ..codec.priors import CodecPriors
+from ..codec.priors import PRIOR_FIELDS, CodecPriors
 from ..errors import CPGDInputError
 from ..fileio import atomic_write, write_text
 
-FIELDS = ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 OFFICIAL_MV_STRIDE = 8
 OFFICIAL_MV_SCALE = 4      # quarter-pel
@@ -125,7 +124,7 @@ def write_priors_dir(folder: str, priors: CodecPriors, extra: Optional[dict] = N
     # meta.json marks a complete clip: drop an older one first, so a rewrite cut short is not read as whole
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(folder, "meta.json"))
-    for name in FIELDS:
+    for name in PRIOR_FIELDS:
         d = os.path.join(folder, name)
         os.makedirs(d, exist_ok=True)
         data = getattr(priors, name).numpy()
@@ -147,7 +146,7 @@ def read_priors_dir(folder: str) -> CodecPriors:
         meta = json.load(f)
     n = int(meta["frames"])
     fields = {k: torch.from_numpy(np.stack([np.load(os.path.join(folder, k, f"{t:05d}.npy")) for t in range(n)]))
-              for k in FIELDS}
+              for k in PRIOR_FIELDS}
     return CodecPriors(**fields, frame_types=list(meta["frame_types"]), height=int(meta["height"]),
                        width=int(meta["width"]), fps=Fraction(*meta["fps"]), flow_stride=int(meta["flow_stride"]),
                        source_indices=list(meta["source_indices"]), source=meta["source"])

@@ -26,6 +26,10 @@ import torch.nn.functional as F
 
 from ..codec.priors import CodecPriors
 
+# The text condition of every frame in the official CPGD-Net (training and inference).
+QUALITY_PROMPT = ("high-quality, clear, fine details, sharp edges, realistic textures, detailed enhancement, "
+                  "high resolution, high fidelity, fine-grained details.")
+
 
 @dataclass
 class CPControlNetConfig:

@@ -14,6 +14,7 @@ import time
 import torch
 
 from ..errors import CPGDInputError
+from ..precision import DTYPE_CHOICES, element_bytes, resolve_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "half the available RAM; on CUDA 80%% of the free GPU memory); chunk and tile sizes are "
                         "lowered to fit. 0: no limit, use --chunk and --tile as given")
     p.add_argument("--max-frames", type=int, default=0, help="process only the first N frames (0: all)")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--crf", type=int, default=16, help="libx264 quality of the output")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -53,9 +54,9 @@ def _plan(args: argparse.Namespace, model, height: int, width: int, device: torc
         host, dev = default_budget(device)
     else:
         host = dev = int(args.memory_budget * GiB)
-    elem = 2 if args.dtype in ("fp16", "bf16") or (args.dtype == "auto" and device.type == "cuda") else 4
     return plan_memory(model.config, height, width, args.chunk, args.overlap, args.tile, args.tile_overlap,
-                       host, dev, on_host=device.type == "cpu", elem_bytes=elem)
+                       host, dev, on_host=device.type == "cpu",
+                       elem_bytes=element_bytes(resolve_dtype(args.dtype, device)))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,16 +8,16 @@ in-memory front end (its output is of course O(T)).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..codec.priors import CodecPriors
+from ..codec.priors import PRIOR_FIELDS, CodecPriors
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
+from ..precision import autocast, resolve_dtype
 from .schedule import ChunkBlender, chunk_windows, feather_weights, fit_chunk_and_tile, windows_1d
 
 Progress = Optional[Callable[[int, int], None]]
@@ -101,21 +101,6 @@ def plan_memory(config: CPFPConfig, height: int, width: int, chunk_size: int, ch
     return fit_chunk_and_tile(chunk_size, chunk_overlap, tile_size, smaller, fits, comfortable_tile=256)
 
 
-# -- precision / device ------------------------------------------------------------------------------
-def _autocast(device: torch.device, dtype: str):
-    if dtype not in ("auto", "fp32", "fp16", "bf16"):
-        raise CPGDInputError(f"dtype must be one of auto, fp32, fp16, bf16; got {dtype!r}")
-    if dtype == "auto":
-        if device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    if dtype == "fp16" and device.type == "cpu":
-        raise CPGDInputError("dtype 'fp16' is not supported on CPU: use 'fp32' or 'bf16'")
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if dtype == "fp16" else torch.bfloat16)
-
-
 def _check_match(frames: torch.Tensor, priors: CodecPriors, what: str = "") -> None:
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise CPGDInputError(f"frames{what} must be (T, 3, H, W), got {tuple(frames.shape)}")
@@ -158,16 +143,15 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
     out = torch.zeros(t, 3, hp, wp) if len(ys) * len(xs) > 1 else None
-    with _autocast(dev, dtype):
+    with autocast(dev, resolve_dtype(dtype, dev)):
         for (y0, y1), wgt_y in zip(ys, wy):
             for (x0, x1), wgt_x in zip(xs, wx):
                 if check_interrupt is not None:
                     check_interrupt()
                 q = (slice(y0 // 4, y1 // 4), slice(x0 // 4, x1 // 4))
-                args = [x[..., y0:y1, x0:x1]]
-                for key in ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next"):
-                    args.append(inputs[key][..., q[0], q[1]])
-                args.append(inputs["residual"][..., y0:y1, x0:x1])
+                args = [x[..., y0:y1, x0:x1]]  # + the priors in CPFP.forward's order, on the 1/4 grid but residual
+                for key in PRIOR_FIELDS:
+                    args.append(inputs[key][..., y0:y1, x0:x1] if key == "residual" else inputs[key][..., q[0], q[1]])
                 pred = model(*[a.to(dev) for a in args], check_interrupt=check_interrupt)[0].float().cpu()
                 if out is None:
                     out = pred

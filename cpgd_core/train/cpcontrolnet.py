@@ -24,14 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CPGDInputError
-from ..models.cpcontrolnet import CPControlNet, CPControlNetConfig, prior_map
+from ..models.cpcontrolnet import QUALITY_PROMPT, CPControlNet, CPControlNetConfig, prior_map
 from ..models.sd_unet import SDUNet
 from ..weights import cpc as cpc_weights
 from .common import (JsonLogger, cleanup_distributed, init_distributed, load_checkpoint, rng_state,
                      save_checkpoint, seed_everything, set_rng_state)
 
-QUALITY_PROMPT = ("high-quality, clear, fine details, sharp edges, realistic textures, detailed enhancement, "
-                  "high resolution, high fidelity, fine-grained details.")
 LATENT_SCALE = 0.18215
 
 

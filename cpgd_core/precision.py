@@ -1,0 +1,45 @@
+"""The one precision policy: which dtype ``auto`` means on a device, and autocast for the CPFP driver."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from .errors import CPGDInputError
+
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device, bf16_ok: Optional[bool] = None,
+                  fp16_ok: Optional[bool] = None) -> str:
+    """``name`` itself, or for 'auto': fp32 on the CPU; on an accelerator bf16 where it is supported, else fp16
+    where it is, else fp32. ``bf16_ok``/``fp16_ok`` default to what torch reports for CUDA (ComfyUI passes its
+    model management's view of the device)."""
+    if name not in DTYPE_CHOICES:
+        raise CPGDInputError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}")
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise CPGDInputError("dtype 'fp16' is not supported on CPU: use 'fp32' or 'bf16'")
+        return name
+    if device.type == "cpu":
+        return "fp32"
+    cuda = device.type == "cuda"
+    if bf16_ok if bf16_ok is not None else (cuda and torch.cuda.is_bf16_supported()):
+        return "bf16"
+    if fp16_ok if fp16_ok is not None else cuda:
+        return "fp16"
+    return "fp32"
+
+
+def element_bytes(name: str) -> int:
+    """Bytes per activation element of a resolved dtype name."""
+    return 4 if name == "fp32" else 2
+
+
+def autocast(device: torch.device, name: str):
+    """Mixed precision for a resolved dtype name (nothing for fp32)."""
+    if name == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[name])
