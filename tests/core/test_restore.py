@@ -50,7 +50,7 @@ def identity_cpfp() -> CPFP:
 
 
 @pytest.mark.parametrize("t,cs,ov", [(1, 16, 4), (16, 16, 4), (17, 16, 4), (29, 16, 4), (100, 8, 3), (40, 5, 0)])
-def test_temporal_chunks_cover_with_overlap(t, cs, ov):
+def test_chunk_windows_cover_with_overlap(t, cs, ov):
     wins = chunk_windows(t, cs, ov)
     assert wins[0][0] == 0 and wins[-1][1] == t
     assert all(e - s == min(cs, t) for s, e in wins)
@@ -58,13 +58,13 @@ def test_temporal_chunks_cover_with_overlap(t, cs, ov):
         assert s0 < s1 and e0 - s1 >= ov
 
 
-def test_temporal_chunks_bad_args():
+def test_chunk_windows_bad_args():
     with pytest.raises(CPGDInputError, match="chunk_overlap"):
         chunk_windows(10, 4, 4)
 
 
 @pytest.mark.parametrize("size,tile,ov", [(128, 48, 16), (100, 32, 8), (64, 64, 8), (200, 56, 32)])
-def test_tile_weights_sum_to_one(size, tile, ov):
+def test_feather_weights_sum_to_one(size, tile, ov):
     tiles = windows_1d(size, tile, ov)
     assert tiles[0][0] == 0 and tiles[-1][1] == size
     assert all(s % 4 == 0 for s, _ in tiles)

@@ -101,7 +101,7 @@ def test_bad_input_reports_error_and_server_survives(comfy_server, pan_clip, tmp
 
 
 def test_websocket_reports_loader_progress(comfy_server, pan_clip):
-    aiohttp = pytest.importorskip("aiohttp")
+    import aiohttp  # a ComfyUI requirement: always there with the server
     name = comfy_server.upload(pan_clip, "srv_pan_ws.mp4")["name"]
     prompt = graph(name)
     prompt["1"]["inputs"]["frame_load_cap"] = 6  # differs from the other tests: no cache hit
