@@ -35,7 +35,8 @@ from cpgd_core import metrics  # noqa: E402
 from cpgd_core.codec.decode import load_video, probe  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
 from cpgd_core.models.cpfp import CPFP  # noqa: E402
-from cpgd_core.train.cpfp import PRIOR_KEYS, clip_scores, load_val, make_val  # noqa: E402
+from cpgd_core.codec.priors import PRIOR_FIELDS  # noqa: E402
+from cpgd_core.train.cpfp import clip_scores, load_val, make_val  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
 PREVIOUS = os.path.join(ROOT, "docs", "training", "cpfp_lite_synth.safetensors")
@@ -134,7 +135,7 @@ def identity_rows(models: dict, path: str, seed: int, count: int, crop: int, fra
         ps, ss = [], []
         for c in clips:
             x = c["blurry"].float()
-            y = model(x[None], *[c[k].float()[None] for k in PRIOR_KEYS])[0].float()
+            y = model(x[None], *[c[k].float()[None] for k in PRIOR_FIELDS])[0].float()
             ps.append(metrics.psnr(y, x))
             ss.append(metrics.ssim(y, x))
         res[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "min_psnr": float(np.min(ps))}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..codec.priors import PRIOR_FIELDS
 from ..data.synth import CRF_RANGE, MOTION_RANGE
 from ..errors import CPGDInputError
 from ..fileio import atomic_write
@@ -26,7 +27,6 @@ from ..weights import load_cpfp, save_cpfp
 from .common import (DistInfo, JsonLogger, barrier, charbonnier, cleanup_distributed, cosine_lr, init_distributed,
                      load_checkpoint, psnr, rng_state, save_checkpoint, seed_everything, set_rng_state, ssim)
 
-PRIOR_KEYS = ("flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual")
 CKPT_NAME = "checkpoint.pt"
 FINAL_NAME = "cpfp_final.safetensors"
 
@@ -105,7 +105,7 @@ SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example
 def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
     """synth example -> flat float32 tensors (batch dim removed) ready for collation."""
     inp = priors_to_model_inputs(ex["priors"], device="cpu", dtype=torch.float32)
-    out = {k: inp[k][0] for k in PRIOR_KEYS}
+    out = {k: inp[k][0] for k in PRIOR_FIELDS}
     out["blurry"] = torch.as_tensor(ex["blurry_decoded"]).float()
     out["sharp"] = torch.as_tensor(ex["sharp"]).float()
     h, w = out["blurry"].shape[-2:]
@@ -205,7 +205,7 @@ def clip_scores(model: torch.nn.Module, clips: list[dict], device: torch.device)
     model.eval()
     rows = []
     for c in clips:
-        args = [c["blurry"].float()] + [c[k].float() for k in PRIOR_KEYS]
+        args = [c["blurry"].float()] + [c[k].float() for k in PRIOR_FIELDS]
         y = model(*[a.unsqueeze(0).to(device) for a in args])[0].float().cpu()
         sharp, blurry = c["sharp"].float(), c["blurry"].float()
         rows.append({"val_psnr": psnr(y, sharp), "val_ssim": ssim(y, sharp),
@@ -321,7 +321,7 @@ def train(args: argparse.Namespace) -> dict:
         for g in opt.param_groups:
             g["lr"] = args.lr * g["lr_mult"] * mult
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            pred = net(batch["blurry"], *[batch[k] for k in PRIOR_KEYS])
+            pred = net(batch["blurry"], *[batch[k] for k in PRIOR_FIELDS])
         loss = charbonnier(pred, batch["sharp"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}")
