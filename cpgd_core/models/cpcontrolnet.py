@@ -138,6 +138,15 @@ def clip_groups(batch: int, frames_per_clip: "int | Sequence[int]") -> list[int]
     return groups
 
 
+def clip_first_context(context: torch.Tensor, frames_per_clip: "int | Sequence[int]") -> torch.Tensor:
+    """(B, L, C) per-frame text context -> (B, L, C) where every frame carries its clip's first frame's row."""
+    groups = clip_groups(context.shape[0], frames_per_clip)
+    if all(g == 1 for g in groups):
+        return context
+    first = torch.repeat_interleave(torch.cumsum(torch.tensor([0] + groups[:-1]), 0), torch.tensor(groups))
+    return context[first.to(context.device)]
+
+
 class CPAttention(nn.Module):
     """Multi-head attention with the official ``mask`` layer (Linear(3 -> C), no bias, zero init).
 
@@ -223,9 +232,9 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, prior: Optional[torch.Tensor] = None,
                 frames_per_clip: "int | Sequence[int]" = 1) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), prior=prior, frames_per_clip=frames_per_clip)
-        # Cross-attention is per token, so running it per frame with each frame's own context equals the
-        # official "first frame's context for the whole clip" whenever the clip shares one prompt.
-        x = x + self.attn2(self.norm2(x), context=context)
+        # The official block cross-attends every frame of a clip to the clip's first frame's context;
+        # cross-attention is per token, so doing it per frame with that context is the same computation.
+        x = x + self.attn2(self.norm2(x), context=clip_first_context(context, frames_per_clip))
         return x + self.ff(self.norm3(x))
 
 
@@ -328,13 +337,17 @@ class CPControlNet(nn.Module):
         """Control residuals for the frozen UNet.
 
         x (B, 4, h, w) noisy latent; hint (B, 4, h, w) VAE latent (x 0.18215) of the stage-one output;
-        timesteps (B,) in [0, 1000); context (B, L, context_dim); cp (B, 3, h', w') prior map
-        [MV_x/m, MV_y/m, |CR|] or None (no modulation); frames_per_clip: tokens of that many consecutive
-        batch items attend together in the self-attentions (1 = per frame), or a list of clip sizes.
+        timesteps (B,) in [0, 1000); context (B, L, context_dim), per frame: as in the official code every
+        frame cross-attends to its clip's first frame's row; cp (B, 3, h', w') prior map [MV_x/m, MV_y/m, |CR|],
+        or the official 5-D (bs, t, 3, h', w') with B = bs * t clip-major, or None (no modulation);
+        frames_per_clip: tokens of that many consecutive batch items attend together in the self-attentions
+        (1 = per frame), or a list of clip sizes.
         Returns 13 tensors: 12 skip residuals in input-block order, then the middle residual.
         """
         if hint.shape != x.shape[:1] + (self.config.hint_channels,) + x.shape[2:]:
             raise ValueError(f"hint {tuple(hint.shape)} does not match latent {tuple(x.shape)}")
+        if cp is not None and cp.dim() == 5:
+            cp = cp.flatten(0, 1)
         dtype = self.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         h = torch.cat([x, hint], dim=1).to(dtype)
@@ -391,4 +404,4 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = ["CPControlNetConfig", "CPControlNet", "CPAttention", "SpatialTransformer", "ResBlock", "Downsample",
            "Upsample", "GroupNorm32", "timestep_embedding", "build_encoder", "run_block", "prior_map",
-           "count_parameters", "zero_module", "clip_groups"]
+           "count_parameters", "zero_module", "clip_groups", "clip_first_context"]
