@@ -21,7 +21,10 @@ import folder_paths
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpfp import CPFPConfig
+from ..cpgd_core.models.cpfp_official import OfficialCPFPConfig
 from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype
+from ..cpgd_core.pipeline.cli import OFFICIAL_TILE
+from ..cpgd_core.pipeline.official import OfficialStageOne
 from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
 from ..cpgd_core.pipeline.schedule import chunk_windows
 from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
@@ -29,6 +32,8 @@ from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_i
 
 CATEGORY = "CPGD/restore"
 SHIPPED = "cpfp_lite (shipped)"
+RAFT_AUTO = "auto (raft-things.pth beside the checkpoint)"
+RAFT_NONE = "none (inverted MVs only)"
 # OOM back-off, as the core upscale node does: halve the tile, give up below the smallest tile.
 OOM_FIRST_TILE = 512
 OOM_MIN_TILE = 128
@@ -40,22 +45,48 @@ class CPFPModel:
     """What flows through CPGD_CPFP_MODEL: the managed network plus where it came from."""
 
     patcher: comfy.model_patcher.ModelPatcher
-    config: CPFPConfig
+    config: "CPFPConfig | OfficialCPFPConfig"
     name: str
     path: str
+
+    @property
+    def info(self) -> str:
+        """One line on what runs: the official network says whether RAFT refines its flows."""
+        net = self.patcher.model
+        if isinstance(net, OfficialStageOne):
+            return f"{self.name}: {net.describe()}"
+        return f"{self.name}: pack CPFP ({self.config.mid_channels} channels, {self.config.num_branches} branches)"
 
     @property
     def net(self) -> torch.nn.Module:
         return self.patcher.model
 
 
-# (path, mtime_ns) -> CPFPModel; re-running a graph (or a second loader node on the same file) reuses the
-# already built patcher instead of reading and re-initialising the network.
-_MODELS: "OrderedDict[tuple[str, int], CPFPModel]" = OrderedDict()
+# (path, mtime_ns, raft) -> CPFPModel; re-running a graph (or a second loader node on the same file) reuses
+# the already built patcher instead of reading and re-initialising the network.
+_MODELS: "OrderedDict[tuple[str, int, str], CPFPModel]" = OrderedDict()
 
 
 def _weight_files() -> list[str]:
-    return [SHIPPED] + [f for f in folder_paths.get_filename_list(MODEL_FOLDER) if f.endswith(".safetensors")]
+    # .pth: the official checkpoints are BasicSR pickles (read with weights_only=True)
+    return [SHIPPED] + [f for f in folder_paths.get_filename_list(MODEL_FOLDER)
+                        if f.endswith((".safetensors", ".pth", ".pt"))]
+
+
+def _raft_options() -> list[str]:
+    return [RAFT_AUTO, RAFT_NONE] + [f for f in folder_paths.get_filename_list(MODEL_FOLDER)
+                                     if f.endswith((".pth", ".pt", ".safetensors")) and "raft" in f.lower()]
+
+
+def _raft_arg(raft_model: str) -> str | None:
+    if raft_model == RAFT_AUTO:
+        return "auto"
+    if raft_model == RAFT_NONE:
+        return None
+    path = folder_paths.get_full_path(MODEL_FOLDER, raft_model)
+    if path is None:
+        raise CPGDInputError(f"RAFT weights {raft_model!r} not found in models/{MODEL_FOLDER}")
+    return path
 
 
 def _resolve(name: str) -> str:
@@ -71,10 +102,11 @@ def _resolve(name: str) -> str:
     return path
 
 
-def load_cpfp_model(name: str) -> CPFPModel:
-    """Load (or reuse from the module cache) the CPFP weights named in the loader's combo."""
+def load_cpfp_model(name: str, raft_model: str = RAFT_AUTO) -> CPFPModel:
+    """Load (or reuse from the module cache) the CPFP weights named in the loader's combo; ``raft_model``
+    (official checkpoints only) picks the RAFT weights that refine the backward flows."""
     path = _resolve(name)
-    key = (os.path.realpath(path), os.stat(path).st_mtime_ns)
+    key = (os.path.realpath(path), os.stat(path).st_mtime_ns, raft_model)
     cached = _MODELS.get(key)
     if cached is not None:
         _MODELS.move_to_end(key)
@@ -85,7 +117,10 @@ def load_cpfp_model(name: str) -> CPFPModel:
         raise CPGDInputError(f"{name} ({path}) is a CPControlNet (stage-two) file, not CPFP stage-one weights: "
                              f"load it with 'Load CPControlNet (CPGD)'. This loader expects a CPFP .safetensors "
                              f"written by cpgd_core (python -m cpgd_core.train cpfp).")
-    net = load_cpfp(path, device="cpu")
+    if kind == "raft":
+        raise CPGDInputError(f"{name} ({path}) is RAFT optical-flow weights, not a stage-one network: select it "
+                             f"as 'raft_model' and an official CPFP checkpoint as 'model_name'.")
+    net = load_cpfp(path, device="cpu", raft=_raft_arg(raft_model))
     patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     handle = CPFPModel(patcher=patcher, config=net.config, name=name, path=path)
@@ -133,11 +168,17 @@ class CPFPLoader(io.ComfyNode):
             display_name="Load CPFP Model (CPGD)",
             category=CATEGORY,
             description=("Loads the stage-one CPFP deblurring network of CPGD-Net: the lite weights shipped with "
-                         "the pack, or a compatible .safetensors placed in models/cpgd. ComfyUI's model "
-                         "management moves it to the GPU when it runs."),
+                         "the pack, a compatible .safetensors placed in models/cpgd, or the authors' official "
+                         "stage-one checkpoint (.pth) with its RAFT flow refiner. ComfyUI's model management "
+                         "moves it to the GPU when it runs."),
             inputs=[
                 io.Combo.Input("model_name", options=_weight_files(), default=SHIPPED,
-                               tooltip="'cpfp_lite (shipped)' or a CPFP .safetensors file in models/cpgd."),
+                               tooltip="'cpfp_lite (shipped)', a CPFP .safetensors file in models/cpgd, or an "
+                                       "official CPGD-Net stage-one checkpoint (net_g_*.pth) there."),
+                io.Combo.Input("raft_model", options=_raft_options(), default=RAFT_AUTO, optional=True,
+                               tooltip="Official checkpoints only: the RAFT weights (raft-things.pth) that refine "
+                                       "the backward flows. auto = raft-things.pth in the checkpoint's folder if "
+                                       "present; none = run on the inverted codec MVs alone."),
             ],
             outputs=[
                 CPFPModelSocket.Output(display_name="cpfp_model",
@@ -146,17 +187,17 @@ class CPFPLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str) -> str:
+    def fingerprint_inputs(cls, model_name: str, raft_model: str = RAFT_AUTO) -> str:
         # a replaced file under the same name must be reloaded
         try:
             path = _resolve(model_name)
-            return f"{path}:{os.stat(path).st_mtime_ns}"
+            return f"{path}:{os.stat(path).st_mtime_ns}:{raft_model}"
         except (CPGDInputError, OSError):
             return "missing"
 
     @classmethod
-    def execute(cls, model_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_cpfp_model(model_name))
+    def execute(cls, model_name: str, raft_model: str = RAFT_AUTO) -> io.NodeOutput:
+        return io.NodeOutput(load_cpfp_model(model_name, raft_model))
 
 
 class CPFPRestore(io.ComfyNode):
@@ -182,7 +223,8 @@ class CPFPRestore(io.ComfyNode):
                              tooltip="Frames shared by consecutive chunks and cross-faded (must be < frames_per_chunk)."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=4,
                              tooltip="Spatial tile size in pixels (at most); 0 = whole frames when they fit in "
-                                     "memory (half the free RAM, or 80% of the free GPU memory), else tiles."),
+                                     "memory (half the free RAM, or 80% of the free GPU memory), else tiles "
+                                     "(official checkpoints: 256 px tiles, as the official test)."),
                 io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
                              tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
@@ -195,6 +237,8 @@ class CPFPRestore(io.ComfyNode):
                 io.Image.Output(display_name="restored", tooltip="Deblurred frames, same count and size as the input."),
                 io.Image.Output(display_name="side_by_side",
                                 tooltip="Each frame as input | restored, twice as wide, for previews."),
+                io.String.Output(display_name="info",
+                                 tooltip="What ran: the network, whether RAFT refined the flows, chunk and tile."),
             ],
         )
 
@@ -207,15 +251,19 @@ class CPFPRestore(io.ComfyNode):
         if not use_priors:
             priors = zero_priors(priors)
         chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
+        official = isinstance(model.net, OfficialStageOne)
+        if official and tile_size == 0:
+            tile_size = OFFICIAL_TILE
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
         precision = resolve_dtype(dtype, device, mm.should_use_bf16(device), mm.should_use_fp16(device))
         on_host = mm.is_device_cpu(device)
         host = available_memory(torch.device("cpu")) // 2
-        frames_per_chunk, chunk_overlap, tile_size = plan_memory(
-            model.config, frames.shape[-2], frames.shape[-1], frames_per_chunk, chunk_overlap, tile_size,
-            tile_overlap, host, host if on_host else int(mm.get_free_memory(device) * 0.8), on_host=on_host,
-            elem_bytes=element_bytes(precision))
+        if not official:  # the memory estimate is the pack's CPFP's; the official one runs as asked (OOM back-off)
+            frames_per_chunk, chunk_overlap, tile_size = plan_memory(
+                model.config, frames.shape[-2], frames.shape[-1], frames_per_chunk, chunk_overlap, tile_size,
+                tile_overlap, host, host if on_host else int(mm.get_free_memory(device) * 0.8), on_host=on_host,
+                elem_bytes=element_bytes(precision))
         chunks = len(chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap))
 
         def run(tile: int) -> torch.Tensor:
@@ -225,9 +273,12 @@ class CPFPRestore(io.ComfyNode):
                                  tile_size=tile, tile_overlap=tile_overlap, dtype=precision, device=device,
                                  progress=progress, check_interrupt=check_interrupt)
 
-        restored, _ = run_with_tile_backoff(run, tile_size, on_oom=mm.soft_empty_cache)
+        restored, tile = run_with_tile_backoff(run, tile_size, on_oom=mm.soft_empty_cache)
         side = torch.cat([frames, restored], dim=-1)
-        return io.NodeOutput(frames_to_image(restored), frames_to_image(side))
+        info = (f"{model.info}; chunks of {frames_per_chunk} frames (overlap {chunk_overlap}), "
+                f"{f'{tile} px tiles' if tile else 'whole frames'}, {precision}"
+                f"{'' if use_priors else ', priors zeroed'}")
+        return io.NodeOutput(frames_to_image(restored), frames_to_image(side), info)
 
 
 NODES: list[type[io.ComfyNode]] = [CPFPLoader, CPFPRestore]

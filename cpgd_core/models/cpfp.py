@@ -19,9 +19,10 @@ the same parameters (the priors ablation).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -44,6 +45,22 @@ GROWABLE = ("num_enc_blocks", "backbone_blocks", "recon_blocks")
 # largest intermediate activations shrink with it.
 FRAME_GROUP_PIXELS = 1 << 20
 Interrupt = Optional[Callable[[], None]]
+
+
+@contextlib.contextmanager
+def poll_before_convs(module: nn.Module, check_interrupt: Interrupt) -> Iterator[None]:
+    """While active, ``check_interrupt()`` runs before every convolution of ``module`` (2-D and 3-D), as
+    ComfyUI's own layers poll Cancel at every op; nothing is installed when it is None."""
+    if check_interrupt is None:
+        yield
+        return
+    hooks = [m.register_forward_pre_hook(lambda *_: check_interrupt())
+             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @dataclass
@@ -357,16 +374,9 @@ class CPFP(nn.Module):
         Returns:
             (N, T, 3, H, W) restored frames (not clamped).
         """
-        if check_interrupt is None:
-            return self._forward(frames, flow_to_prev, valid_to_prev, flow_to_next, valid_to_next, residual, None)
-        hooks = [m.register_forward_pre_hook(lambda *_: check_interrupt())
-                 for m in self.modules() if isinstance(m, nn.Conv2d)]
-        try:
+        with poll_before_convs(self, check_interrupt):
             return self._forward(frames, flow_to_prev, valid_to_prev, flow_to_next, valid_to_next, residual,
                                  check_interrupt)
-        finally:
-            for hook in hooks:
-                hook.remove()
 
     def _forward(self, frames: torch.Tensor, flow_to_prev: torch.Tensor, valid_to_prev: torch.Tensor,
                  flow_to_next: torch.Tensor, valid_to_next: torch.Tensor, residual: torch.Tensor,

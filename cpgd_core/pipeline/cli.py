@@ -16,21 +16,33 @@ import torch
 from ..errors import CPGDInputError
 from ..precision import DTYPE_CHOICES, element_bytes, resolve_dtype
 
+# The official test settings (spec §1.6, §2.4): 48-frame windows, 256 px patches overlapping by 64 px.
+OFFICIAL_CHUNK, OFFICIAL_TILE, OFFICIAL_TILE_OVERLAP = 48, 256, 64
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core deblur", description="stage-one (CPFP) video deblurring")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--weights", default=None, help="CPFP .safetensors (default: the bundled lite weights)")
-    p.add_argument("--chunk", type=int, default=16, help="frames per temporal chunk (at most; see --memory-budget)")
+    p.add_argument("--weights", default=None,
+                   help="CPFP .safetensors, or an official CPGD-Net stage-one checkpoint (.pth) "
+                        "(default: the bundled lite weights)")
+    p.add_argument("--raft", default="auto",
+                   help="official checkpoints only: RAFT weights (raft-things.pth) refining the backward flows; "
+                        "'auto' = raft-things.pth beside the checkpoint if present, 'none' = inverted MVs only")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="frames per temporal chunk (at most; see --memory-budget); default 16, 48 for official "
+                        "checkpoints (the official test windows)")
     p.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive chunks (cross-faded)")
-    p.add_argument("--tile", type=int, default=0,
-                   help="spatial tile size in px (at most); 0: whole frames when they fit the memory budget")
-    p.add_argument("--tile-overlap", type=int, default=32)
+    p.add_argument("--tile", type=int, default=None,
+                   help="spatial tile size in px (at most); 0: whole frames when they fit the memory budget; "
+                        "default 0, 256 for official checkpoints (the official test patches)")
+    p.add_argument("--tile-overlap", type=int, default=None, help="default 32; 64 for official checkpoints")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                    help="memory the run may use, in GiB (default: 3 GiB of RAM for the whole process, at most "
                         "half the available RAM; on CUDA 80%% of the free GPU memory); chunk and tile sizes are "
-                        "lowered to fit. 0: no limit, use --chunk and --tile as given")
+                        "lowered to fit. 0: no limit, use --chunk and --tile as given. Official checkpoints run "
+                        "at --chunk and --tile as given (no estimate for that network)")
     p.add_argument("--max-frames", type=int, default=0, help="process only the first N frames (0: all)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
@@ -45,10 +57,23 @@ def main(argv: list[str]) -> int:
     return _run(build_parser().parse_args(argv))
 
 
+def _settings(args: argparse.Namespace, official: bool) -> None:
+    """Fill the chunk / tile defaults: the pack's, or the official test settings for official checkpoints."""
+    if args.chunk is None:
+        args.chunk = OFFICIAL_CHUNK if official else 16
+    if args.tile is None:
+        args.tile = OFFICIAL_TILE if official else 0
+    if args.tile_overlap is None:
+        args.tile_overlap = OFFICIAL_TILE_OVERLAP if official else 32
+    if args.overlap >= args.chunk:
+        raise CPGDInputError(f"--overlap must be smaller than --chunk: got {args.chunk}, {args.overlap}")
+
+
 def _plan(args: argparse.Namespace, model, height: int, width: int, device: torch.device) -> tuple[int, int, int]:
+    from .official import OfficialStageOne
     from .restore import GiB, default_budget, plan_memory
 
-    if args.memory_budget == 0:
+    if args.memory_budget == 0 or isinstance(model, OfficialStageOne):
         return args.chunk, args.overlap, args.tile
     if args.memory_budget is None:
         host, dev = default_budget(device)
@@ -64,20 +89,28 @@ def _run(args: argparse.Namespace) -> int:
     from ..codec.decode import iter_video_chunks, probe, read_audio
     from ..codec.encode import write_video
     from ..weights import default_cpfp_path, load_cpfp
+    from .official import OfficialStageOne
     from .restore import restore_stream
 
     if os.path.exists(args.output) and not args.overwrite:
         raise CPGDInputError(f"output file already exists: {args.output} (pass --overwrite to replace it)")
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise CPGDInputError(f"output {args.output} is the input file")
-    if args.chunk < 1 or args.overlap < 0 or args.overlap >= args.chunk:
+    if args.chunk is not None and (args.chunk < 1 or args.overlap < 0 or args.overlap >= args.chunk):
         raise CPGDInputError(f"--chunk must be >= 1 and --overlap in [0, chunk): got {args.chunk}, {args.overlap}")
     weights = args.weights or default_cpfp_path()
     if not os.path.isfile(weights):
         raise CPGDInputError(f"CPFP weights not found: {weights} (train with python -m cpgd_core.train cpfp, "
                              f"or pass --weights)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_cpfp(weights, device)
+    model = load_cpfp(weights, device, raft=args.raft)
+    official = isinstance(model, OfficialStageOne)
+    _settings(args, official)
+    if official and args.json:
+        print(json.dumps({"event": "model", "info": model.describe(), "chunk": args.chunk, "tile": args.tile}),
+              flush=True)
+    elif official:
+        print(f"{model.describe()}; chunks of {args.chunk} frames, {args.tile} px tiles", file=sys.stderr)
     info = probe(args.input)
     total = min(info.frame_count, args.max_frames) if args.max_frames else info.frame_count
     chunk, overlap, tile = _plan(args, model, info.height, info.width, device)

@@ -114,7 +114,7 @@ def _check_match(frames: torch.Tensor, priors: CodecPriors, what: str = "") -> N
 
 # -- core: one chunk ---------------------------------------------------------------------------------
 @torch.no_grad()
-def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_size: int = 0,
+def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPriors, tile_size: int = 0,
                   tile_overlap: int = 32, dtype: str = "auto", device: Optional[torch.device | str] = None,
                   check_interrupt: Interrupt = None) -> torch.Tensor:
     """Run the model on one temporal chunk: (T, 3, H, W) in [0, 1] -> (T, 3, H, W) float32 on CPU, clamped.
@@ -122,23 +122,27 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
     Frames are padded (reflect) to multiples of 4 and cropped back. With ``tile_size`` > 0 the frame is
     cut into tiles of about that size (multiples of 4) overlapping by ``tile_overlap`` px and blended with
     feathered weights that sum to 1. ``check_interrupt()`` is called before each tile and, inside the
-    network, between frames.
+    network, between frames. A model with ``size_multiple`` / ``min_size`` attributes (the official
+    network: 16, and 256 px with RAFT) gets frames and tiles padded / enlarged to those instead.
     """
     _check_match(frames, priors)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     t, _, h, w = frames.shape
-    hp, wp = -(-h // 4) * 4, -(-w // 4) * 4
+    m = int(getattr(model, "size_multiple", 4))
+    least = int(getattr(model, "min_size", 0))
+    hp, wp = max(-(-h // m) * m, least), max(-(-w // m) * m, least)
     inputs = priors_to_model_inputs(priors, device="cpu", size=(hp, wp))
     x = frames.float().cpu()
     if (hp, wp) != (h, w):
         mode = "reflect" if hp - h < h and wp - w < w else "replicate"
         x = F.pad(x, (0, wp - w, 0, hp - h), mode=mode)
     x = x.unsqueeze(0)
-    ts = -(-tile_size // 4) * 4 if tile_size > 0 else 0
-    ov = -(-max(tile_overlap, 0) // 4) * 4
+    ts = max(-(-tile_size // m) * m, least) if tile_size > 0 else 0
+    ov = -(-max(tile_overlap, 0) // m) * m
     if ts and ov >= ts:
         raise CPGDInputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
-    ys, xs = windows_1d(hp, ts, ov), windows_1d(wp, ts, ov)  # multiples of 4: the 1/4 prior grid is cut exactly
+    # all multiples of m: every tile start is one too, so the 1/4 prior grid is cut exactly
+    ys, xs = windows_1d(hp, ts, ov), windows_1d(wp, ts, ov)
     wy, wx = feather_weights(ys, hp), feather_weights(xs, wp)
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
@@ -162,7 +166,7 @@ def restore_chunk(model: CPFP, frames: torch.Tensor, priors: CodecPriors, tile_s
 
 
 # -- drivers -----------------------------------------------------------------------------------------
-def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_size: int = 16,
+def restore_video(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPriors, chunk_size: int = 16,
                   chunk_overlap: int = 4, tile_size: int = 0, tile_overlap: int = 32, dtype: str = "auto",
                   device: Optional[torch.device | str] = None, progress: Progress = None,
                   check_interrupt: Interrupt = None) -> torch.Tensor:
@@ -192,7 +196,7 @@ def restore_video(model: CPFP, frames: torch.Tensor, priors: CodecPriors, chunk_
     return torch.cat(parts)
 
 
-def restore_stream(model: CPFP, chunks: Iterable[tuple], overlap: int = 4,
+def restore_stream(model: torch.nn.Module, chunks: Iterable[tuple], overlap: int = 4,
                    tile_size: int = 0, tile_overlap: int = 32, dtype: str = "auto",
                    device: Optional[torch.device | str] = None, progress: Optional[Callable[[int], None]] = None,
                    check_interrupt: Interrupt = None) -> Iterator[torch.Tensor]:

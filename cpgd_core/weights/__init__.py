@@ -1,7 +1,8 @@
 """Shipped weights, their load/save helpers and format detection.
 
 CPFP files are flat safetensors state dicts with metadata ``{"cpgd_format": "cpfp", "config": <CPFPConfig
-JSON>, ...extra}``. CPControlNet files are handled by ``weights.cpc``.
+JSON>, ...extra}``. Official CPGD-Net stage-one checkpoints (BasicSR ``.pth``) and ``raft-things.pth`` are
+recognised by their keys and loaded too. CPControlNet files are handled by ``weights.cpc``.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _kind_from_keys(keys: list[str], meta: Mapping[str, str]) -> str:
         # the official BSST-derived layout has a Swin fusion ("reconstruction.main.") and Shift-Net decoder
         official = any(k.startswith("reconstruction.main.") for k in ks) or "concat.0.weight" in ks
         return "cpfp_official" if official else CPFP_FORMAT
+    if {"fnet.conv1.weight", "cnet.conv1.weight", "update_block.gru.convz1.weight"} <= ks:
+        return "raft"
     stripped = {k.split("control_model.", 1)[-1] for k in ks}
     if {"middle_block_out.0.weight", "zero_convs.0.0.weight"} <= stripped:
         return "cpcontrolnet"
@@ -45,7 +48,8 @@ def _kind_from_keys(keys: list[str], meta: Mapping[str, str]) -> str:
 
 def inspect_weights(path: str) -> str:
     """Detect a weights file's kind by its metadata/keys: 'cpfp' (ours), 'cpfp_official' (the official
-    CPGD-Net stage-one layout, not loadable by this architecture), 'cpcontrolnet', or 'unknown'.
+    CPGD-Net stage-one layout, BasicSR ``params``/``params_ema`` wrappers included), 'raft' (raft-things.pth),
+    'cpcontrolnet', or 'unknown'.
     Raises CPGDInputError if the file is missing or unreadable."""
     keys, meta = _read_keys(path)
     return _kind_from_keys(keys, meta)
@@ -70,8 +74,81 @@ def read_cpfp_metadata(path: str) -> dict:
     return _read_keys(path)[1]
 
 
-def load_cpfp(path: str, device: str | torch.device = "cpu"):
-    """Load a CPFP saved by :func:`save_cpfp`; returns the model in eval mode on ``device``."""
+RAFT_FILE_NAMES = ("raft-things.pth", "raft-things.safetensors", "raft_things.pth", "raft_things.safetensors")
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file or a torch pickle (``weights_only=True``), unwrapping the
+    ``params_ema`` / ``params`` / ``state_dict`` / ``model`` dicts BasicSR and others write, and ``module.``."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            sd = load_file(path)
+        except Exception as e:  # noqa: BLE001 - any parse failure means a bad user file
+            raise CPGDInputError(f"cannot read {path} as safetensors: {e}") from e
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise CPGDInputError(f"cannot read {path} (weights_only=True): {e}") from e
+        for key in ("params_ema", "params", "state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict):
+        raise CPGDInputError(f"{path} does not contain a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def find_raft_weights(cpfp_path: str) -> Optional[str]:
+    """raft-things weights beside an official CPFP checkpoint (how the model zoo is laid out), or None."""
+    folder = os.path.dirname(os.path.abspath(cpfp_path))
+    for name in RAFT_FILE_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def load_raft(path: str, device: str | torch.device = "cpu"):
+    """Load RAFT-large weights in the ``raft-things.pth`` naming; returns the model in eval mode."""
+    from ..models.raft import RAFT
+
+    keys, meta = _read_keys(path)
+    kind = _kind_from_keys(keys, meta)
+    if kind != "raft":
+        raise CPGDInputError(f"{path} is not RAFT weights (detected: {kind}); expected raft-things.pth")
+    net = RAFT()
+    try:
+        net.load_official_state_dict(read_state_dict(path))
+    except (ValueError, RuntimeError) as e:
+        raise CPGDInputError(f"{path} does not match RAFT large (raft-things.pth layout): {str(e)[:400]}") from e
+    return net.eval().to(device)
+
+
+def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto"):
+    """Load an official CPGD-Net stage-one checkpoint as an :class:`~cpgd_core.pipeline.official.OfficialStageOne`.
+
+    ``raft``: 'auto' (raft-things weights beside the checkpoint if present), None / 'none' (no refinement:
+    the backward flows are the inverted MVs), or a path to the RAFT weights.
+    """
+    from ..models.cpfp_official import OfficialCPFP, config_from_state_dict
+    from ..pipeline.official import OfficialStageOne
+
+    sd = read_state_dict(path)
+    try:
+        net = OfficialCPFP(config_from_state_dict(sd))
+        net.load_official_state_dict(sd)
+    except (ValueError, RuntimeError) as e:
+        raise CPGDInputError(f"{path} looks like an official CPGD-Net stage-one checkpoint but does not match the "
+                             f"official CPFP layout: {str(e)[:400]}") from e
+    raft_path = find_raft_weights(path) if raft == "auto" else (None if raft in (None, "none") else raft)
+    raft_net = load_raft(raft_path) if raft_path else None
+    return OfficialStageOne(net.eval(), raft_net).eval().to(device)
+
+
+def load_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto"):
+    """Load stage-one weights: a CPFP saved by :func:`save_cpfp` (returns a CPFP in eval mode), or an official
+    checkpoint (returns an ``OfficialStageOne``, see :func:`load_official_cpfp` for ``raft``)."""
     from safetensors.torch import load_file
 
     from ..models.cpfp import CPFP, CPFPConfig
@@ -79,9 +156,7 @@ def load_cpfp(path: str, device: str | torch.device = "cpu"):
     keys, meta = _read_keys(path)
     kind = _kind_from_keys(keys, meta)
     if kind == "cpfp_official":
-        raise CPGDInputError(f"{path} is an official CPGD-Net stage-one checkpoint (BSST layout with a Swin fusion); "
-                             f"this pack's CPFP is a different architecture and cannot load it. Expected a CPFP "
-                             f".safetensors written by cpgd_core (python -m cpgd_core.train cpfp).")
+        return load_official_cpfp(path, device, raft)
     if kind != CPFP_FORMAT:
         raise CPGDInputError(f"{path} is not CPFP weights (detected: {kind}); expected a CPFP .safetensors "
                              f"written by cpgd_core")

@@ -51,3 +51,106 @@ def test_cpc_matches_official(golden_cpc_net: CPControlNet, case: str) -> None:
     assert len(outs) == len(want) == 5
     for i, out in enumerate(outs):
         torch.testing.assert_close(out, want[f"control_{i:02d}"], **TOL)
+
+
+# -- official stage one (golden/cpfp) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def golden_cpfp():
+    d = golden_dir("cpfp")
+    from cpgd_core.models.cpfp_official import OfficialCPFP, config_from_state_dict
+    sd = load_file(os.path.join(d, "weights.safetensors"))
+    net = OfficialCPFP(config_from_state_dict(sd)).eval()
+    net.load_official_state_dict(sd)  # drops the official modules forward never uses
+    return net, sd
+
+
+def test_official_cpfp_builds_the_official_keys(golden_cpfp):
+    from cpgd_core.models.cpfp_official import UNUSED_PREFIXES
+    net, sd = golden_cpfp
+    assert len(sd) == 793
+    used = {k for k in sd if not k.startswith(UNUSED_PREFIXES)}
+    assert set(net.state_dict()) == used
+    # the relative-position index is rebuilt by the constructor, and equals the checkpoint's buffer
+    fresh = type(net)(net.config).state_dict()
+    for k in used:
+        if k.endswith("relative_position_index"):
+            assert torch.equal(fresh[k], sd[k])
+
+
+def test_official_cpfp_matches_golden(golden_cpfp):
+    net, _ = golden_cpfp
+    d = golden_dir("cpfp")
+    inp = load_file(os.path.join(d, "inputs.safetensors"))
+    want = load_file(os.path.join(d, "outputs.safetensors"))
+    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    record: dict = {}
+    with torch.no_grad():
+        out = net(inp["lqs"], inp["flows_forwards_gt"], inp["flows_backwards_gt"], inp["resis"], record=record)
+    torch.testing.assert_close(out, want["output"], **TOL)
+    assert set(inter) <= set(record)
+    for name, value in inter.items():
+        torch.testing.assert_close(record[name], value, **TOL, msg=lambda m: f"{name}: {m}")
+
+
+# -- RAFT (golden/raft) --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def golden_raft():
+    d = golden_dir("raft")
+    from cpgd_core.models.raft import RAFT
+    net = RAFT().eval()
+    net.load_official_state_dict(load_file(os.path.join(d, "weights.safetensors")))
+    return net
+
+
+def test_raft_matches_golden(golden_raft):
+    d = golden_dir("raft")
+    inp = load_file(os.path.join(d, "inputs.safetensors"))
+    want = load_file(os.path.join(d, "outputs.safetensors"))
+    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    record: dict = {}
+    with torch.no_grad():
+        flows = golden_raft(inp["image1"], inp["image2"], int(inp["iters"]), inp["flow_init"], all_iterations=True,
+                            record=record)
+    torch.testing.assert_close(flows, want["flow_predictions"], **TOL)
+    torch.testing.assert_close(flows[-1], want["flow"], **TOL)
+    for name, value in inter.items():
+        torch.testing.assert_close(record[name], value, **TOL, msg=lambda m: f"{name}: {m}")
+
+
+# -- the official stage-one path from codec priors (golden/wrapper) -------------------------------------
+class _Reached(Exception):
+    """Raised by a pre-hook to stop once the network's inputs are known (its numerics are tested above)."""
+
+
+def test_official_path_feeds_the_network_as_the_official_wrapper(golden_cpfp, golden_raft):
+    """MVs -> 1/4 grid, crude inverse, RAFT refinement, frame-0 residual: every tensor the official
+    ``test_by_patch`` hands to the network. The network itself is checked by ``test_official_cpfp_matches_golden``
+    and the whole path's output by ``bench/official_golden.py`` (about 100 s on 2 CPU cores)."""
+    from cpgd_core.pipeline.official import RAFT_ITERS, official_stage_one, quarter_grid_mvs
+    net, _ = golden_cpfp
+    d = golden_dir("wrapper")
+    inp = load_file(os.path.join(d, "inputs.safetensors"))
+    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    seen: dict = {}
+
+    def stop(_module, args):
+        seen["args"] = args
+        raise _Reached
+
+    handle = net.register_forward_pre_hook(stop)
+    record: dict = {}
+    try:
+        with torch.no_grad(), pytest.raises(_Reached):
+            mv = quarter_grid_mvs(inp["mv_f"])
+            official_stage_one(net, golden_raft, inp["lq"], mv, inp["resi"], record=record)
+    finally:
+        handle.remove()
+    assert int(inter["raft_in_iters"]) == RAFT_ITERS
+    torch.testing.assert_close(mv, inter["mv_f_rs"], **TOL)
+    for name in ("mv_b_rs", "raft_in_flow_init", "raft_out_flow", "flows_backward_raft_refined", "resi0_warped"):
+        torch.testing.assert_close(record[name], inter[name], **TOL, msg=lambda m: f"{name}: {m}")
+    lq, fwd, bwd, resis = seen["args"]
+    assert torch.equal(lq, inp["lq"])
+    torch.testing.assert_close(fwd, inter["flows_forward_to_cpfp"], **TOL)
+    torch.testing.assert_close(bwd, inter["flows_backward_raft_refined"], **TOL)
+    torch.testing.assert_close(resis, torch.cat([inter["resi0_warped"], inp["resi"]], 1), **TOL)
