@@ -27,13 +27,11 @@ from ..cpgd_core.pipeline.cli import OFFICIAL_TILE
 from ..cpgd_core.pipeline.official import OfficialStageOne
 from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
 from ..cpgd_core.pipeline.schedule import chunk_windows
-from ..cpgd_core.weights import default_cpfp_path, inspect_weights, load_cpfp
+from ..cpgd_core.weights import default_cpfp_path, find_raft_weights, inspect_weights, load_cpfp
 from .types import MODEL_FOLDER, CodecPriorsSocket, CPFPModelSocket, frames_to_image, image_to_frames, progress_callbacks
 
 CATEGORY = "CPGD/restore"
 SHIPPED = "cpfp_lite (shipped)"
-RAFT_AUTO = "auto (raft-things.pth beside the checkpoint)"
-RAFT_NONE = "none (inverted MVs only)"
 # OOM back-off, as the core upscale node does: halve the tile, give up below the smallest tile.
 OOM_FIRST_TILE = 512
 OOM_MIN_TILE = 128
@@ -73,22 +71,6 @@ def _weight_files() -> list[str]:
                         if f.endswith((".safetensors", ".pth", ".pt"))]
 
 
-def _raft_options() -> list[str]:
-    return [RAFT_AUTO, RAFT_NONE] + [f for f in folder_paths.get_filename_list(MODEL_FOLDER)
-                                     if f.endswith((".pth", ".pt", ".safetensors")) and "raft" in f.lower()]
-
-
-def _raft_arg(raft_model: str) -> str | None:
-    if raft_model == RAFT_AUTO:
-        return "auto"
-    if raft_model == RAFT_NONE:
-        return None
-    path = folder_paths.get_full_path(MODEL_FOLDER, raft_model)
-    if path is None:
-        raise CPGDInputError(f"RAFT weights {raft_model!r} not found in models/{MODEL_FOLDER}")
-    return path
-
-
 def _resolve(name: str) -> str:
     if name == SHIPPED:
         path = default_cpfp_path()
@@ -102,11 +84,18 @@ def _resolve(name: str) -> str:
     return path
 
 
-def load_cpfp_model(name: str, raft_model: str = RAFT_AUTO) -> CPFPModel:
-    """Load (or reuse from the module cache) the CPFP weights named in the loader's combo; ``raft_model``
-    (official checkpoints only) picks the RAFT weights that refine the backward flows."""
+def _raft_stamp() -> str:
+    """Which raft-things file an official checkpoint would get: part of the cache key, so adding or
+    removing the file takes effect on the next run."""
+    path = find_raft_weights("", folder_paths.get_folder_paths(MODEL_FOLDER))
+    return f"{path}:{os.stat(path).st_mtime_ns}" if path else "none"
+
+
+def load_cpfp_model(name: str) -> CPFPModel:
+    """Load (or reuse from the module cache) the CPFP weights named in the loader's combo. Official checkpoints
+    get ``raft-things.pth`` from their own folder or any models/cpgd folder when it is there."""
     path = _resolve(name)
-    key = (os.path.realpath(path), os.stat(path).st_mtime_ns, raft_model)
+    key = (os.path.realpath(path), os.stat(path).st_mtime_ns, _raft_stamp())
     cached = _MODELS.get(key)
     if cached is not None:
         _MODELS.move_to_end(key)
@@ -118,9 +107,10 @@ def load_cpfp_model(name: str, raft_model: str = RAFT_AUTO) -> CPFPModel:
                              f"load it with 'Load CPControlNet (CPGD)'. This loader expects a CPFP .safetensors "
                              f"written by cpgd_core (python -m cpgd_core.train cpfp).")
     if kind == "raft":
-        raise CPGDInputError(f"{name} ({path}) is RAFT optical-flow weights, not a stage-one network: select it "
-                             f"as 'raft_model' and an official CPFP checkpoint as 'model_name'.")
-    net = load_cpfp(path, device="cpu", raft=_raft_arg(raft_model))
+        raise CPGDInputError(f"{name} ({path}) is RAFT optical-flow weights, not a stage-one network: select the "
+                             f"official CPFP checkpoint instead; raft-things.pth in models/{MODEL_FOLDER} is used "
+                             f"with it automatically.")
+    net = load_cpfp(path, device="cpu", raft_dirs=folder_paths.get_folder_paths(MODEL_FOLDER))
     patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     handle = CPFPModel(patcher=patcher, config=net.config, name=name, path=path)
@@ -174,11 +164,9 @@ class CPFPLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=_weight_files(), default=SHIPPED,
                                tooltip="'cpfp_lite (shipped)', a CPFP .safetensors file in models/cpgd, or an "
-                                       "official CPGD-Net stage-one checkpoint (net_g_*.pth) there."),
-                io.Combo.Input("raft_model", options=_raft_options(), default=RAFT_AUTO, optional=True,
-                               tooltip="Official checkpoints only: the RAFT weights (raft-things.pth) that refine "
-                                       "the backward flows. auto = raft-things.pth in the checkpoint's folder if "
-                                       "present; none = run on the inverted codec MVs alone."),
+                                       "official CPGD-Net stage-one checkpoint (net_g_*.pth) there; it uses "
+                                       "raft-things.pth from the same folder when present (the restore node's "
+                                       "info output says whether it did)."),
             ],
             outputs=[
                 CPFPModelSocket.Output(display_name="cpfp_model",
@@ -187,17 +175,17 @@ class CPFPLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, raft_model: str = RAFT_AUTO) -> str:
-        # a replaced file under the same name must be reloaded
+    def fingerprint_inputs(cls, model_name: str) -> str:
+        # a replaced file under the same name (or an added / removed raft-things.pth) must be reloaded
         try:
             path = _resolve(model_name)
-            return f"{path}:{os.stat(path).st_mtime_ns}:{raft_model}"
+            return f"{path}:{os.stat(path).st_mtime_ns}:{_raft_stamp()}"
         except (CPGDInputError, OSError):
             return "missing"
 
     @classmethod
-    def execute(cls, model_name: str, raft_model: str = RAFT_AUTO) -> io.NodeOutput:
-        return io.NodeOutput(load_cpfp_model(model_name, raft_model))
+    def execute(cls, model_name: str) -> io.NodeOutput:
+        return io.NodeOutput(load_cpfp_model(model_name))
 
 
 class CPFPRestore(io.ComfyNode):

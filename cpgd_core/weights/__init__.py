@@ -7,7 +7,7 @@ recognised by their keys and loaded too. CPControlNet files are handled by ``wei
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -100,12 +100,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def find_raft_weights(cpfp_path: str) -> Optional[str]:
-    """raft-things weights beside an official CPFP checkpoint (how the model zoo is laid out), or None."""
-    folder = os.path.dirname(os.path.abspath(cpfp_path))
-    for name in RAFT_FILE_NAMES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
+def find_raft_weights(cpfp_path: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
+    """raft-things weights beside an official CPFP checkpoint (how the model zoo is laid out) or in one of
+    ``extra_dirs`` (e.g. every models/cpgd folder), or None. ``cpfp_path`` '' searches ``extra_dirs`` only."""
+    folders = ([os.path.dirname(os.path.abspath(cpfp_path))] if cpfp_path else []) + list(extra_dirs)
+    for folder in folders:
+        for name in RAFT_FILE_NAMES:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
     return None
 
 
@@ -125,11 +127,12 @@ def load_raft(path: str, device: str | torch.device = "cpu"):
     return net.eval().to(device)
 
 
-def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto"):
+def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto",
+                       raft_dirs: Sequence[str] = ()):
     """Load an official CPGD-Net stage-one checkpoint as an :class:`~cpgd_core.pipeline.official.OfficialStageOne`.
 
-    ``raft``: 'auto' (raft-things weights beside the checkpoint if present), None / 'none' (no refinement:
-    the backward flows are the inverted MVs), or a path to the RAFT weights.
+    ``raft``: 'auto' (raft-things weights beside the checkpoint or in ``raft_dirs``, if present), None /
+    'none' (no refinement: the backward flows are the inverted MVs), or a path to the RAFT weights.
     """
     from ..models.cpfp_official import OfficialCPFP, config_from_state_dict
     from ..pipeline.official import OfficialStageOne
@@ -141,14 +144,15 @@ def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Opti
     except (ValueError, RuntimeError) as e:
         raise CPGDInputError(f"{path} looks like an official CPGD-Net stage-one checkpoint but does not match the "
                              f"official CPFP layout: {str(e)[:400]}") from e
-    raft_path = find_raft_weights(path) if raft == "auto" else (None if raft in (None, "none") else raft)
+    raft_path = find_raft_weights(path, raft_dirs) if raft == "auto" else (None if raft in (None, "none") else raft)
     raft_net = load_raft(raft_path) if raft_path else None
     return OfficialStageOne(net.eval(), raft_net).eval().to(device)
 
 
-def load_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto"):
+def load_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto",
+              raft_dirs: Sequence[str] = ()):
     """Load stage-one weights: a CPFP saved by :func:`save_cpfp` (returns a CPFP in eval mode), or an official
-    checkpoint (returns an ``OfficialStageOne``, see :func:`load_official_cpfp` for ``raft``)."""
+    checkpoint (returns an ``OfficialStageOne``, see :func:`load_official_cpfp` for ``raft`` and ``raft_dirs``)."""
     from safetensors.torch import load_file
 
     from ..models.cpfp import CPFP, CPFPConfig
@@ -156,7 +160,7 @@ def load_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str]
     keys, meta = _read_keys(path)
     kind = _kind_from_keys(keys, meta)
     if kind == "cpfp_official":
-        return load_official_cpfp(path, device, raft)
+        return load_official_cpfp(path, device, raft, raft_dirs)
     if kind != CPFP_FORMAT:
         raise CPGDInputError(f"{path} is not CPFP weights (detected: {kind}); expected a CPFP .safetensors "
                              f"written by cpgd_core")

@@ -13,6 +13,7 @@ from cpgd_core.codec.encode import write_video
 from cpgd_core.data.synth import load_photo, make_blur_clip
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpcontrolnet import CPControlNet, CPControlNetConfig
+from cpgd_core.models.cpfp_official import OfficialCPFP, OfficialCPFPConfig
 from cpgd_core.train.common import psnr
 from cpgd_core.weights.cpc import save_cpcontrolnet
 
@@ -38,6 +39,9 @@ def media(comfy, tmp_path_factory) -> dict:
     models = str(tmp_path_factory.mktemp("cpgd_models"))
     save_file({"weight": torch.randn(4, 4)}, os.path.join(models, "random_tensors.safetensors"))
     save_cpcontrolnet(CPControlNet(CPControlNetConfig.tiny()), os.path.join(models, "a_cpcontrolnet.safetensors"))
+    torch.manual_seed(0)
+    official = OfficialCPFP(OfficialCPFPConfig(channels=16, mid_channels=48)).state_dict()
+    torch.save({"params": official}, os.path.join(models, "official_small.pth"))  # as BasicSR saves net_g
     comfy.folder_paths.add_model_folder_path("cpgd", models)
     return {"sharp": clip["sharp"], "blurry": "cpfp_blurry.mp4", "short": "cpfp_short.mp4", "const": "cpfp_const.mp4"}
 
@@ -85,7 +89,8 @@ def test_nodes_registered_with_tooltips(comfy):
 
 def test_restore_graph_outputs_and_progress(comfy, media, deblurred):
     images = deblurred.raw["1"][0]
-    restored, side = deblurred.raw["3"]
+    restored, side, info = deblurred.raw["3"]
+    assert info.startswith(SHIPPED) and "pack CPFP" in info and "chunks of 8 frames" in info
     assert tuple(restored.shape) == tuple(images.shape) == (N, H, W, 3)
     assert torch.isfinite(restored).all() and 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
     assert float((restored - images).abs().mean()) > 1e-3, "the network must change the frames"
@@ -134,6 +139,18 @@ def test_constant_video_stays_constant_with_chunks_and_tiles(comfy, media):
     plain = comfy.run(graph(media["const"], frames_per_chunk=16, chunk_overlap=4, tile_size=0)).raw["3"][0]
     assert float((out - plain).abs().max()) < 4 / 255, "chunking/tiling changed a constant video"
     assert float((out.mean(dim=(0, 1, 2)) - images.mean(dim=(0, 1, 2))).abs().max()) < 0.06
+
+
+def test_official_checkpoint_runs_and_says_it_has_no_raft(comfy, media):
+    assert "official_small.pth" in comfy.nodes.NODE_CLASS_MAPPINGS["CPGD_CPFPLoader"].INPUT_TYPES()[
+        "required"]["model_name"][1]["options"]
+    res = comfy.run(graph(media["blurry"], model_name="official_small.pth"))
+    images, (restored, _, info) = res.raw["1"][0], res.raw["3"]
+    assert type(res.raw["2"][0].net).__name__ == "OfficialStageOne"
+    assert tuple(restored.shape) == tuple(images.shape) and torch.isfinite(restored).all()
+    assert float((restored - images).abs().mean()) > 1e-3
+    # no raft-things weights are in the folder: the info output must say the flows are not refined
+    assert "official CPFP" in info and "no RAFT weights" in info and "256 px tiles" in info, info
 
 
 def test_mismatched_frame_count_is_a_clear_error(comfy, media):
