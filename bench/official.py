@@ -111,19 +111,26 @@ def speed(frames: int) -> list[dict]:
     resi = 0.02 * torch.randn(1, frames - 1, 1, 256, 256)
     back = -mv
     r = torch.cat([resi[:, :1], resi], 1)
+    def timed(fn) -> tuple[float, float]:
+        # wall time depends on what else the machine runs; process CPU time (all threads) much less so
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - w0, time.process_time() - c0
+
     with torch.no_grad():
         net(lq[:, :2], mv[:, :1], back[:, :1], r[:, :2])  # warm-up
-        t0 = time.perf_counter()
-        net(lq, mv, back, r)
-        t_net = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        backward_flows(lq, mv, raft)
-        t_raft = time.perf_counter() - t0
-    base = {"device": "cpu", "threads": torch.get_num_threads(), "tile": "256x256", "frames": frames}
-    return [dict(base, bench="official_cpfp_network", seconds_per_frame=round(t_net / frames, 2),
-                 params=sum(p.numel() for p in net.parameters())),
-            dict(base, bench="raft_refinement", seconds_per_frame=round(t_raft / frames, 2), iters=4),
-            dict(base, bench="official_stage_one_total", seconds_per_frame=round((t_net + t_raft) / frames, 2))]
+        w_net, c_net = timed(lambda: net(lq, mv, back, r))
+        w_raft, c_raft = timed(lambda: backward_flows(lq, mv, raft))
+    base = {"device": "cpu", "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 1),
+            "tile": "256x256", "frames": frames}
+
+    def row(name: str, wall: float, cpu: float, **extra) -> dict:
+        return dict(base, bench=name, wall_s_per_frame=round(wall / frames, 2),
+                    cpu_s_per_frame=round(cpu / frames, 2), **extra)
+
+    return [row("official_cpfp_network", w_net, c_net, params=sum(p.numel() for p in net.parameters())),
+            row("raft_refinement", w_raft, c_raft, iters=4),
+            row("official_stage_one_total", w_net + w_raft, c_net + c_raft)]
 
 
 def main() -> None:

@@ -610,7 +610,8 @@ class OfficialCPFP(nn.Module):
                 self._propagate(feats, flows_b, flows_f, resi, name, record)
             else:
                 self._propagate(feats, flows_f, flows_b, resi, name, record)
-            rec[f"feats_{name}"] = torch.stack(feats[name], 1)
+            if record is not None:
+                record[f"feats_{name}"] = torch.stack(feats[name], 1)
 
         fused_in = torch.stack([torch.cat([feats[k][i] for k in feats], 1) for i in range(t)], 1)
         fused = rec["fused_reconstruction"] = self.reconstruction(fused_in)

@@ -77,29 +77,6 @@ def read_cpfp_metadata(path: str) -> dict:
 RAFT_FILE_NAMES = ("raft-things.pth", "raft-things.safetensors", "raft_things.pth", "raft_things.safetensors")
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file or a torch pickle (``weights_only=True``), unwrapping the
-    ``params_ema`` / ``params`` / ``state_dict`` / ``model`` dicts BasicSR and others write, and ``module.``."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            sd = load_file(path)
-        except Exception as e:  # noqa: BLE001 - any parse failure means a bad user file
-            raise CPGDInputError(f"cannot read {path} as safetensors: {e}") from e
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise CPGDInputError(f"cannot read {path} (weights_only=True): {e}") from e
-        for key in ("params_ema", "params", "state_dict", "model"):
-            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-    if not isinstance(sd, dict):
-        raise CPGDInputError(f"{path} does not contain a state dict")
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
 def find_raft_weights(cpfp_path: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
     """raft-things weights beside an official CPFP checkpoint (how the model zoo is laid out) or in one of
     ``extra_dirs`` (e.g. every models/cpgd folder), or None. ``cpfp_path`` '' searches ``extra_dirs`` only."""
@@ -121,7 +98,7 @@ def load_raft(path: str, device: str | torch.device = "cpu"):
         raise CPGDInputError(f"{path} is not RAFT weights (detected: {kind}); expected raft-things.pth")
     net = RAFT()
     try:
-        net.load_official_state_dict(read_state_dict(path))
+        net.load_official_state_dict(read_state_dict(path)[0])
     except (ValueError, RuntimeError) as e:
         raise CPGDInputError(f"{path} does not match RAFT large (raft-things.pth layout): {str(e)[:400]}") from e
     return net.eval().to(device)
@@ -137,7 +114,7 @@ def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Opti
     from ..models.cpfp_official import OfficialCPFP, config_from_state_dict
     from ..pipeline.official import OfficialStageOne
 
-    sd = read_state_dict(path)
+    sd = read_state_dict(path)[0]
     try:
         net = OfficialCPFP(config_from_state_dict(sd))
         net.load_official_state_dict(sd)
