@@ -124,7 +124,7 @@ def test_workflow_loads_converts_and_queues(name, page, comfy_server, object_inf
     # Round trip: the frontend kept every node, link and widget value as saved.
     assert _widgets_by_id(res["saved"]) == _widgets_by_id(res["original"])
     assert sorted(map(tuple, res["saved"]["links"])) == sorted(map(tuple, res["original"]["links"]))
-    model_files = {specs.SD_CHECKPOINT, specs.CPCONTROLNET_FILE}
+    model_files = {specs.SD_CHECKPOINT, specs.CPCONTROLNET_FILE, specs.OFFICIAL_CPFP_FILE}
     assert all(c["value"] in model_files for c in res["badCombos"]), res["badCombos"]
     # The shipped API copy is what the frontend produces from the UI file.
     with open(os.path.join(WORKFLOWS_DIR, "api", f"{name}.json"), encoding="utf-8") as f:

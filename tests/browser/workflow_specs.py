@@ -10,6 +10,7 @@ SAMPLE = "cpgd_sample_blurry.mp4"
 SD_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"
 CPCONTROLNET_FILE = "cpgd_cpcontrolnet.safetensors"  # models/controlnet or models/cpgd (nodes/cpc_nodes.py)
 CPFP_FILE = "cpfp_lite (shipped)"                # the loader's entry for cpgd_core/weights/cpfp_lite.safetensors
+OFFICIAL_CPFP_FILE = "net_g_cpgd_official.pth"    # the authors' stage-one checkpoint, renamed, in models/cpgd
 
 # node: key -> {"type", "pos", "widgets" (name -> value), optional "title", "size", "mode"}
 # link: (source key, output name, target key, input name)
@@ -184,9 +185,31 @@ def _stage_two(sampler: str) -> dict:
     return {"nodes": nodes, "links": links}
 
 
+def _official_weights() -> dict:
+    """Full CPGD with the authors' weights: official stage one at the official test settings -> CPC -> KSampler."""
+    wf = _stage_two("ksampler")
+    nodes = wf["nodes"]
+    nodes["cpfp"]["widgets"] = {"@file": OFFICIAL_CPFP_FILE}
+    nodes["restore"]["widgets"] = {"frames_per_chunk": 48, "chunk_overlap": 4, "tile_size": 256, "tile_overlap": 64}
+    nodes["note"] = _note((-480, 120), (
+        "## Full CPGD with the authors' weights\n\n"
+        "Stage one runs the **official CPFP network** at the official test settings (48-frame windows, "
+        "256 px tiles), its backward flows refined by RAFT; the CPControlNet (the authors' `.pt` loads too) "
+        "steers SD 2.1-base through the stock **KSampler**; **Colour Fix** restores the stage-one colours.\n\n"
+        "Model files (not downloaded by this pack):\n\n"
+        f"- `models/cpgd/{OFFICIAL_CPFP_FILE}` (the official stage-one checkpoint, any name)\n"
+        "- `models/cpgd/raft-things.pth` (RAFT; without it stage one runs on the inverted motion vectors, "
+        "see the restore node's `info`)\n"
+        f"- `models/checkpoints/{SD_CHECKPOINT}` (Stable Diffusion 2.1-base)\n"
+        f"- `models/controlnet/{CPCONTROLNET_FILE}` (CPC ControlNet)\n\n"
+        "Needs a GPU."), size=(420, 340))
+    return wf
+
+
 WORKFLOWS: dict[str, dict] = {
     "cpgd_stage_one_deblur": _stage_one_workflow(),
     "cpgd_full": _stage_two("ksampler"),
+    "cpgd_official_weights": _official_weights(),
     "cpgd_inspect_priors": INSPECT_PRIORS,
     "cpgd_long_video": _stage_two("video_sampler"),
 }
