@@ -132,3 +132,23 @@ def test_deblur_cli_with_official_checkpoint(official_pth, tmp_path, capsys):
     assert '"event": "model"' in text and "no RAFT" in text and '"event": "done"' in text
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (80, 64, 6)
+
+
+def test_cancel_reaches_inside_the_official_network(official_pth):
+    _, path = official_pth
+    model = load_cpfp(path, raft=None)
+    frames, pri = _clip(3, 64, 64)
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        restore_video(model, frames, pri, chunk_size=3, chunk_overlap=1, check_interrupt=check)
+    # the driver polls before the chunk and the tile; the fourth poll came from a convolution inside the network
+    assert len(calls) == 4
+    # the hooks are gone afterwards: a run without the callback is unaffected
+    out = restore_video(model, frames, pri, chunk_size=3, chunk_overlap=1)
+    assert out.shape == frames.shape
