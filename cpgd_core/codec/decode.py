@@ -23,6 +23,8 @@ the rasteriser and ``residual.py`` for the residual. How vectors become the per-
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from .hdr import hdr_to_sdr, hdr_transfer
 from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
-from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
+from .residual import RESIDUAL_CHANNELS, half_size, pick_references_half, residual_of
 
 # Decoders whose FFmpeg implementation exports MOTION_VECTORS side data (measured, FFmpeg 8.1).
 MV_CODECS = {"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
@@ -233,18 +235,32 @@ class _Raw:
     frame: "av.VideoFrame"
     mvs: Optional[np.ndarray]
     qp: Optional[np.ndarray]
-    _luma: Optional[np.ndarray] = None
     _rgb: Optional[np.ndarray] = None
+    _planes: dict = field(default_factory=dict)
 
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
             self._rgb = frame_to_rgb(self.frame)
         return self._rgb
 
-    def luma(self) -> np.ndarray:
-        if self._luma is None:
-            self._luma = frame_to_luma(self.frame)
-        return self._luma
+    def image(self, channels: str) -> np.ndarray:
+        """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view)."""
+        return _luma_view(self.frame) if channels == "luma" else self.rgb()
+
+    def plane(self, channels: str) -> np.ndarray:
+        """:meth:`image` as float32 in [0, 1] units, converted once: a frame is the current frame of its own
+        residual and the reference of the next ones."""
+        key = ("unit", channels)
+        if key not in self._planes:
+            self._planes[key] = np.multiply(self.image(channels), np.float32(1.0 / 255.0), dtype=np.float32)
+        return self._planes[key]
+
+    def half(self, channels: str) -> np.ndarray:
+        """:meth:`image` at half resolution for the multi-reference check (residual.half_size), made once."""
+        key = ("half", channels)
+        if key not in self._planes:
+            self._planes[key] = half_size(self.image(channels))
+        return self._planes[key]
 
 
 def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
@@ -262,9 +278,14 @@ def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
 
 def frame_to_luma(fr: "av.VideoFrame") -> np.ndarray:
     """(H, W) uint8 decoded luma: the Y plane itself when the format has one (exactly what the codec predicted)."""
+    return np.ascontiguousarray(_luma_view(fr))
+
+
+def _luma_view(fr: "av.VideoFrame") -> np.ndarray:
+    """:func:`frame_to_luma` without the copy: a strided view into the frame's Y plane where it has one."""
     if fr.format.name in _LUMA_PLANE_FORMATS:
         p = fr.planes[0]
-        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width].copy()
+        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width]
     return fr.to_ndarray(format="gray", threads=1)
 
 
@@ -378,7 +399,7 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     gh, gw = grid_size(height, width, STRIDE)
     zf = np.zeros((2, gh, gw), np.float32)
     zv = np.zeros((1, gh, gw), bool)
-    img = (lambda r: r.luma()) if residual_channels == "luma" else (lambda r: r.rgb())
+    ch = residual_channels
     prev_anchor: Optional[_Raw] = None
     last: Optional[_Raw] = None
     pending_b: list[_Raw] = []
@@ -390,8 +411,8 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
         fp, vp = mvs_to_flow(r.mvs, height, width, -1, STRIDE, zero_b_invalid and r.pict == "B")
         multi_ref = probe["far"] > 0 or probe["checked"] < MULTI_REF_PROBE
         if multi_ref and r.pict == "P" and len(anchors) > 1 and past is anchors[-1] and vp.any():
-            refs = [(img(a), r.index - a.index) for a in reversed(anchors)]
-            fp, dist = pick_references(img(r), refs, fp, vp, STRIDE)
+            refs = [(a.half(ch), r.index - a.index) for a in reversed(anchors)]
+            fp, dist = pick_references_half(r.half(ch), refs, fp, vp, STRIDE)
             probe["checked"] += 1
             probe["far"] += int(((dist != refs[0][1]) & vp[0]).sum() >= MULTI_REF_SHARE * vp.sum())
         fn, vn = mvs_to_flow(r.mvs, height, width, +1, STRIDE, zero_b_invalid and r.pict == "B")
@@ -401,8 +422,8 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
             vn = zv.copy()
         res = None
         if want_residual(r.index):
-            res, _ = mc_residual(img(r), img(past) if past is not None else None, fp, vp,
-                                 img(future) if future is not None else None, fn, vn, STRIDE, signed)
+            res = residual_of(r.plane(ch), past.plane(ch) if past is not None else None, fp, vp,
+                              future.plane(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
         dp = r.index - past.index if past is not None else 1
         dn = future.index - r.index if future is not None else 1
         return _Motion(r, fp / dp if dp > 1 else fp, vp, fn / dn if dn > 1 else fn, vn, res)
@@ -549,17 +570,17 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
             qp = qp[:-(-crop_hw[0] // 16), :-(-crop_hw[1] // 16)]
     h, w = rgb.shape[:2]
     if res is None:
-        res = np.zeros((1, h, w), np.float32)
+        res = np.zeros((1, h, w), np.float16)
     fp, vp = _finish_grid(back_f, back_v, size, src_hw, crop_hw)
     rgb = _resize_img(np.ascontiguousarray(rgb), size)
     if size is not None and (w, h) != tuple(size):
-        res = np.stack([cv2.resize(c, tuple(size), interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
-                        for c in res], 0)
+        res = np.stack([cv2.resize(c.astype(np.float32), tuple(size),
+                                   interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR) for c in res], 0)
         if qp is not None:
             qp = cv2.resize(qp, (-(-size[0] // 16), -(-size[1] // 16)), interpolation=cv2.INTER_NEAREST)
     return DecodedFrame(index=m.raw.index, time=m.raw.time, pict_type=m.raw.pict, rgb=rgb,
                         flow_to_prev=fp, valid_to_prev=vp, flow_to_next=np.zeros_like(fp),
-                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float16),
+                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float16, copy=False),
                         qp=None if qp is None else qp[None].astype(np.float32))
 
 

@@ -5,6 +5,7 @@ full-resolution pixels). Codec blocks are >= 8 px and aligned to 4 px, so a stri
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -53,6 +54,42 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
     bh = mvs["h"].astype(np.int64)
     x0 = mvs["dst_x"].astype(np.int64) - bw // 2
     y0 = mvs["dst_y"].astype(np.int64) - bh // 2
+    if not _rasterise_aligned(flow, valid, x0, y0, bw, bh, vec, stride):
+        _rasterise_any(flow, valid, x0, y0, bw, bh, vec, stride)
+    return flow, valid
+
+
+def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> bool:
+    """Fast path for codec partitions, which sit on multiples of their own size (H.264 16x16 / 16x8 / 8x16 /
+    8x8, MPEG 16x16 / 8x8): each block shape is written through a (rows, sh, cols, sw) view of a grid padded
+    to whole blocks, one vectorised assignment per shape. False (nothing written) for any other layout."""
+    if (x0 % stride).any() or (y0 % stride).any() or (bw % stride).any() or (bh % stride).any():
+        return False
+    cx, cy, sw, sh = x0 // stride, y0 // stride, bw // stride, bh // stride
+    if (sw <= 0).any() or (sh <= 0).any() or (cx % sw).any() or (cy % sh).any() or (cx < 0).any() or (cy < 0).any():
+        return False
+    gh, gw = flow.shape[-2:]
+    ph, pw = max(gh, int((cy + sh).max())), max(gw, int((cx + sw).max()))
+    ly, lx = int(np.lcm.reduce(np.unique(sh))), int(np.lcm.reduce(np.unique(sw)))
+    if ph > gh + 16 or pw > gw + 16 or ly > 16 or lx > 16:  # blocks far off the frame: clipped by the slow path
+        return False
+    ph, pw = -(-ph // ly) * ly, -(-pw // lx) * lx
+    pf = np.zeros((2, ph, pw), np.float32)
+    pv = np.zeros((ph, pw), bool)
+    key = sh * 4096 + sw
+    for k in np.unique(key):  # sorted, as _rasterise_any writes them: a later shape wins where blocks overlap
+        sel = np.flatnonzero(key == k)
+        a, b = int(k // 4096), int(k % 4096)
+        rows, cols = cy[sel] // a, cx[sel] // b
+        pf.reshape(2, ph // a, a, pw // b, b)[:, rows, :, cols, :] = vec[sel][:, :, None, None]
+        pv.reshape(ph // a, a, pw // b, b)[rows, :, cols, :] = True
+    flow[...] = pf[:, :gh, :gw]
+    valid[0] = pv[:gh, :gw]
+    return True
+
+
+def _rasterise_any(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> None:
+    gh, gw = flow.shape[-2:]
     # Cell range of each block, clipped to the frame (edge blocks can hang off a non-multiple-of-16 frame).
     cx0 = np.clip(np.floor_divide(x0, stride), 0, gw)
     cy0 = np.clip(np.floor_divide(y0, stride), 0, gh)
@@ -71,20 +108,27 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
                + (cx0[sel, None, None] + np.arange(sw)[None, None, :])).reshape(len(sel), -1)
         cells[:, idx] = vec[sel].T[:, :, None]
         vmask[idx] = True
-    return flow, valid
 
 
 # The per-frame grid arithmetic below runs on small arrays in the decoding loop, where cv2.remap is an
 # order of magnitude cheaper than torch.grid_sample (and immune to OpenMP oversubscription on busy
 # machines). It samples exactly like flow.warp: pixel centres at integer coordinates, bilinear.
 
+@functools.lru_cache(maxsize=8)
+def _cell_base(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
 def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, border: bool = True) -> np.ndarray:
     """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
     h, w = img.shape[-2:]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = _cell_base(h, w)
     mx, my = xs + grid_flow[0], ys + grid_flow[1]
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    interp = cv2.INTER_LINEAR if not nearest else cv2.INTER_NEAREST
     mode = cv2.BORDER_REPLICATE if border else cv2.BORDER_CONSTANT
+    # One channel per call: OpenCV interpolates single-channel float images at full float precision,
+    # multi-channel ones with 1/32-pixel weights.
     out = [cv2.remap(np.ascontiguousarray(c), mx, my, interp, borderMode=mode, borderValue=0) for c in img]
     return np.stack(out, 0)
 
