@@ -38,7 +38,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .hdr import hdr_to_sdr, hdr_transfer
-from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
+from .motion import compose_np, grid_size, invert_np, mvs_to_flows, resize_grid
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, half_size, pick_references_half, residual_of
@@ -377,6 +377,70 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
         yield from _container_raws(path, export_mvs, export_qp, check_interrupt)
 
 
+# Frames decoded ahead by the decoding thread (bounded: streaming memory stays flat).
+PREFETCH = 4
+_DONE = object()
+
+
+def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: int = PREFETCH) -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead of the consumer.
+
+    Decoding (PyAV), colour conversion (swscale) and OpenCV release the GIL, so with two or more cores the
+    decoder works on the next frames while the priors of the current one are computed. ``prepare(item)``
+    runs in that thread too. An exception (a corrupt file, a user interrupt from ``check_interrupt``) is
+    re-raised in the consumer; a consumer that stops early stops the thread. With one core, or with
+    ``depth`` 0, the iterator is consumed in place.
+    """
+    if depth <= 0 or (os.cpu_count() or 1) < 2:
+        for item in items:
+            if prepare is not None:
+                prepare(item)
+            yield item
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        it = iter(items)
+        try:
+            for item in it:
+                if prepare is not None:
+                    prepare(item)
+                if not put((item, None)):
+                    break
+            else:
+                put((_DONE, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put((_DONE, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=work, name="cpgd-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
 # ------------------------------------------------------------------------------------ motion stages
 
 @dataclass
@@ -408,14 +472,13 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     probe = {"checked": 0, "far": 0}
 
     def finish(r: _Raw, past: Optional[_Raw], future: Optional[_Raw]) -> _Motion:
-        fp, vp = mvs_to_flow(r.mvs, height, width, -1, STRIDE, zero_b_invalid and r.pict == "B")
+        (fp, vp), (fn, vn) = mvs_to_flows(r.mvs, height, width, STRIDE, zero_b_invalid and r.pict == "B")
         multi_ref = probe["far"] > 0 or probe["checked"] < MULTI_REF_PROBE
         if multi_ref and r.pict == "P" and len(anchors) > 1 and past is anchors[-1] and vp.any():
             refs = [(a.half(ch), r.index - a.index) for a in reversed(anchors)]
             fp, dist = pick_references_half(r.half(ch), refs, fp, vp, STRIDE)
             probe["checked"] += 1
             probe["far"] += int(((dist != refs[0][1]) & vp[0]).sum() >= MULTI_REF_SHARE * vp.sum())
-        fn, vn = mvs_to_flow(r.mvs, height, width, +1, STRIDE, zero_b_invalid and r.pict == "B")
         if past is None:
             vp = zv.copy()
         if future is None:
@@ -599,8 +662,13 @@ def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, star
     def want(i: int) -> bool:
         return i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
 
-    motions = _motion_stage(raws, src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want, residual_channels, signed,
-                            MAX_REFS if codec in _MULTI_REF_CODECS else 1)
+    def prepare(r: _Raw) -> None:  # in the decoding thread: the conversions every wanted frame needs
+        if want(r.index):
+            r.rgb()
+            r.plane(residual_channels)
+
+    motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want,
+                            residual_channels, signed, MAX_REFS if codec in _MULTI_REF_CODECS else 1)
     return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
 
 

@@ -37,54 +37,76 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
         (x, y); valid (1, ceil(H/s), ceil(W/s)) bool, False where no block of that direction exists
         (intra blocks, I-frames).
     """
+    return _rasterise(mvs, height, width, (source,), stride, zero_means_missing)[0]
+
+
+def mvs_to_flows(mvs: Optional[np.ndarray], height: int, width: int, stride: int = 4,
+                 zero_means_missing: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """:func:`mvs_to_flow` for both directions from one pass over the side data:
+    ((flow, valid) into the past, (flow, valid) into the future)."""
+    past, future = _rasterise(mvs, height, width, (-1, 1), stride, zero_means_missing)
+    return past, future
+
+
+def _rasterise(mvs, height: int, width: int, sources: tuple[int, ...], stride: int,
+               zero_means_missing: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     gh, gw = grid_size(height, width, stride)
-    flow = np.zeros((2, gh, gw), np.float32)
-    valid = np.zeros((1, gh, gw), bool)
+    out = [(np.zeros((2, gh, gw), np.float32), np.zeros((1, gh, gw), bool)) for _ in sources]
     if mvs is None or len(mvs) == 0:
-        return flow, valid
-    mvs = mvs[mvs["source"] == source]
-    if len(mvs) == 0:
-        return flow, valid
+        return out
+    src = mvs["source"]
     scale = mvs["motion_scale"].astype(np.float32)
     scale[scale == 0] = 1.0
     vec = np.stack([mvs["motion_x"] / scale, mvs["motion_y"] / scale], -1).astype(np.float32)
-    if zero_means_missing and not np.any(vec):
-        return flow, valid
     bw = mvs["w"].astype(np.int64)
     bh = mvs["h"].astype(np.int64)
     x0 = mvs["dst_x"].astype(np.int64) - bw // 2
     y0 = mvs["dst_y"].astype(np.int64) - bh // 2
-    if not _rasterise_aligned(flow, valid, x0, y0, bw, bh, vec, stride):
-        _rasterise_any(flow, valid, x0, y0, bw, bh, vec, stride)
-    return flow, valid
+    for (flow, valid), source in zip(out, sources):
+        sel = src == source
+        n = int(np.count_nonzero(sel))
+        if n == 0:
+            continue
+        parts = (x0, y0, bw, bh, vec) if n == len(sel) else (x0[sel], y0[sel], bw[sel], bh[sel], vec[sel])
+        if zero_means_missing and not np.any(parts[4]):
+            continue
+        if not _rasterise_aligned(flow, valid, *parts, stride):
+            _rasterise_any(flow, valid, *parts, stride)
+    return out
 
 
 def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> bool:
-    """Fast path for codec partitions, which sit on multiples of their own size (H.264 16x16 / 16x8 / 8x16 /
-    8x8, MPEG 16x16 / 8x8): each block shape is written through a (rows, sh, cols, sw) view of a grid padded
-    to whole blocks, one vectorised assignment per shape. False (nothing written) for any other layout."""
+    """Fast path for codec partitions, whose sizes and positions share a common unit (8 px for H.264, whose
+    sub-8x8 partitions are exported as 8x8, and for MPEG): every block is split into its units, all units are
+    written in one vectorised assignment on a grid of units, and that grid is upscaled to the cells.
+    False (nothing written) for blocks off the cell lattice or far outside the frame."""
     if (x0 % stride).any() or (y0 % stride).any() or (bw % stride).any() or (bh % stride).any():
         return False
     cx, cy, sw, sh = x0 // stride, y0 // stride, bw // stride, bh // stride
-    if (sw <= 0).any() or (sh <= 0).any() or (cx % sw).any() or (cy % sh).any() or (cx < 0).any() or (cy < 0).any():
+    if (sw <= 0).any() or (sh <= 0).any() or (cx < 0).any() or (cy < 0).any():
         return False
     gh, gw = flow.shape[-2:]
-    ph, pw = max(gh, int((cy + sh).max())), max(gw, int((cx + sw).max()))
-    ly, lx = int(np.lcm.reduce(np.unique(sh))), int(np.lcm.reduce(np.unique(sw)))
-    if ph > gh + 16 or pw > gw + 16 or ly > 16 or lx > 16:  # blocks far off the frame: clipped by the slow path
-        return False
-    ph, pw = -(-ph // ly) * ly, -(-pw // lx) * lx
-    pf = np.zeros((2, ph, pw), np.float32)
-    pv = np.zeros((ph, pw), bool)
-    key = sh * 4096 + sw
-    for k in np.unique(key):  # sorted, as _rasterise_any writes them: a later shape wins where blocks overlap
-        sel = np.flatnonzero(key == k)
-        a, b = int(k // 4096), int(k % 4096)
-        rows, cols = cy[sel] // a, cx[sel] // b
-        pf.reshape(2, ph // a, a, pw // b, b)[:, rows, :, cols, :] = vec[sel][:, :, None, None]
-        pv.reshape(ph // a, a, pw // b, b)[rows, :, cols, :] = True
-    flow[...] = pf[:, :gh, :gw]
-    valid[0] = pv[:gh, :gw]
+    u = int(np.gcd.reduce(np.concatenate([cx, cy, sw, sh])))
+    uh, uw = -(-gh // u), -(-gw // u)
+    ux, uy, nw, nh = cx // u, cy // u, sw // u, sh // u
+    if int((uy + nh).max()) > uh + 16 // u + 1 or int((ux + nw).max()) > uw + 16 // u + 1:
+        return False  # blocks far off the frame: clipped by the general path
+    uh, uw = max(uh, int((uy + nh).max())), max(uw, int((ux + nw).max()))
+    counts = nw * nh
+    blk = np.repeat(np.arange(len(counts)), counts)
+    k = np.arange(len(blk)) - np.repeat(np.cumsum(counts) - counts, counts)
+    bw_u = nw[blk]
+    flat = (uy[blk] + k // bw_u) * uw + ux[blk] + k % bw_u
+    units = np.zeros(uh * uw, np.complex64)  # one 8-byte element per (x, y) vector: a single scatter
+    mask = np.zeros(uh * uw, np.uint8)
+    units[flat] = np.ascontiguousarray(vec, np.float32).view(np.complex64)[blk, 0]
+    mask[flat] = 1
+    units, mask = units.view(np.float32).reshape(uh, uw, 2), mask.reshape(uh, uw)
+    if u > 1:
+        units = cv2.resize(units, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
+    flow[...] = np.moveaxis(units[:gh, :gw], -1, 0)
+    valid[0] = mask[:gh, :gw].astype(bool)
     return True
 
 

@@ -33,6 +33,9 @@ import numpy as np
 RESIDUAL_CHANNELS = ("luma", "rgb")
 # OpenCV >= 4.10 takes maps relative to the pixel position; older versions need the absolute position added.
 _RELATIVE = getattr(cv2, "WARP_RELATIVE_MAP", None)
+# Above this share of candidate cells the multi-reference check warps whole frames instead of gathering cells.
+_SPARSE_SHARE = 0.15
+_CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.float16): cv2.CV_16F}
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,15 +95,11 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
             p1 *= wgt
             p1 += pred
             pred = p1
-    if cur.ndim == 2:
-        out = np.empty((1, h, w), dtype)
-        np.subtract(cur, pred, out=out[0], casting="unsafe")
-    else:
-        out = np.empty((cur.shape[2], h, w), dtype)
-        np.subtract(cur, pred, out=out.transpose(1, 2, 0), casting="unsafe")
+    # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower than the subtraction)
+    diff = cv2.subtract(cur, pred, dtype=_CV_DEPTH[np.dtype(dtype)])
     if not signed:
-        np.abs(out, out=out)
-    return out
+        diff = np.abs(diff)
+    return diff[None] if diff.ndim == 2 else np.ascontiguousarray(np.moveaxis(diff, -1, 0))
 
 
 def _unit(img: np.ndarray) -> np.ndarray:
@@ -111,11 +110,13 @@ def _cell_error(cur: np.ndarray, pred: np.ndarray, cell: int) -> np.ndarray:
     """Mean |cur - pred| per cell x cell block, (h', w') float32 (edge cells padded by replication)."""
     h, w = cur.shape[:2]
     gh, gw = -(-h // cell), -(-w // cell)
-    d = np.abs(cur - pred)
+    d = cv2.absdiff(cur, pred)
     if d.ndim == 3:
-        d = d.mean(-1)
-    pad = np.pad(d, ((0, gh * cell - h), (0, gw * cell - w)), mode="edge")
-    return pad.reshape(gh, cell, gw, cell).mean((1, 3))
+        d = d.mean(-1, dtype=np.float32)
+    if (gh * cell, gw * cell) != (h, w):
+        d = cv2.copyMakeBorder(d, 0, gh * cell - h, 0, gw * cell - w, cv2.BORDER_REPLICATE)
+    # an area resize by an integer factor is the block mean
+    return cv2.resize(d, (gw, gh), interpolation=cv2.INTER_AREA)
 
 
 def _cells_error(cur: np.ndarray, ref: np.ndarray, flow: np.ndarray, cy: np.ndarray, cx: np.ndarray,
@@ -187,10 +188,15 @@ def pick_references_half(cur_h: np.ndarray, refs_h: list[tuple[np.ndarray, int]]
     cell = stride // 2
     half_flow = (flow * 0.5).astype(np.float32)
     err0 = _cell_error(cur_h, warp_cells(refs_h[0][0], half_flow, None, cell), cell)[:gh, :gw]
-    cy, cx = np.nonzero(valid[0] & (err0 > min_gain))
+    cand = valid[0] & (err0 > min_gain)
+    cy, cx = np.nonzero(cand)
     if len(cy) == 0:
         return flow, dist
-    errs = np.stack([err0[cy, cx]] + [_cells_error(cur_h, r, half_flow, cy, cx, cell) for r, _ in refs_h[1:]])
+    if len(cy) > _SPARSE_SHARE * cand.size:  # gathering costs more than warping the whole frame
+        errs = np.stack([err0[cy, cx]] + [_cell_error(cur_h, warp_cells(r, half_flow, None, cell), cell)[cy, cx]
+                                          for r, _ in refs_h[1:]])
+    else:
+        errs = np.stack([err0[cy, cx]] + [_cells_error(cur_h, r, half_flow, cy, cx, cell) for r, _ in refs_h[1:]])
     best = np.argmin(errs, 0)
     err_best = errs[best, np.arange(len(cy))]
     clear = (err_best < gain * errs[0]) & (errs[0] - err_best > min_gain)
