@@ -382,7 +382,7 @@ PREFETCH = 4
 _DONE = object()
 
 
-def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: int = PREFETCH) -> Iterator:
+def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: Optional[int] = None) -> Iterator:
     """Run an iterator in a background thread, ``depth`` items ahead of the consumer.
 
     Decoding (PyAV), colour conversion (swscale) and OpenCV release the GIL, so with two or more cores the
@@ -391,6 +391,7 @@ def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: int = 
     re-raised in the consumer; a consumer that stops early stops the thread. With one core, or with
     ``depth`` 0, the iterator is consumed in place.
     """
+    depth = PREFETCH if depth is None else depth
     if depth <= 0 or (os.cpu_count() or 1) < 2:
         for item in items:
             if prepare is not None:
@@ -563,7 +564,7 @@ def _check_size(size) -> Optional[tuple[int, int]]:
 
 def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start: int, cap: int, every_nth: int,
                   size: Optional[tuple[int, int]], src_hw: tuple[int, int], crop_hw: Optional[tuple[int, int]],
-                  check_interrupt=None) -> Iterator[DecodedFrame]:
+                  ) -> Iterator[DecodedFrame]:
     """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame."""
     back_f = back_v = None      # field from the current frame into the last kept frame
     fwd_f = fwd_v = None        # field from the last kept frame into the current frame
@@ -649,12 +650,14 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
 
 def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int = 0, cap: int = 0,
                  every_nth: int = 1, size=None, residual_channels: str = "luma", signed: bool = True,
-                 crop_hw=None) -> Iterator[DecodedFrame]:
+                 crop_hw=None, max_refs: Optional[int] = None) -> Iterator[DecodedFrame]:
     """Decoded pictures (``raw_frame``, in decode order) -> kept frames with their priors, in display order.
 
     Motion vectors become block-grid flows both ways with validity, the motion-compensated residual is
     computed, frames are selected (start, cap, every_nth), resized to ``size`` and cropped to ``crop_hw``
-    (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules.
+    (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules;
+    ``max_refs`` (past references a P-frame may use) overrides the latter: 1 skips the multi-reference check,
+    for streams known to have one reference. The pictures are pulled by a decoding thread (``_prefetch``).
     """
     if residual_channels not in RESIDUAL_CHANNELS:
         raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
@@ -668,7 +671,8 @@ def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, star
             r.plane(residual_channels)
 
     motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want,
-                            residual_channels, signed, MAX_REFS if codec in _MULTI_REF_CODECS else 1)
+                            residual_channels, signed,
+                            max_refs or (MAX_REFS if codec in _MULTI_REF_CODECS else 1))
     return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
 
 
@@ -700,7 +704,7 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
         size = (size[1], size[0])
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
-        raws = _container_raws(path, False, False, check_interrupt, _seek_point(info, start))
+        raws = _prefetch(_container_raws(path, False, False, check_interrupt, _seek_point(info, start)))
         src = _select_stage(_next_stage(_motion_stage(raws, coded_hw[0], coded_hw[1], False, lambda i: False, "luma",
                                                       True)), start, cap, every_nth, size, coded_hw, None)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
