@@ -142,6 +142,26 @@ def _cell_base(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def remap_points(img: np.ndarray, mx: np.ndarray, my: np.ndarray, interpolation: int = cv2.INTER_LINEAR,
+                 border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """``cv2.remap`` of ``img`` at any number of points (1-D float32 coordinates): (N,) or (N, C) values.
+
+    The points are laid out as rows of a map (OpenCV takes maps under 32767 rows and columns); each output
+    value depends only on its own coordinates, so it equals what a whole-frame remap gives at that pixel.
+    """
+    n = len(mx)
+    if n == 0:
+        return np.zeros((0,) + img.shape[2:], img.dtype)
+    cols = min(n, 4096)
+    rows = -(-n // cols)
+    pad = rows * cols - n
+    mx = np.concatenate([mx, np.zeros(pad, np.float32)]).reshape(rows, cols) if pad else mx.reshape(rows, cols)
+    my = np.concatenate([my, np.zeros(pad, np.float32)]).reshape(rows, cols) if pad else my.reshape(rows, cols)
+    out = cv2.remap(img, mx.astype(np.float32, copy=False), my.astype(np.float32, copy=False), interpolation,
+                    borderMode=border)
+    return out.reshape(rows * cols, *out.shape[2:])[:n]
+
+
 def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, border: bool = True) -> np.ndarray:
     """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
     h, w = img.shape[-2:]
@@ -180,10 +200,9 @@ def invert_np(flow: np.ndarray, valid: np.ndarray, stride: int = 4, iterations: 
             # cells (typically a fifth, along motion edges) are sampled again, with the same coordinates.
             ys, xs = todo
             old = g[:, ys, xs]
-            mx = (xs.astype(np.float32) + old[0])[:, None]
-            my = (ys.astype(np.float32) + old[1])[:, None]
-            new = -np.stack([cv2.remap(np.ascontiguousarray(c), mx, my, cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REPLICATE)[:, 0] for c in f])
+            mx = xs.astype(np.float32) + old[0]
+            my = ys.astype(np.float32) + old[1]
+            new = -np.stack([remap_points(np.ascontiguousarray(c), mx, my) for c in f])
             moved = (new != old).any(0)
             g[:, ys, xs] = new
             todo = (ys[moved], xs[moved])

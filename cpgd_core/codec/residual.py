@@ -29,6 +29,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from .motion import remap_points
 
 RESIDUAL_CHANNELS = ("luma", "rgb")
 # OpenCV >= 4.10 takes maps relative to the pixel position; older versions need the absolute position added.
@@ -134,7 +135,7 @@ def _cells_error(cur: np.ndarray, ref: np.ndarray, flow: np.ndarray, cy: np.ndar
     py, px = py.reshape(len(cy), -1), px.reshape(len(cy), -1)
     mx = px.astype(np.float32) + flow[0, cy, cx][:, None]
     my = py.astype(np.float32) + flow[1, cy, cx][:, None]
-    pred = cv2.remap(ref, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pred = remap_points(ref, mx.ravel(), my.ravel()).reshape(py.shape + ref.shape[2:])
     d = np.abs(cur[py, px] - pred)
     if d.ndim == 3:
         d = d.mean(-1)
