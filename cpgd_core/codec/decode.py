@@ -746,8 +746,11 @@ def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) 
 
 def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
     """(T, 3, H, W) float32 in [0, 1]."""
-    arr = torch.from_numpy(np.stack([f.rgb for f in frames], 0)).permute(0, 3, 1, 2).contiguous()
-    return arr.float().div_(255.0)
+    h, w = frames[0].rgb.shape[:2]
+    out = torch.empty((len(frames), 3, h, w), dtype=torch.float32)
+    for i, f in enumerate(frames):  # one converting copy per frame, no stacked uint8 or channel-last copies
+        out[i].copy_(torch.from_numpy(np.ascontiguousarray(f.rgb)).permute(2, 0, 1))
+    return out.div_(255.0)
 
 
 def _source_name(info: VideoInfo, export_mvs: bool) -> str:

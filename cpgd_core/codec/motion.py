@@ -189,25 +189,8 @@ def invert_np(flow: np.ndarray, valid: np.ndarray, stride: int = 4, iterations: 
     """numpy form of :func:`invert_grid` for one frame: (2, h, w) / (1, h, w)."""
     f = flow.astype(np.float32) / stride
     g = -f
-    todo = None  # cells whose estimate changed in the last step; the others are already fixed points
     for _ in range(iterations):
-        if todo is None:
-            new = -_sample(f, g)
-            todo = np.nonzero((new != g).any(0))
-            g = new
-        else:
-            # g(p) <- -f(p + g(p)) is pointwise: a cell whose g did not change keeps it, so only the changed
-            # cells (typically a fifth, along motion edges) are sampled again, with the same coordinates.
-            ys, xs = todo
-            old = g[:, ys, xs]
-            mx = xs.astype(np.float32) + old[0]
-            my = ys.astype(np.float32) + old[1]
-            new = -np.stack([remap_points(np.ascontiguousarray(c), mx, my) for c in f])
-            moved = (new != old).any(0)
-            g[:, ys, xs] = new
-            todo = (ys[moved], xs[moved])
-        if len(todo[0]) == 0:
-            break
+        g = -_sample(f, g)
     land = _sample(valid.astype(np.float32), g, nearest=True, border=False) > 0.5
     return g * stride, land
 

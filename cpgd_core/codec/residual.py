@@ -36,6 +36,8 @@ RESIDUAL_CHANNELS = ("luma", "rgb")
 _RELATIVE = getattr(cv2, "WARP_RELATIVE_MAP", None)
 # Above this share of candidate cells the multi-reference check warps whole frames instead of gathering cells.
 _SPARSE_SHARE = 0.15
+# Rows per band of the residual computation (keeps a band's maps and prediction in cache).
+_BAND = 128
 _CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.float16): cv2.CV_16F}
 
 
@@ -69,38 +71,80 @@ def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], s
     return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
 
 
+def _cell_grid(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(2, h', w') vectors -> (h', w', 2) float32 map cells, zero where ``valid`` is False (zero motion)."""
+    grid = np.moveaxis(flow, 0, -1)
+    if not valid.all():
+        grid = grid * valid[0, ..., None]
+    return np.ascontiguousarray(grid, np.float32)
+
+
+def _warp_rows(ref: np.ndarray, grid: np.ndarray, y0: int, y1: int, stride: int) -> np.ndarray:
+    """Rows [y0, y1) of ``ref`` warped by the map cells ``grid`` (the cell rows covering them), as warp_cells."""
+    w = ref.shape[1]
+    maps = cv2.resize(grid, (grid.shape[1] * stride, grid.shape[0] * stride), interpolation=cv2.INTER_NEAREST)
+    maps = maps[:y1 - y0, :w]
+    if _RELATIVE is None:
+        maps = maps + _base_map(ref.shape[0], w)[y0:y1]
+        return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    maps = np.ascontiguousarray(maps)
+    if y0:
+        maps[..., 1] += np.float32(y0)  # relative to the band's own rows
+    return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
+
+
 def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Optional[np.ndarray],
                 valid_prev: Optional[np.ndarray], ref_next: Optional[np.ndarray], flow_next: Optional[np.ndarray],
                 valid_next: Optional[np.ndarray], stride: int = 4, signed: bool = True,
                 dtype=np.float32) -> np.ndarray:
-    """:func:`mc_residual` on frames already in float32 [0,1] units; returns only the residual (C, H, W) ``dtype``."""
+    """:func:`mc_residual` on frames already in float32 [0,1] units; returns only the residual (C, H, W) ``dtype``.
+
+    Works in bands of ``_BAND`` rows: the full-resolution maps and predictions of a band stay in cache, and
+    nothing of frame size is allocated but the output (at 4K a frame-sized map alone is 66 MB).
+    """
     h, w = cur.shape[:2]
     use_p = ref_prev is not None and flow_prev is not None and valid_prev is not None and bool(valid_prev.any())
     use_n = ref_next is not None and flow_next is not None and valid_next is not None and bool(valid_next.any())
     # Zero-motion fallback where no vector exists (the previous frame, or the frame itself when there is none).
     base = ref_prev if ref_prev is not None else cur
-    pred = warp_cells(base, flow_prev, valid_prev, stride) if use_p else base
+    gp = _cell_grid(flow_prev, valid_prev) if use_p else None
+    gn = _cell_grid(flow_next, valid_next) if use_n else None
+    share = None
     if use_n:
         # Share of the future prediction per cell: 1 where only it exists, 1/2 for bi-prediction (as in
         # H.264 / MPEG-4 B-blocks), 0 elsewhere.
         vn = valid_next[0]
         share = np.where(vn, np.where(valid_prev[0], 0.5, 1.0) if use_p else 1.0, 0.0).astype(np.float32)
-        p1 = warp_cells(ref_next, flow_next, valid_next, stride)
         if share.min() == 1.0:
-            pred = p1
+            share = None  # the future prediction alone
+    depth = _CV_DEPTH[np.dtype(dtype)]
+    out = np.empty((1 if cur.ndim == 2 else cur.shape[2], h, w), dtype)
+    band = _BAND - _BAND % stride
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        c0, c1 = y0 // stride, -(-y1 // stride)
+        pred = _warp_rows(base, gp[c0:c1], y0, y1, stride) if use_p else base[y0:y1]
+        if use_n:
+            p1 = _warp_rows(ref_next, gn[c0:c1], y0, y1, stride)
+            if share is None:
+                pred = p1
+            else:
+                wgt = _dense(share[c0:c1], y1 - y0, w, stride)
+                if pred.ndim == 3:
+                    wgt = wgt[..., None]
+                p1 -= pred
+                p1 *= wgt
+                p1 += pred
+                pred = p1
+        # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower)
+        diff = cv2.subtract(cur[y0:y1], pred, dtype=depth)
+        if not signed:
+            diff = np.abs(diff)
+        if diff.ndim == 2:
+            out[0, y0:y1] = diff
         else:
-            wgt = _dense(share, h, w, stride)
-            if pred.ndim == 3:
-                wgt = wgt[..., None]
-            p1 -= pred
-            p1 *= wgt
-            p1 += pred
-            pred = p1
-    # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower than the subtraction)
-    diff = cv2.subtract(cur, pred, dtype=_CV_DEPTH[np.dtype(dtype)])
-    if not signed:
-        diff = np.abs(diff)
-    return diff[None] if diff.ndim == 2 else np.ascontiguousarray(np.moveaxis(diff, -1, 0))
+            out[:, y0:y1] = np.moveaxis(diff, -1, 0)
+    return out
 
 
 def _unit(img: np.ndarray) -> np.ndarray:
