@@ -108,7 +108,8 @@ def _dis_both_ways(greys: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def timing(frames: int, frames_4k: int, reps: int, tmp: str, dis_frames: int = 16) -> list[tuple[str, str, float, float]]:
+def timing(frames: int, frames_4k: int, reps: int, tmp: str,
+           dis_frames: int = 16) -> list[tuple[str, str, float, float]]:
     """Rows (clip, path, ms / frame, x decode-only of that clip)."""
     img = load_photo("astronaut")
     size = (1280, 720)

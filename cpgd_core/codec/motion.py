@@ -40,8 +40,8 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
     return _rasterise(mvs, height, width, (source,), stride, zero_means_missing)[0]
 
 
-def mvs_to_flows(mvs: Optional[np.ndarray], height: int, width: int, stride: int = 4,
-                 zero_means_missing: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def mvs_to_flows(mvs: Optional[np.ndarray], height: int, width: int, stride: int = 4, zero_means_missing: bool = False,
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """:func:`mvs_to_flow` for both directions from one pass over the side data:
     ((flow, valid) into the past, (flow, valid) into the future)."""
     past, future = _rasterise(mvs, height, width, (-1, 1), stride, zero_means_missing)

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import torch
 
-from cpgd_core.codec.motion import _sample, compose_grid, invert_grid, invert_np, mvs_to_flow, mvs_to_flows, resize_grid
+from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, mvs_to_flows, remap_points, resize_grid
 from cpgd_core.codec.residual import mc_residual, pick_references
 
 MV_DTYPE = np.dtype({"names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x",
@@ -147,29 +147,21 @@ def test_rasteriser_fast_and_general_paths_agree_with_naive_loop():
             assert np.array_equal(single[0], f) and np.array_equal(single[1], v)
 
 
-def _invert_dense(flow, valid, stride=4, iterations=3):
-    """invert_np as plainly written: every cell resampled at every step."""
-    f = flow.astype(np.float32) / stride
-    g = -f
-    for _ in range(iterations):
-        g = -_sample(f, g)
-    land = _sample(valid.astype(np.float32), g, nearest=True, border=False) > 0.5
-    return g * stride, land
-
-
-def test_inversion_resampling_only_changed_cells_is_exact():
+def test_remap_points_equals_a_whole_frame_remap():
+    """Point-wise remap (the multi-reference check's gathered cells), also for more points than one OpenCV map
+    row or column takes."""
     rng = np.random.default_rng(1)
-    mvs = _random_partition(rng, 96, 128, hole_p=0.2)
-    flow, valid = mvs_to_flow(mvs, 96, 128, -1)
-    g, land = invert_np(flow, valid)
-    rg, rland = _invert_dense(flow, valid)
-    assert np.array_equal(g, rg) and np.array_equal(land, rland)
-    # a 4K-sized grid where most cells change (more points than OpenCV takes in one map row or column)
-    big = (rng.standard_normal((2, 540, 960)) * 6).astype(np.float32)
-    bv = np.ones((1, 540, 960), bool)
-    g, land = invert_np(big, bv)
-    rg, rland = _invert_dense(big, bv)
-    assert np.array_equal(g, rg) and np.array_equal(land, rland)
+    img = rng.random((540, 960), dtype=np.float32)
+    ys, xs = np.mgrid[0:540, 0:960].astype(np.float32)
+    mx = xs + rng.normal(0, 5, xs.shape).astype(np.float32)
+    my = ys + rng.normal(0, 5, ys.shape).astype(np.float32)
+    whole = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pick = rng.choice(mx.size, 40000, replace=False)
+    got = remap_points(img, mx.ravel()[pick], my.ravel()[pick])
+    assert np.array_equal(got, whole.ravel()[pick])
+    rgb = np.dstack([img] * 3)
+    assert remap_points(rgb, mx.ravel()[:10], my.ravel()[:10]).shape == (10, 3)
+    assert remap_points(img, np.zeros(0, np.float32), np.zeros(0, np.float32)).shape == (0,)
 
 
 def test_bi_prediction_averages_both_references():
