@@ -17,6 +17,7 @@ Timings are wall-clock; on a shared machine read single figures as +-30 %, ratio
 from __future__ import annotations
 
 import argparse
+import builtins
 import collections
 import os
 import sys
@@ -306,16 +307,31 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="also print the CPU time of each pipeline stage")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--seek-frames", type=int, default=600, help="length of the late-start clip (0: skip)")
+    ap.add_argument("--md", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "docs", "bench", "priors.md"),
+                    help="also write the tables here ('' to skip)")
     a = ap.parse_args(argv)
+    lines = [f"# Codec priors: cost and accuracy (`python bench/priors.py {' '.join(argv or sys.argv[1:])}`)", ""]
+
+    def print(text: str = "") -> None:  # noqa: A001 - the tables go to stdout and to the markdown file
+        builtins.print(text, flush=True)
+        lines.extend(text.split("\n"))
+
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     print(f"CPUs: {os.cpu_count()}, load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         print(f"\n| clip | path | ms / frame | x decode-only |\n|---|---|---|---|")
+        summary = ["| codec priors, per frame (`bench/priors.py`, one run; "
+                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.0f}) | x decoding the same file |",
+                   "| --- | --- |"]
         for clip, k, v, r in timing(a.frames, a.frames_4k, a.reps, tmp, a.dis_frames):
             if np.isnan(v):
                 print(f"| {clip} | {k} | | |")
+                summary.append(f"| {clip}: {k.split(';')[0]} | {k.split(';', 1)[1].strip()} |")
             else:
                 print(f"| {clip} | {k} | {v:.1f} | {r:.2f} |")
+                if k.startswith(("full priors", "OpenCV DIS")):
+                    summary.append(f"| {clip}: {k} | {r:.1f}x ({v:.0f} ms) |")
         if a.profile:
             print(f"\n| stream (1280x720, {a.frames} frames, load_video) | stage | CPU ms / frame |\n|---|---|---|")
             for clip, k, v in profile(a.frames, tmp):
@@ -329,6 +345,13 @@ def main(argv=None) -> int:
             for k, v in seeking(a.seek_frames, tmp):
                 print(f"| {k} | {v:.2f} |")
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if a.md:  # the full tables, and their summary for the README block <!-- bench:priors_summary -->
+        os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
+        short = os.path.join(os.path.dirname(os.path.abspath(a.md)), "priors_summary.md")
+        for path, text in ((a.md, lines), (short, ["# Codec priors (summary)", ""] + summary)):
+            with open(path + ".part", "w") as f:
+                f.write("\n".join(text).rstrip("\n") + "\n")
+            os.replace(path + ".part", path)
     return 0
 
 
