@@ -190,8 +190,8 @@ def profile(frames: int, tmp: str) -> list[tuple[str, str, float]]:
         setattr(mod, name, timed)
 
     D, R = decode_mod, reencode_mod
-    wrap(D, "_raw_from_frame", "MV side-data parsing")
-    wrap(R, "_raw_from_frame", "MV side-data parsing")
+    wrap(D, "raw_frame", "MV side-data parsing")
+    wrap(R, "raw_frame", "MV side-data parsing")
     wrap(D, "mvs_to_flows", "block rasterisation (both directions)")
     wrap(D, "invert_np", "inversion / composition")
     wrap(D, "compose_np", "inversion / composition")
@@ -200,7 +200,7 @@ def profile(frames: int, tmp: str) -> list[tuple[str, str, float]]:
     wrap(D, "half_size", "multi-reference probing")
     wrap(D, "frame_to_rgb", "colour conversion (YUV -> RGB, luma -> float)")
     wrap(D._Raw, "plane", "colour conversion (YUV -> RGB, luma -> float)")
-    wrap(R, "_yuv_frame", "RGB -> YUV for the x264 re-encode")
+    wrap(R, "yuv_frame", "RGB -> YUV for the x264 re-encode")
     wrap(D, "frames_to_tensor", "tensor stacking")
     wrap(D, "priors_from_decoded", "tensor stacking")
     threads, prefetch = cv2.getNumThreads(), D.PREFETCH
