@@ -1,37 +1,46 @@
-"""Codec-prior costs and accuracy: ``python bench/priors.py [--frames 48]``.
+"""Codec-prior costs and accuracy: ``python bench/priors.py [--frames 48] [--profile]``.
 
-1. Per-frame cost at 1280x720 (a synthetic pan of a real photo, H.264 crf 20): decode only, decode + RGB,
-   the full prior pipeline (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB) for an
-   IPPP and an IBBP stream, and the libx264 re-encode fallback (``priors_from_frames``).
-2. Median end-point error of the codec flow against the true flow on synthetic clips.
-3. A late start: loading 16 frames from the end of a long 720p clip (keyframe every 2 s) against loading the
+1. Per-frame cost against decoding the same file (``x decode-only``), all in one run: each measurement is
+   repeated ``--reps`` times round-robin and the median kept, so a load on the machine weighs on both sides
+   of every ratio alike. Clips: synthetic pans of a real photo, H.264 crf 20 at 1280x720 (IPPP, IPPP with
+   3 references, IBBP) and 3840x2160 (IPPP), and HEVC at 1280x720, which takes the libx264 re-encode
+   fallback. Rows: decode only (PyAV, frame threads), decode + RGB, the full prior pipeline
+   (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB), ``load_video`` (the same plus
+   stacking to tensors), and OpenCV DIS (medium preset, both directions, grey frames, decoding excluded) with
+   its median end-point error beside that of the priors on the same 720p clip.
+2. ``--profile``: CPU time per frame of each stage of the prior pipeline (single-threaded, to attribute it).
+3. Median end-point error of the codec flow against the true flow on synthetic clips.
+4. A late start: loading 16 frames from the end of a long 720p clip (keyframe every 2 s) against loading the
    first 16 (decoding seeks to the keyframe before the start instead of decoding from frame 0).
-Timings are medians over the frames of one run; on a shared machine read them as +-30 %.
+Timings are wall-clock; on a shared machine read single figures as +-30 %, ratios as +-15 %.
 """
 from __future__ import annotations
 
 import argparse
+import builtins
+import collections
 import os
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import av
+import cv2
 import numpy as np
 import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cpgd_core.codec.decode as decode_mod  # noqa: E402
+import cpgd_core.codec.reencode as reencode_mod  # noqa: E402
 from cpgd_core.codec.decode import frame_to_rgb, iter_decoded, load_video  # noqa: E402
 from cpgd_core.codec.encode import write_video  # noqa: E402
-from cpgd_core.codec.reencode import encode_and_extract, priors_from_frames  # noqa: E402
+from cpgd_core.codec.reencode import encode_and_extract  # noqa: E402
 from cpgd_core.data.synth import load_photo, make_blur_clip, pan_zoom_path, render_path  # noqa: E402
 
-
-def _per_frame(fn, n: int) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) / n * 1000
+H264_PARAMS = (("IPPP", "bframes=0:ref=1"), ("IPPP ref=3", "bframes=0:ref=3"),
+               ("IBBP", "bframes=2:b-pyramid=none:ref=1"))
 
 
 def _decode_only(path: str, rgb: bool) -> None:
@@ -54,27 +63,178 @@ def _epe(pri, true: torch.Tensor, which: str = "prev", mean: bool = False) -> fl
     return float(e.mean() if mean else e.median())
 
 
-def timing(frames: int, tmp: str) -> list[tuple[str, float]]:
+def _write_streamed(path: str, img: np.ndarray, size: tuple[int, int], frames: int, params: str,
+                    codec: str = "libx264", chunk: int = 8) -> np.ndarray:
+    """Render and encode a pan clip a few frames at a time (a 4K clip would not fit in memory); returns the
+    true flows of the first ``chunk`` frames only when the clip is small enough to keep them."""
+    mats = pan_zoom_path(img.shape, size, frames, 4.0 * size[0] / 1280, 1.5 * size[0] / 1280, zoom_per_frame=1.002)
+
+    def parts():
+        for i in range(0, frames, chunk):
+            yield torch.from_numpy(render_path(img, mats[i:i + chunk], size)[0])
+
+    write_video(path, parts(), 30, codec=codec, crf=20, preset="veryfast", x264_params=params, overwrite=True)
+    return mats
+
+
+class _Timer:
+    """Round-robin repeated measurements: ``add`` registers a job, ``run`` repeats them all ``reps`` times."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, Callable[[], None], int]] = []
+        self.times: dict[str, list[float]] = collections.defaultdict(list)
+
+    def add(self, key: str, fn: Callable[[], None], frames: int) -> None:
+        self.jobs.append((key, fn, frames))
+
+    def run(self, reps: int) -> None:
+        for key, fn, _ in self.jobs:  # warm caches (files, code paths) once
+            fn()
+        for _ in range(reps):
+            for key, fn, frames in self.jobs:
+                t0 = time.perf_counter()
+                fn()
+                self.times[key].append((time.perf_counter() - t0) / frames * 1000)
+
+    def ms(self, key: str) -> float:
+        return float(np.median(self.times[key]))
+
+
+def _dis_both_ways(greys: list[np.ndarray]) -> list[np.ndarray]:
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    out = []
+    for a, b in zip(greys[1:], greys[:-1]):
+        out.append(dis.calc(a, b, None))  # field on frame t into t-1 (same convention as flow_to_prev)
+        dis.calc(b, a, None)
+    return out
+
+
+def timing(frames: int, frames_4k: int, reps: int, tmp: str,
+           dis_frames: int = 16) -> list[tuple[str, str, float, float]]:
+    """Rows (clip, path, ms / frame, x decode-only of that clip)."""
     img = load_photo("astronaut")
     size = (1280, 720)
-    clip, _ = render_path(img, pan_zoom_path(img.shape, size, frames, 4.0, 1.5, zoom_per_frame=1.002), size)
-    clip = torch.from_numpy(clip)
-    rows = []
-    for name, params in (("IPPP", "bframes=0:ref=1"), ("IPPP ref=3", "bframes=0:ref=3"),
-                         ("IBBP", "bframes=2:b-pyramid=none:ref=1")):
-        path = os.path.join(tmp, f"{name.replace(' ', '_')}.mp4")
+    mats = pan_zoom_path(img.shape, size, frames, 4.0, 1.5, zoom_per_frame=1.002)
+    clip, true = render_path(img, mats, size)
+    clip, true = torch.from_numpy(clip), torch.from_numpy(true)
+    timer = _Timer()
+    clips: list[tuple[str, str, int]] = []
+    for name, params in H264_PARAMS:
+        path = os.path.join(tmp, f"{name.replace(' ', '_').replace('=', '')}.mp4")
         write_video(path, clip, 30, crf=20, preset="veryfast", x264_params=params, overwrite=True)
-        _decode_only(path, False)  # warm caches
-        rows.append((f"{name}: decode only", _per_frame(lambda: _decode_only(path, False), frames)))
-        rows.append((f"{name}: decode + RGB", _per_frame(lambda: _decode_only(path, True), frames)))
-        rows.append((f"{name}: decode + MVs + flows both ways + residual + RGB",
-                     _per_frame(lambda: list(iter_decoded(path)), frames)))
-        rows.append((f"{name}: load_video (same + stacking to tensors)",
-                     _per_frame(lambda: load_video(path), frames)))
-    rows.append(("re-encode fallback, libx264 superfast (priors_from_frames)",
-                 _per_frame(lambda: priors_from_frames(clip, 30, crf=18, preset="superfast"), frames)))
+        clips.append((f"H.264 {name} 1280x720", path, frames))
+    hevc = os.path.join(tmp, "hevc.mkv")
+    write_video(hevc, clip, 30, codec="libx265", crf=20, preset="veryfast", overwrite=True)
+    clips.append(("HEVC 1280x720 (re-encode fallback)", hevc, frames))
+    if frames_4k:
+        path4k = os.path.join(tmp, "uhd.mp4")
+        _write_streamed(path4k, img, (3840, 2160), frames_4k, "bframes=0:ref=1")
+        clips.append(("H.264 IPPP 3840x2160", path4k, frames_4k))
+    for label, path, n in clips:
+        timer.add(f"{label}|decode only", lambda p=path: _decode_only(p, False), n)
+        timer.add(f"{label}|decode + RGB", lambda p=path: _decode_only(p, True), n)
+        timer.add(f"{label}|full priors (iter_decoded)", lambda p=path: list(iter_decoded(p)), n)
+        if n == frames and "HEVC" not in label:
+            timer.add(f"{label}|load_video (+ stacking to tensors)", lambda p=path: load_video(p), n)
+    greys = []
+    with av.open(clips[0][1]) as c:
+        for fr in c.decode(video=0):
+            greys.append(fr.to_ndarray(format="gray"))
+    greys = greys[:max(2, dis_frames)]  # DIS costs about a second a frame here: its first frames are enough
+    dis_flows: list[np.ndarray] = []
+    timer.add("dis", lambda: dis_flows.__setitem__(slice(None), _dis_both_ways(greys)), len(greys) - 1)
+    timer.run(reps)
+    rows = []
+    for label, _, _ in clips:
+        base = timer.ms(f"{label}|decode only")
+        for key in [k for k, _, _ in timer.jobs if k.startswith(label + "|")]:
+            rows.append((label, key.split("|", 1)[1], timer.ms(key), timer.ms(key) / base))
+    base = timer.ms(f"{clips[0][0]}|decode only")
+    rows.append((clips[0][0], "OpenCV DIS medium, both directions, grey, decoding excluded", timer.ms("dis"),
+                 timer.ms("dis") / base))
+    # Accuracy on the same clip: the priors' past field against DIS's, both sampled at the grid cell centres.
+    _, pri, _, _ = load_video(clips[0][1])
+    s = pri.flow_stride
+    dis = torch.from_numpy(np.stack(dis_flows)).permute(0, 3, 1, 2)[:, :, s // 2::s, s // 2::s]
+    t = true[1:len(greys), :, s // 2::s, s // 2::s][..., :dis.shape[-2], :dis.shape[-1]]
+    dis_epe = float((dis - t).norm(dim=1).median())
+    pri_epe = _epe(pri, true)
+    speed = timer.ms("dis") / timer.ms(f"{clips[0][0]}|full priors (iter_decoded)")
+    rows.append((clips[0][0], f"median EPE of the past field: priors {pri_epe:.3f} px "
+                 f"({float(pri.valid_to_prev[1:].float().mean()) * 100:.1f} % of cells), DIS {dis_epe:.3f} px; "
+                 f"priors (with decoding) {speed:.1f}x faster than DIS", float("nan"), float("nan")))
     return rows
 
+
+# ------------------------------------------------------------------------------------------ profile
+
+def profile(frames: int, tmp: str) -> list[tuple[str, str, float]]:
+    """CPU ms / frame per stage, single-threaded (OpenCV one thread, no decoding thread) so that each stage's
+    time is its own; the total is the process CPU time (it includes x264's own threads in the fallback)."""
+    img = load_photo("astronaut")
+    size = (1280, 720)
+    clip = torch.from_numpy(render_path(img, pan_zoom_path(img.shape, size, frames, 4.0, 1.5, 1.002), size)[0])
+    stages = collections.defaultdict(float)
+    patched = []
+
+    def wrap(mod, name: str, label: str) -> None:
+        fn = getattr(mod, name)
+
+        def timed(*a, **k):
+            t0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                stages[label] += time.thread_time() - t0
+        patched.append((mod, name, fn))
+        setattr(mod, name, timed)
+
+    D, R = decode_mod, reencode_mod
+    wrap(D, "raw_frame", "MV side-data parsing")
+    wrap(R, "raw_frame", "MV side-data parsing")
+    wrap(D, "mvs_to_flows", "block rasterisation (both directions)")
+    wrap(D, "invert_np", "inversion / composition")
+    wrap(D, "compose_np", "inversion / composition")
+    wrap(D, "residual_of", "residual motion compensation")
+    wrap(D, "pick_references_half", "multi-reference probing")
+    wrap(D, "half_size", "multi-reference probing")
+    wrap(D, "frame_to_rgb", "colour conversion (YUV -> RGB, luma -> float)")
+    wrap(D._Raw, "plane", "colour conversion (YUV -> RGB, luma -> float)")
+    wrap(R, "yuv_frame", "RGB -> YUV for the x264 re-encode")
+    wrap(D, "frames_to_tensor", "tensor stacking")
+    wrap(D, "priors_from_decoded", "tensor stacking")
+    threads, prefetch = cv2.getNumThreads(), D.PREFETCH
+    cv2.setNumThreads(1)
+    D.PREFETCH = 0
+    rows = []
+    try:
+        for name, params, codec in (("H.264 IPPP", "bframes=0:ref=1", "libx264"),
+                                    ("H.264 IPPP ref=3", "bframes=0:ref=3", "libx264"),
+                                    ("H.264 IBBP", "bframes=2:b-pyramid=none:ref=1", "libx264"),
+                                    ("HEVC (re-encode fallback)", None, "libx265")):
+            path = os.path.join(tmp, "prof.mkv" if codec == "libx265" else "prof.mp4")
+            write_video(path, clip, 30, codec=codec, crf=20, preset="veryfast", x264_params=params, overwrite=True)
+            load_video(path)  # warm
+            stages.clear()
+            t0 = time.process_time()
+            load_video(path)
+            total = (time.process_time() - t0) / frames * 1000
+            named = 0.0
+            for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
+                rows.append((name, k, v / frames * 1000))
+                named += v / frames * 1000
+            rest = "decoding (+ x264 encoding and decoding)" if codec == "libx265" else "decoding"
+            rows.append((name, f"{rest} and the rest", total - named))
+            rows.append((name, "total (process CPU)", total))
+    finally:
+        for mod, name, fn in patched:
+            setattr(mod, name, fn)
+        cv2.setNumThreads(threads)
+        D.PREFETCH = prefetch
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ accuracy
 
 def accuracy(tmp: str) -> list[tuple[str, float]]:
     img = load_photo("astronaut")
@@ -96,10 +256,18 @@ def accuracy(tmp: str) -> list[tuple[str, float]]:
             nxt = torch.zeros_like(true)
             nxt[:-1] = -true[1:]
             rows.append((f"{name}, {label}: flow_to_next", _epe(pri, nxt, "next")))
+    # The fallback at 720p, where the re-encode settings matter most for speed.
+    size = (1280, 720)
+    frames, true = render_path(img, pan_zoom_path(img.shape, size, 12, 4.0, 1.5, 1.002), size)
+    frames, true = torch.from_numpy(frames), torch.from_numpy(true)
+    path = os.path.join(tmp, "acc720.mkv")
+    write_video(path, frames, 30, codec="libx265", crf=20, preset="veryfast", overwrite=True)
+    _, pri, _, _ = load_video(path)
+    rows.append(("pan 4,1.5 px + zoom 0.2 %/frame 1280x720, hevc -> re-encode: flow_to_prev", _epe(pri, true)))
     clip = make_blur_clip(load_photo("chelsea"), 12, (256, 256), seed=1)
     _, pri = encode_and_extract(clip["blurry"], 24, crf=23)
     rows.append(("synthetic shake blur 256x256, x264 crf 23: flow_to_prev", _epe(pri, clip["flow_to_prev_true"])))
-    # Multi-reference P-frames: FFmpeg exports no reference index, decode.pick_references recovers it.
+    # Multi-reference P-frames: FFmpeg exports no reference index, residual.pick_references recovers it.
     clip = make_blur_clip(load_photo("coffee"), 12, (320, 240), subframes=9, seed=0, motion=2.0)
     for params in ("bframes=0:ref=1", "bframes=0:ref=3"):
         _, pri = encode_and_extract(clip["blurry"], 24, crf=23, preset="medium", x264_params=params)
@@ -132,21 +300,58 @@ def seeking(frames: int, tmp: str) -> list[tuple[str, float]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--frames", type=int, default=48, help="frames of the 720p clips")
+    ap.add_argument("--frames-4k", type=int, default=16, help="frames of the 3840x2160 clip (0: skip)")
+    ap.add_argument("--reps", type=int, default=3, help="round-robin repetitions of every timing")
+    ap.add_argument("--dis-frames", type=int, default=16, help="frames of the 720p clip that DIS is timed on")
+    ap.add_argument("--profile", action="store_true", help="also print the CPU time of each pipeline stage")
+    ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--seek-frames", type=int, default=600, help="length of the late-start clip (0: skip)")
+    ap.add_argument("--md", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "docs", "bench", "priors.md"),
+                    help="also write the tables here ('' to skip)")
     a = ap.parse_args(argv)
+    lines = [f"# Codec priors: cost and accuracy (`python bench/priors.py {' '.join(argv or sys.argv[1:])}`)", ""]
+
+    def print(text: str = "") -> None:  # noqa: A001 - the tables go to stdout and to the markdown file
+        builtins.print(text, flush=True)
+        lines.extend(text.split("\n"))
+
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    print(f"CPUs: {os.cpu_count()}, load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"| 1280x720, {a.frames} frames | ms / frame |\n|---|---|")
-        for k, v in timing(a.frames, tmp):
-            print(f"| {k} | {v:.1f} |")
-        print("\n| flow accuracy | median EPE (px) |\n|---|---|")
-        for k, v in accuracy(tmp):
-            print(f"| {k} | {v:.3f} |")
+        print(f"\n| clip | path | ms / frame | x decode-only |\n|---|---|---|---|")
+        summary = ["| codec priors, per frame (`bench/priors.py`, one run; "
+                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.0f}) | x decoding the same file |",
+                   "| --- | --- |"]
+        for clip, k, v, r in timing(a.frames, a.frames_4k, a.reps, tmp, a.dis_frames):
+            if np.isnan(v):
+                print(f"| {clip} | {k} | | |")
+                summary.append(f"| {clip}: {k.split(';')[0]} | {k.split(';', 1)[1].strip()} |")
+            else:
+                print(f"| {clip} | {k} | {v:.1f} | {r:.2f} |")
+                if k.startswith(("full priors", "OpenCV DIS")):
+                    summary.append(f"| {clip}: {k} | {r:.1f}x ({v:.0f} ms) |")
+        if a.profile:
+            print(f"\n| stream (1280x720, {a.frames} frames, load_video) | stage | CPU ms / frame |\n|---|---|---|")
+            for clip, k, v in profile(a.frames, tmp):
+                print(f"| {clip} | {k} | {v:.2f} |")
+        if not a.skip_accuracy:
+            print("\n| flow accuracy | median EPE (px) |\n|---|---|")
+            for k, v in accuracy(tmp):
+                print(f"| {k} | {v:.3f} |")
         if a.seek_frames:
             print("\n| late start | load_video seconds |\n|---|---|")
             for k, v in seeking(a.seek_frames, tmp):
                 print(f"| {k} | {v:.2f} |")
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if a.md:  # the full tables, and their summary for the README block <!-- bench:priors_summary -->
+        os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
+        short = os.path.join(os.path.dirname(os.path.abspath(a.md)), "priors_summary.md")
+        for path, text in ((a.md, lines), (short, ["# Codec priors (summary)", ""] + summary)):
+            with open(path + ".part", "w") as f:
+                f.write("\n".join(text).rstrip("\n") + "\n")
+            os.replace(path + ".part", path)
     return 0
 
 

@@ -23,6 +23,8 @@ the rasteriser and ``residual.py`` for the residual. How vectors become the per-
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,10 +38,10 @@ import torch
 
 from ..errors import CPGDInputError
 from .hdr import hdr_to_sdr, hdr_transfer
-from .motion import compose_np, grid_size, invert_np, mvs_to_flow, resize_grid
+from .motion import compose_np, grid_size, invert_np, mvs_to_flows, resize_grid
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
-from .residual import RESIDUAL_CHANNELS, mc_residual, pick_references
+from .residual import RESIDUAL_CHANNELS, half_size, pick_references_half, residual_of
 
 # Decoders whose FFmpeg implementation exports MOTION_VECTORS side data (measured, FFmpeg 8.1).
 MV_CODECS = {"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv1"}
@@ -233,18 +235,32 @@ class _Raw:
     frame: "av.VideoFrame"
     mvs: Optional[np.ndarray]
     qp: Optional[np.ndarray]
-    _luma: Optional[np.ndarray] = None
     _rgb: Optional[np.ndarray] = None
+    _planes: dict = field(default_factory=dict)
 
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
             self._rgb = frame_to_rgb(self.frame)
         return self._rgb
 
-    def luma(self) -> np.ndarray:
-        if self._luma is None:
-            self._luma = frame_to_luma(self.frame)
-        return self._luma
+    def image(self, channels: str) -> np.ndarray:
+        """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view)."""
+        return _luma_view(self.frame) if channels == "luma" else self.rgb()
+
+    def plane(self, channels: str) -> np.ndarray:
+        """:meth:`image` as float32 in [0, 1] units, converted once: a frame is the current frame of its own
+        residual and the reference of the next ones."""
+        key = ("unit", channels)
+        if key not in self._planes:
+            self._planes[key] = np.multiply(self.image(channels), np.float32(1.0 / 255.0), dtype=np.float32)
+        return self._planes[key]
+
+    def half(self, channels: str) -> np.ndarray:
+        """:meth:`image` at half resolution for the multi-reference check (residual.half_size), made once."""
+        key = ("half", channels)
+        if key not in self._planes:
+            self._planes[key] = half_size(self.image(channels))
+        return self._planes[key]
 
 
 def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
@@ -262,9 +278,14 @@ def frame_to_rgb(fr: "av.VideoFrame") -> np.ndarray:
 
 def frame_to_luma(fr: "av.VideoFrame") -> np.ndarray:
     """(H, W) uint8 decoded luma: the Y plane itself when the format has one (exactly what the codec predicted)."""
+    return np.ascontiguousarray(_luma_view(fr))
+
+
+def _luma_view(fr: "av.VideoFrame") -> np.ndarray:
+    """:func:`frame_to_luma` without the copy: a strided view into the frame's Y plane where it has one."""
     if fr.format.name in _LUMA_PLANE_FORMATS:
         p = fr.planes[0]
-        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width].copy()
+        return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :fr.width]
     return fr.to_ndarray(format="gray", threads=1)
 
 
@@ -356,6 +377,71 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
         yield from _container_raws(path, export_mvs, export_qp, check_interrupt)
 
 
+# Frames decoded ahead by the decoding thread (bounded: streaming memory stays flat).
+PREFETCH = 4
+_DONE = object()
+
+
+def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: Optional[int] = None) -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead of the consumer.
+
+    Decoding (PyAV), colour conversion (swscale) and OpenCV release the GIL, so with two or more cores the
+    decoder works on the next frames while the priors of the current one are computed. ``prepare(item)``
+    runs in that thread too. An exception (a corrupt file, a user interrupt from ``check_interrupt``) is
+    re-raised in the consumer; a consumer that stops early stops the thread. With one core, or with
+    ``depth`` 0, the iterator is consumed in place.
+    """
+    depth = PREFETCH if depth is None else depth
+    if depth <= 0 or (os.cpu_count() or 1) < 2:
+        for item in items:
+            if prepare is not None:
+                prepare(item)
+            yield item
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        it = iter(items)
+        try:
+            for item in it:
+                if prepare is not None:
+                    prepare(item)
+                if not put((item, None)):
+                    break
+            else:
+                put((_DONE, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put((_DONE, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=work, name="cpgd-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
 # ------------------------------------------------------------------------------------ motion stages
 
 @dataclass
@@ -378,7 +464,7 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     gh, gw = grid_size(height, width, STRIDE)
     zf = np.zeros((2, gh, gw), np.float32)
     zv = np.zeros((1, gh, gw), bool)
-    img = (lambda r: r.luma()) if residual_channels == "luma" else (lambda r: r.rgb())
+    ch = residual_channels
     prev_anchor: Optional[_Raw] = None
     last: Optional[_Raw] = None
     pending_b: list[_Raw] = []
@@ -387,22 +473,21 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     probe = {"checked": 0, "far": 0}
 
     def finish(r: _Raw, past: Optional[_Raw], future: Optional[_Raw]) -> _Motion:
-        fp, vp = mvs_to_flow(r.mvs, height, width, -1, STRIDE, zero_b_invalid and r.pict == "B")
+        (fp, vp), (fn, vn) = mvs_to_flows(r.mvs, height, width, STRIDE, zero_b_invalid and r.pict == "B")
         multi_ref = probe["far"] > 0 or probe["checked"] < MULTI_REF_PROBE
         if multi_ref and r.pict == "P" and len(anchors) > 1 and past is anchors[-1] and vp.any():
-            refs = [(img(a), r.index - a.index) for a in reversed(anchors)]
-            fp, dist = pick_references(img(r), refs, fp, vp, STRIDE)
+            refs = [(a.half(ch), r.index - a.index) for a in reversed(anchors)]
+            fp, dist = pick_references_half(r.half(ch), refs, fp, vp, STRIDE)
             probe["checked"] += 1
             probe["far"] += int(((dist != refs[0][1]) & vp[0]).sum() >= MULTI_REF_SHARE * vp.sum())
-        fn, vn = mvs_to_flow(r.mvs, height, width, +1, STRIDE, zero_b_invalid and r.pict == "B")
         if past is None:
             vp = zv.copy()
         if future is None:
             vn = zv.copy()
         res = None
         if want_residual(r.index):
-            res, _ = mc_residual(img(r), img(past) if past is not None else None, fp, vp,
-                                 img(future) if future is not None else None, fn, vn, STRIDE, signed)
+            res = residual_of(r.plane(ch), past.plane(ch) if past is not None else None, fp, vp,
+                              future.plane(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
         dp = r.index - past.index if past is not None else 1
         dn = future.index - r.index if future is not None else 1
         return _Motion(r, fp / dp if dp > 1 else fp, vp, fn / dn if dn > 1 else fn, vn, res)
@@ -479,7 +564,7 @@ def _check_size(size) -> Optional[tuple[int, int]]:
 
 def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start: int, cap: int, every_nth: int,
                   size: Optional[tuple[int, int]], src_hw: tuple[int, int], crop_hw: Optional[tuple[int, int]],
-                  check_interrupt=None) -> Iterator[DecodedFrame]:
+                  ) -> Iterator[DecodedFrame]:
     """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame."""
     back_f = back_v = None      # field from the current frame into the last kept frame
     fwd_f = fwd_v = None        # field from the last kept frame into the current frame
@@ -549,28 +634,30 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
             qp = qp[:-(-crop_hw[0] // 16), :-(-crop_hw[1] // 16)]
     h, w = rgb.shape[:2]
     if res is None:
-        res = np.zeros((1, h, w), np.float32)
+        res = np.zeros((1, h, w), np.float16)
     fp, vp = _finish_grid(back_f, back_v, size, src_hw, crop_hw)
     rgb = _resize_img(np.ascontiguousarray(rgb), size)
     if size is not None and (w, h) != tuple(size):
-        res = np.stack([cv2.resize(c, tuple(size), interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
-                        for c in res], 0)
+        res = np.stack([cv2.resize(c.astype(np.float32), tuple(size),
+                                   interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR) for c in res], 0)
         if qp is not None:
             qp = cv2.resize(qp, (-(-size[0] // 16), -(-size[1] // 16)), interpolation=cv2.INTER_NEAREST)
     return DecodedFrame(index=m.raw.index, time=m.raw.time, pict_type=m.raw.pict, rgb=rgb,
                         flow_to_prev=fp, valid_to_prev=vp, flow_to_next=np.zeros_like(fp),
-                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float16),
+                        valid_to_next=np.zeros_like(vp), residual=res.astype(np.float16, copy=False),
                         qp=None if qp is None else qp[None].astype(np.float32))
 
 
 def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int = 0, cap: int = 0,
                  every_nth: int = 1, size=None, residual_channels: str = "luma", signed: bool = True,
-                 crop_hw=None) -> Iterator[DecodedFrame]:
+                 crop_hw=None, max_refs: Optional[int] = None) -> Iterator[DecodedFrame]:
     """Decoded pictures (``raw_frame``, in decode order) -> kept frames with their priors, in display order.
 
     Motion vectors become block-grid flows both ways with validity, the motion-compensated residual is
     computed, frames are selected (start, cap, every_nth), resized to ``size`` and cropped to ``crop_hw``
-    (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules.
+    (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules;
+    ``max_refs`` (past references a P-frame may use) overrides the latter: 1 skips the multi-reference check,
+    for streams known to have one reference. The pictures are pulled by a decoding thread (``_prefetch``).
     """
     if residual_channels not in RESIDUAL_CHANNELS:
         raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
@@ -578,8 +665,14 @@ def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, star
     def want(i: int) -> bool:
         return i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
 
-    motions = _motion_stage(raws, src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want, residual_channels, signed,
-                            MAX_REFS if codec in _MULTI_REF_CODECS else 1)
+    def prepare(r: _Raw) -> None:  # in the decoding thread: the conversions every wanted frame needs
+        if want(r.index):
+            r.rgb()
+            r.plane(residual_channels)
+
+    motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want,
+                            residual_channels, signed,
+                            max_refs or (MAX_REFS if codec in _MULTI_REF_CODECS else 1))
     return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
 
 
@@ -611,7 +704,7 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
         size = (size[1], size[0])
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
-        raws = _container_raws(path, False, False, check_interrupt, _seek_point(info, start))
+        raws = _prefetch(_container_raws(path, False, False, check_interrupt, _seek_point(info, start)))
         src = _select_stage(_next_stage(_motion_stage(raws, coded_hw[0], coded_hw[1], False, lambda i: False, "luma",
                                                       True)), start, cap, every_nth, size, coded_hw, None)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
@@ -653,8 +746,11 @@ def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) 
 
 def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
     """(T, 3, H, W) float32 in [0, 1]."""
-    arr = torch.from_numpy(np.stack([f.rgb for f in frames], 0)).permute(0, 3, 1, 2).contiguous()
-    return arr.float().div_(255.0)
+    h, w = frames[0].rgb.shape[:2]
+    out = torch.empty((len(frames), 3, h, w), dtype=torch.float32)
+    for i, f in enumerate(frames):  # one converting copy per frame, no stacked uint8 or channel-last copies
+        out[i].copy_(torch.from_numpy(np.ascontiguousarray(f.rgb)).permute(2, 0, 1))
+    return out.div_(255.0)
 
 
 def _source_name(info: VideoInfo, export_mvs: bool) -> str:

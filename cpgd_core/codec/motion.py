@@ -5,6 +5,7 @@ full-resolution pixels). Codec blocks are >= 8 px and aligned to 4 px, so a stri
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -36,23 +37,81 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
         (x, y); valid (1, ceil(H/s), ceil(W/s)) bool, False where no block of that direction exists
         (intra blocks, I-frames).
     """
+    return _rasterise(mvs, height, width, (source,), stride, zero_means_missing)[0]
+
+
+def mvs_to_flows(mvs: Optional[np.ndarray], height: int, width: int, stride: int = 4, zero_means_missing: bool = False,
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """:func:`mvs_to_flow` for both directions from one pass over the side data:
+    ((flow, valid) into the past, (flow, valid) into the future)."""
+    past, future = _rasterise(mvs, height, width, (-1, 1), stride, zero_means_missing)
+    return past, future
+
+
+def _rasterise(mvs, height: int, width: int, sources: tuple[int, ...], stride: int,
+               zero_means_missing: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     gh, gw = grid_size(height, width, stride)
-    flow = np.zeros((2, gh, gw), np.float32)
-    valid = np.zeros((1, gh, gw), bool)
+    out = [(np.zeros((2, gh, gw), np.float32), np.zeros((1, gh, gw), bool)) for _ in sources]
     if mvs is None or len(mvs) == 0:
-        return flow, valid
-    mvs = mvs[mvs["source"] == source]
-    if len(mvs) == 0:
-        return flow, valid
+        return out
+    src = mvs["source"]
     scale = mvs["motion_scale"].astype(np.float32)
     scale[scale == 0] = 1.0
     vec = np.stack([mvs["motion_x"] / scale, mvs["motion_y"] / scale], -1).astype(np.float32)
-    if zero_means_missing and not np.any(vec):
-        return flow, valid
     bw = mvs["w"].astype(np.int64)
     bh = mvs["h"].astype(np.int64)
     x0 = mvs["dst_x"].astype(np.int64) - bw // 2
     y0 = mvs["dst_y"].astype(np.int64) - bh // 2
+    for (flow, valid), source in zip(out, sources):
+        sel = src == source
+        n = int(np.count_nonzero(sel))
+        if n == 0:
+            continue
+        parts = (x0, y0, bw, bh, vec) if n == len(sel) else (x0[sel], y0[sel], bw[sel], bh[sel], vec[sel])
+        if zero_means_missing and not np.any(parts[4]):
+            continue
+        if not _rasterise_aligned(flow, valid, *parts, stride):
+            _rasterise_any(flow, valid, *parts, stride)
+    return out
+
+
+def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> bool:
+    """Fast path for codec partitions, whose sizes and positions share a common unit (8 px for H.264, whose
+    sub-8x8 partitions are exported as 8x8, and for MPEG): every block is split into its units, all units are
+    written in one vectorised assignment on a grid of units, and that grid is upscaled to the cells.
+    False (nothing written) for blocks off the cell lattice or far outside the frame."""
+    if (x0 % stride).any() or (y0 % stride).any() or (bw % stride).any() or (bh % stride).any():
+        return False
+    cx, cy, sw, sh = x0 // stride, y0 // stride, bw // stride, bh // stride
+    if (sw <= 0).any() or (sh <= 0).any() or (cx < 0).any() or (cy < 0).any():
+        return False
+    gh, gw = flow.shape[-2:]
+    u = int(np.gcd.reduce(np.concatenate([cx, cy, sw, sh])))
+    uh, uw = -(-gh // u), -(-gw // u)
+    ux, uy, nw, nh = cx // u, cy // u, sw // u, sh // u
+    if int((uy + nh).max()) > uh + 16 // u + 1 or int((ux + nw).max()) > uw + 16 // u + 1:
+        return False  # blocks far off the frame: clipped by the general path
+    uh, uw = max(uh, int((uy + nh).max())), max(uw, int((ux + nw).max()))
+    counts = nw * nh
+    blk = np.repeat(np.arange(len(counts)), counts)
+    k = np.arange(len(blk)) - np.repeat(np.cumsum(counts) - counts, counts)
+    bw_u = nw[blk]
+    flat = (uy[blk] + k // bw_u) * uw + ux[blk] + k % bw_u
+    units = np.zeros(uh * uw, np.complex64)  # one 8-byte element per (x, y) vector: a single scatter
+    mask = np.zeros(uh * uw, np.uint8)
+    units[flat] = np.ascontiguousarray(vec, np.float32).view(np.complex64)[blk, 0]
+    mask[flat] = 1
+    units, mask = units.view(np.float32).reshape(uh, uw, 2), mask.reshape(uh, uw)
+    if u > 1:
+        units = cv2.resize(units, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
+    flow[...] = np.moveaxis(units[:gh, :gw], -1, 0)
+    valid[0] = mask[:gh, :gw].astype(bool)
+    return True
+
+
+def _rasterise_any(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> None:
+    gh, gw = flow.shape[-2:]
     # Cell range of each block, clipped to the frame (edge blocks can hang off a non-multiple-of-16 frame).
     cx0 = np.clip(np.floor_divide(x0, stride), 0, gw)
     cy0 = np.clip(np.floor_divide(y0, stride), 0, gh)
@@ -71,20 +130,47 @@ def mvs_to_flow(mvs: Optional[np.ndarray], height: int, width: int, source: int 
                + (cx0[sel, None, None] + np.arange(sw)[None, None, :])).reshape(len(sel), -1)
         cells[:, idx] = vec[sel].T[:, :, None]
         vmask[idx] = True
-    return flow, valid
 
 
 # The per-frame grid arithmetic below runs on small arrays in the decoding loop, where cv2.remap is an
 # order of magnitude cheaper than torch.grid_sample (and immune to OpenMP oversubscription on busy
 # machines). It samples exactly like flow.warp: pixel centres at integer coordinates, bilinear.
 
+@functools.lru_cache(maxsize=8)
+def _cell_base(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def remap_points(img: np.ndarray, mx: np.ndarray, my: np.ndarray, interpolation: int = cv2.INTER_LINEAR,
+                 border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """``cv2.remap`` of ``img`` at any number of points (1-D float32 coordinates): (N,) or (N, C) values.
+
+    The points are laid out as rows of a map (OpenCV takes maps under 32767 rows and columns); each output
+    value depends only on its own coordinates, so it equals what a whole-frame remap gives at that pixel.
+    """
+    n = len(mx)
+    if n == 0:
+        return np.zeros((0,) + img.shape[2:], img.dtype)
+    cols = min(n, 4096)
+    rows = -(-n // cols)
+    pad = rows * cols - n
+    mx = np.concatenate([mx, np.zeros(pad, np.float32)]).reshape(rows, cols) if pad else mx.reshape(rows, cols)
+    my = np.concatenate([my, np.zeros(pad, np.float32)]).reshape(rows, cols) if pad else my.reshape(rows, cols)
+    out = cv2.remap(img, mx.astype(np.float32, copy=False), my.astype(np.float32, copy=False), interpolation,
+                    borderMode=border)
+    return out.reshape(rows * cols, *out.shape[2:])[:n]
+
+
 def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, border: bool = True) -> np.ndarray:
     """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
     h, w = img.shape[-2:]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = _cell_base(h, w)
     mx, my = xs + grid_flow[0], ys + grid_flow[1]
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    interp = cv2.INTER_LINEAR if not nearest else cv2.INTER_NEAREST
     mode = cv2.BORDER_REPLICATE if border else cv2.BORDER_CONSTANT
+    # One channel per call: OpenCV interpolates single-channel float images at full float precision,
+    # multi-channel ones with 1/32-pixel weights.
     out = [cv2.remap(np.ascontiguousarray(c), mx, my, interp, borderMode=mode, borderValue=0) for c in img]
     return np.stack(out, 0)
 

@@ -9,6 +9,7 @@ padded by edge replication and every output is cropped back.
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 from fractions import Fraction
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -24,6 +25,7 @@ from .priors import CodecPriors
 
 SOURCE = "reencode:libx264"
 X264_PARAMS = "bframes=0:ref=1"
+_ONE_REF = re.compile(r"(^|:)ref=1(:|$)")
 
 
 def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fraction, crf: int, preset: str,
@@ -80,7 +82,10 @@ def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] =
             yield f.rgb
 
     raws = _x264_raws(rgbs(), wp, hp, frame_rate(fps), crf, preset, x264_params, check_interrupt)
-    for df in prior_stages(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w)):
+    # A stream encoded with one reference needs no multi-reference check (it could only err).
+    refs = 1 if _ONE_REF.search(x264_params) else None
+    for df in prior_stages(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w),
+                           max_refs=refs):
         s = held.popleft()
         df.index, df.time = s.index, s.time
         if not keep_decoded:

@@ -15,6 +15,11 @@ Values are in [0,1]-luma units (grey levels / 255).
 Where a pixel has no motion vector (intra block, I-frame) the prediction falls back to the co-located
 pixel of the previous frame (zero motion), and the returned ``compensated`` mask is False there so a
 consumer can tell the two apart. A frame with no reference at all (the first frame) gets a zero residual.
+
+Cost: the decoding loop calls :func:`residual_of` on frames already converted once to float (each decoded
+frame is the current frame once and a reference after that), so one prediction is one ``cv2.remap`` with a
+relative map made by a nearest-neighbour upscale of the cell grid, and the subtraction writes the output
+dtype directly.
 """
 from __future__ import annotations
 
@@ -24,8 +29,16 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from .motion import remap_points
 
 RESIDUAL_CHANNELS = ("luma", "rgb")
+# OpenCV >= 4.10 takes maps relative to the pixel position; older versions need the absolute position added.
+_RELATIVE = getattr(cv2, "WARP_RELATIVE_MAP", None)
+# Above this share of candidate cells the multi-reference check warps whole frames instead of gathering cells.
+_SPARSE_SHARE = 0.15
+# Rows per band of the residual computation (keeps a band's maps and prediction in cache).
+_BAND = 128
+_CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.float16): cv2.CV_16F}
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,30 +50,144 @@ def _base_map(h: int, w: int) -> np.ndarray:
 def _dense(grid: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
     """(h', w'[, C]) cell grid -> (H, W[, C]) by block replication (nearest resize by an integer factor)."""
     gh, gw = grid.shape[:2]
-    return cv2.resize(grid, (gw * stride, gh * stride), interpolation=cv2.INTER_NEAREST)[:h, :w]
+    out = cv2.resize(grid, (gw * stride, gh * stride), interpolation=cv2.INTER_NEAREST)
+    return out if out.shape[:2] == (h, w) else np.ascontiguousarray(out[:h, :w])
 
 
-def _predict(ref: np.ndarray, flow: np.ndarray, valid: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], stride: int) -> np.ndarray:
+    """``ref`` (H, W[, C]) float32 sampled at ``p + flow(cell of p)``: bilinear, edge-replicated.
+
+    flow (2, h', w') in pixels on the 1/``stride`` grid; cells where ``valid`` (1, h', w') is False are
+    sampled with zero motion (the co-located pixel, exactly).
+    """
     h, w = ref.shape[:2]
-    maps = _base_map(h, w) + _dense(np.ascontiguousarray(np.moveaxis(flow, 0, -1), np.float32), h, w, stride)
-    pred = cv2.remap(ref.astype(np.float32), maps, None, interpolation=cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
-    mask = _dense(valid.reshape(valid.shape[-2:]).astype(np.uint8), h, w, stride).astype(bool)
-    return pred, mask
+    grid = np.moveaxis(flow, 0, -1)
+    if valid is not None and not valid.all():
+        grid = grid * valid[0, ..., None]
+    maps = _dense(np.ascontiguousarray(grid, np.float32), h, w, stride)
+    if _RELATIVE is None:
+        maps = maps + _base_map(h, w)
+        return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _cell_grid(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(2, h', w') vectors -> (h', w', 2) float32 map cells, zero where ``valid`` is False (zero motion)."""
+    grid = np.moveaxis(flow, 0, -1)
+    if not valid.all():
+        grid = grid * valid[0, ..., None]
+    return np.ascontiguousarray(grid, np.float32)
+
+
+def _warp_rows(ref: np.ndarray, grid: np.ndarray, y0: int, y1: int, stride: int) -> np.ndarray:
+    """Rows [y0, y1) of ``ref`` warped by the map cells ``grid`` (the cell rows covering them), as warp_cells."""
+    w = ref.shape[1]
+    maps = cv2.resize(grid, (grid.shape[1] * stride, grid.shape[0] * stride), interpolation=cv2.INTER_NEAREST)
+    maps = maps[:y1 - y0, :w]
+    if _RELATIVE is None:
+        maps = maps + _base_map(ref.shape[0], w)[y0:y1]
+        return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    maps = np.ascontiguousarray(maps)
+    if y0:
+        maps[..., 1] += np.float32(y0)  # relative to the band's own rows
+    return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
+
+
+def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Optional[np.ndarray],
+                valid_prev: Optional[np.ndarray], ref_next: Optional[np.ndarray], flow_next: Optional[np.ndarray],
+                valid_next: Optional[np.ndarray], stride: int = 4, signed: bool = True,
+                dtype=np.float32) -> np.ndarray:
+    """:func:`mc_residual` on frames already in float32 [0,1] units; returns only the residual (C, H, W) ``dtype``.
+
+    Works in bands of ``_BAND`` rows: the full-resolution maps and predictions of a band stay in cache, and
+    nothing of frame size is allocated but the output (at 4K a frame-sized map alone is 66 MB).
+    """
+    h, w = cur.shape[:2]
+    use_p = ref_prev is not None and flow_prev is not None and valid_prev is not None and bool(valid_prev.any())
+    use_n = ref_next is not None and flow_next is not None and valid_next is not None and bool(valid_next.any())
+    # Zero-motion fallback where no vector exists (the previous frame, or the frame itself when there is none).
+    base = ref_prev if ref_prev is not None else cur
+    gp = _cell_grid(flow_prev, valid_prev) if use_p else None
+    gn = _cell_grid(flow_next, valid_next) if use_n else None
+    share = None
+    if use_n:
+        # Share of the future prediction per cell: 1 where only it exists, 1/2 for bi-prediction (as in
+        # H.264 / MPEG-4 B-blocks), 0 elsewhere.
+        vn = valid_next[0]
+        share = np.where(vn, np.where(valid_prev[0], 0.5, 1.0) if use_p else 1.0, 0.0).astype(np.float32)
+        if share.min() == 1.0:
+            share = None  # the future prediction alone
+    depth = _CV_DEPTH[np.dtype(dtype)]
+    out = np.empty((1 if cur.ndim == 2 else cur.shape[2], h, w), dtype)
+    band = _BAND - _BAND % stride
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        c0, c1 = y0 // stride, -(-y1 // stride)
+        pred = _warp_rows(base, gp[c0:c1], y0, y1, stride) if use_p else base[y0:y1]
+        if use_n:
+            p1 = _warp_rows(ref_next, gn[c0:c1], y0, y1, stride)
+            if share is None:
+                pred = p1
+            else:
+                wgt = _dense(share[c0:c1], y1 - y0, w, stride)
+                if pred.ndim == 3:
+                    wgt = wgt[..., None]
+                p1 -= pred
+                p1 *= wgt
+                p1 += pred
+                pred = p1
+        # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower)
+        diff = cv2.subtract(cur[y0:y1], pred, dtype=depth)
+        if not signed:
+            diff = np.abs(diff)
+        if diff.ndim == 2:
+            out[0, y0:y1] = diff
+        else:
+            out[:, y0:y1] = np.moveaxis(diff, -1, 0)
+    return out
+
+
+def _unit(img: np.ndarray) -> np.ndarray:
+    return np.multiply(img, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
 def _cell_error(cur: np.ndarray, pred: np.ndarray, cell: int) -> np.ndarray:
     """Mean |cur - pred| per cell x cell block, (h', w') float32 (edge cells padded by replication)."""
     h, w = cur.shape[:2]
     gh, gw = -(-h // cell), -(-w // cell)
-    d = np.abs(cur - pred)
+    d = cv2.absdiff(cur, pred)
+    if d.ndim == 3:
+        d = d.mean(-1, dtype=np.float32)
+    if (gh * cell, gw * cell) != (h, w):
+        d = cv2.copyMakeBorder(d, 0, gh * cell - h, 0, gw * cell - w, cv2.BORDER_REPLICATE)
+    # an area resize by an integer factor is the block mean
+    return cv2.resize(d, (gw, gh), interpolation=cv2.INTER_AREA)
+
+
+def _cells_error(cur: np.ndarray, ref: np.ndarray, flow: np.ndarray, cy: np.ndarray, cx: np.ndarray,
+                 cell: int) -> np.ndarray:
+    """:func:`_cell_error` of ``ref`` warped by the cell vectors, for the listed cells only: (N,) float32.
+
+    The pixels of each cell (edge cells replicated, as ``_cell_error`` pads) are gathered into an (N, cell²)
+    map, so ``cv2.remap`` interpolates exactly the values a full-frame warp would at those pixels.
+    """
+    h, w = cur.shape[:2]
+    off = np.arange(cell)
+    py = np.minimum(cy[:, None, None] * cell + off[None, :, None], h - 1)
+    px = np.minimum(cx[:, None, None] * cell + off[None, None, :], w - 1)
+    py, px = np.broadcast_arrays(py, px)
+    py, px = py.reshape(len(cy), -1), px.reshape(len(cy), -1)
+    mx = px.astype(np.float32) + flow[0, cy, cx][:, None]
+    my = py.astype(np.float32) + flow[1, cy, cx][:, None]
+    pred = remap_points(ref, mx.ravel(), my.ravel()).reshape(py.shape + ref.shape[2:])
+    d = np.abs(cur[py, px] - pred)
     if d.ndim == 3:
         d = d.mean(-1)
-    pad = np.pad(d, ((0, gh * cell - h), (0, gw * cell - w)), mode="edge")
-    return pad.reshape(gh, cell, gw, cell).mean((1, 3))
+    return d.mean(1)
 
 
-def _half(img: np.ndarray) -> np.ndarray:
+def half_size(img: np.ndarray) -> np.ndarray:
+    """Half-resolution float32 copy (area average) of a frame, as :func:`pick_references` compares them."""
     h, w = img.shape[:2]
     return cv2.resize(img.astype(np.float32), ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
 
@@ -84,19 +211,43 @@ def pick_references(cur: np.ndarray, refs: list[tuple[np.ndarray, int]], flow: n
         flow into the nearest reference (2, h', w') float32; distance (h', w') int32 of the reference each
         cell's vector was found to point into.
     """
-    near = int(refs[0][1]) if refs else 1
-    dist = np.full(flow.shape[-2:], near, np.int32)
     if len(refs) < 2 or not valid.any():
+        return pick_references_half(cur, refs, flow, valid, stride, gain, min_gain)
+    return pick_references_half(half_size(cur), [(half_size(r), d) for r, d in refs], flow, valid, stride,
+                                gain, min_gain)
+
+
+def pick_references_half(cur_h: np.ndarray, refs_h: list[tuple[np.ndarray, int]], flow: np.ndarray,
+                         valid: np.ndarray, stride: int = 4, gain: float = 0.75,
+                         min_gain: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pick_references` on frames already reduced by :func:`half_size` (the decoding loop keeps them).
+
+    Only cells whose nearest-reference error exceeds ``min_gain`` can switch, so the farther references
+    are tried on those cells alone.
+    """
+    near = int(refs_h[0][1]) if refs_h else 1
+    dist = np.full(flow.shape[-2:], near, np.int32)
+    if len(refs_h) < 2 or not valid.any():
         return flow, dist
     gh, gw = flow.shape[-2:]
-    cur_h = _half(cur)
-    half_flow = flow * 0.5
-    errs = np.stack([_cell_error(cur_h, _predict(_half(ref), half_flow, valid, stride // 2)[0], stride // 2)[:gh, :gw]
-                     for ref, _ in refs])
+    cell = stride // 2
+    half_flow = (flow * 0.5).astype(np.float32)
+    err0 = _cell_error(cur_h, warp_cells(refs_h[0][0], half_flow, None, cell), cell)[:gh, :gw]
+    cand = valid[0] & (err0 > min_gain)
+    cy, cx = np.nonzero(cand)
+    if len(cy) == 0:
+        return flow, dist
+    if len(cy) > _SPARSE_SHARE * cand.size:  # gathering costs more than warping the whole frame
+        errs = np.stack([err0[cy, cx]] + [_cell_error(cur_h, warp_cells(r, half_flow, None, cell), cell)[cy, cx]
+                                          for r, _ in refs_h[1:]])
+    else:
+        errs = np.stack([err0[cy, cx]] + [_cells_error(cur_h, r, half_flow, cy, cx, cell) for r, _ in refs_h[1:]])
     best = np.argmin(errs, 0)
-    err_best = np.take_along_axis(errs, best[None], 0)[0]
-    clear = (err_best < gain * errs[0]) & (errs[0] - err_best > min_gain) & valid[0]
-    dist = np.where(clear, np.asarray([d for _, d in refs], np.int32)[best], near).astype(np.int32)
+    err_best = errs[best, np.arange(len(cy))]
+    clear = (err_best < gain * errs[0]) & (errs[0] - err_best > min_gain)
+    dist[cy[clear], cx[clear]] = np.asarray([d for _, d in refs_h], np.int32)[best[clear]]
+    if not clear.any():
+        return flow, dist
     return (flow * (near / dist)[None]).astype(np.float32), dist
 
 
@@ -119,28 +270,14 @@ def mc_residual(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
         True where at least one motion vector predicted the pixel. Bi-predicted pixels use the average
         of both predictions, as H.264/MPEG-4 B-blocks do.
     """
-    cur_f = cur.astype(np.float32)
-    h, w = cur_f.shape[:2]
-    preds = []
-    for ref, flow, valid in ((ref_prev, flow_prev, valid_prev), (ref_next, flow_next, valid_next)):
-        if ref is not None and flow is not None and valid is not None and valid.any():
-            preds.append(_predict(ref, flow, valid, stride))
-    # Zero-motion fallback where no vector exists; with no reference at all, a zero residual.
-    fallback = ref_prev.astype(np.float32) if ref_prev is not None else cur_f
-    expand = (lambda m: m) if cur_f.ndim == 2 else (lambda m: m[..., None])  # noqa: E731
-    if not preds:
-        pred, compensated = fallback, np.zeros((h, w), bool)
-    elif len(preds) == 1:
-        pred, compensated = preds[0]
-        pred = np.where(expand(compensated), pred, fallback)
-    else:
-        (p0, m0), (p1, m1) = preds
-        both = m0 & m1
-        pred = np.where(expand(both), (p0 + p1) * 0.5, np.where(expand(m0), p0, np.where(expand(m1), p1, fallback)))
-        compensated = m0 | m1
-    res = cur_f - pred
-    res *= 1.0 / 255.0
-    if not signed:
-        np.abs(res, out=res)
-    res = res[None] if res.ndim == 2 else np.moveaxis(res, -1, 0)
-    return np.ascontiguousarray(res, dtype=np.float32), compensated
+    h, w = cur.shape[:2]
+    unit = lambda a: None if a is None else _unit(a)  # noqa: E731
+    res = residual_of(_unit(cur), unit(ref_prev), flow_prev, valid_prev, unit(ref_next), flow_next, valid_next,
+                      stride, signed)
+    cells = None
+    for ref, valid in ((ref_prev, valid_prev), (ref_next, valid_next)):
+        if ref is not None and valid is not None:
+            cells = valid[0].astype(bool) if cells is None else cells | valid[0].astype(bool)
+    if cells is None:
+        return res, np.zeros((h, w), bool)
+    return res, _dense(cells.astype(np.uint8), h, w, stride).astype(bool)

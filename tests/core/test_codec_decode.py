@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpgd_core.codec.decode import iter_decoded, iter_video_chunks, load_video, probe, read_audio
+from cpgd_core.codec.decode import PREFETCH, iter_decoded, iter_video_chunks, load_video, probe, read_audio
 from cpgd_core.codec.encode import write_video
 from cpgd_core.codec.motion import grid_size
 from cpgd_core.data.synth import load_photo, pan_zoom_path, render_path
@@ -443,8 +443,9 @@ def test_start_offset_seeks_to_a_keyframe_with_identical_output(tmp_path, params
     start, cap = key[2] + 2, 5
     decoded = []
     part = list(iter_decoded(path, start=start, cap=cap, check_interrupt=lambda: decoded.append(1), info=info))
-    # decoding began at the keyframe before the start, not at frame 0
-    assert len(decoded) <= start - key[2] + cap + 6 < start
+    # decoding began at the keyframe before the start, not at frame 0 (the decoding thread reads a few frames
+    # ahead of the consumer: PREFETCH queued, one in hand)
+    assert len(decoded) <= start - key[2] + cap + 6 + PREFETCH + 1 < start
     assert [f.index for f in part] == list(range(start, start + cap))
     for i, (p, r) in enumerate(zip(part, full[start:start + cap])):
         assert np.array_equal(p.rgb, r.rgb) and np.array_equal(p.residual, r.residual)
@@ -462,3 +463,40 @@ def test_start_offset_seeks_to_a_keyframe_with_identical_output(tmp_path, params
     assert len(decoded) >= start + cap
     assert all(np.array_equal(a.rgb, b.rgb) and np.array_equal(a.residual, b.residual) for a, b in zip(again, part))
     assert [f.index for f in again] == [f.index for f in part]
+
+
+def test_decoding_thread_passes_errors_on_and_stops_with_the_consumer(clips):
+    import threading
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 3:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        list(iter_decoded(clips["pan"][0], check_interrupt=interrupt))
+    it = iter_decoded(clips["bframes"][0])
+    next(it)
+    next(it)
+    it.close()
+    assert not any(t.name == "cpgd-decode" and t.is_alive() for t in threading.enumerate())
+    # the fallback chains two decoding threads (source and re-encode); both end with the consumer
+    it = iter_decoded(clips["hevc"][0])
+    next(it)
+    it.close()
+    assert not any(t.name == "cpgd-decode" and t.is_alive() for t in threading.enumerate())
+
+
+def test_fallback_reencode_skips_the_reference_check(clips, monkeypatch):
+    """The fallback encodes with one reference, so the multi-reference check could only mistake blocks."""
+    def fail(*a, **k):
+        raise AssertionError("multi-reference check on a one-reference re-encode")
+
+    monkeypatch.setattr("cpgd_core.codec.decode.pick_references_half", fail)
+    frames = list(iter_decoded(clips["hevc"][0]))
+    assert len(frames) == T and all(f.valid_to_prev.any() for f in frames[1:])

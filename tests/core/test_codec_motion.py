@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import torch
 
-from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, resize_grid
+from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, mvs_to_flows, remap_points, resize_grid
 from cpgd_core.codec.residual import mc_residual, pick_references
 
 MV_DTYPE = np.dtype({"names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x",
@@ -130,3 +130,76 @@ def test_pick_references_finds_the_farther_reference_and_rescales():
     flat = np.full((72, 88), 128, np.float32)
     out, dist = pick_references(flat, [(flat, 1), (flat, 2)], flow, valid)
     assert (dist == 1).all() and np.array_equal(out, flow)
+
+
+def test_rasteriser_fast_and_general_paths_agree_with_naive_loop():
+    rng = np.random.default_rng(5)
+    height, width = 72, 104
+    mvs = _random_partition(rng, height, width)
+    # Off the partition lattice (a 16-wide block at x = 4, one hanging off the left edge): the general path.
+    odd = np.array([(-1, 16, 16, 0, 0, 4 + 8, 8, 0, 5, -3, 4), (-1, 16, 8, 0, 0, -4 + 8, 36, 0, 7, 1, 4)], MV_DTYPE)
+    for case in (mvs, odd[:1], odd, np.concatenate([mvs[mvs["source"] == 1], odd])):
+        (fp, vp), (fn, vn) = mvs_to_flows(case, height, width, stride=4)
+        for source, (f, v) in ((-1, (fp, vp)), (1, (fn, vn))):
+            nf, nv = _naive(case, height, width, source, 4)
+            assert np.array_equal(v, nv) and np.array_equal(f, nf)
+            single = mvs_to_flow(case, height, width, source, stride=4)
+            assert np.array_equal(single[0], f) and np.array_equal(single[1], v)
+
+
+def test_remap_points_equals_a_whole_frame_remap():
+    """Point-wise remap (the multi-reference check's gathered cells), also for more points than one OpenCV map
+    row or column takes."""
+    rng = np.random.default_rng(1)
+    img = rng.random((540, 960), dtype=np.float32)
+    ys, xs = np.mgrid[0:540, 0:960].astype(np.float32)
+    mx = xs + rng.normal(0, 5, xs.shape).astype(np.float32)
+    my = ys + rng.normal(0, 5, ys.shape).astype(np.float32)
+    whole = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pick = rng.choice(mx.size, 40000, replace=False)
+    got = remap_points(img, mx.ravel()[pick], my.ravel()[pick])
+    assert np.array_equal(got, whole.ravel()[pick])
+    rgb = np.dstack([img] * 3)
+    assert remap_points(rgb, mx.ravel()[:10], my.ravel()[:10]).shape == (10, 3)
+    assert remap_points(img, np.zeros(0, np.float32), np.zeros(0, np.float32)).shape == (0,)
+
+
+def test_bi_prediction_averages_both_references():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (32, 48)).astype(np.uint8)
+    b = rng.integers(0, 256, (32, 48)).astype(np.uint8)
+    # cur(x) = (a(x + 2) + b(x - 1)) / 2 where both vectors exist, b(x - 1) where only the future one does
+    pa, pb = np.roll(a, -2, axis=1).astype(np.float32), np.roll(b, 1, axis=1).astype(np.float32)
+    cur = (pa + pb) / 2
+    cur[:, 24:] = pb[:, 24:]
+    fa = np.zeros((2, 8, 12), np.float32)
+    fa[0] = 2.0
+    fb = np.zeros((2, 8, 12), np.float32)
+    fb[0] = -1.0
+    va = np.ones((1, 8, 12), bool)
+    va[..., 6:] = False
+    vb = np.ones((1, 8, 12), bool)
+    res, comp = mc_residual(cur, a, fa, va, b, fb, vb)
+    assert comp.all()
+    assert np.abs(res[0, :, 2:-2]).max() < 1e-5
+    # no vector at all: the previous frame at zero motion
+    res0, comp0 = mc_residual(cur, a, fa, np.zeros_like(va), b, fb, np.zeros_like(vb))
+    assert not comp0.any() and np.allclose(res0[0], (cur - a) / 255.0, atol=1e-6)
+
+
+def test_reference_check_gathers_cells_exactly_as_whole_frames(monkeypatch):
+    from cpgd_core.codec import residual
+
+    rng = np.random.default_rng(4)
+    ref1 = cv2.GaussianBlur(rng.uniform(0, 255, (72, 88)).astype(np.float32), (0, 0), 1.0)
+    ref2 = cv2.GaussianBlur(rng.uniform(0, 255, (72, 88)).astype(np.float32), (0, 0), 1.0)
+    cur = np.where(np.arange(88)[None] < 40, ref1, np.roll(ref2, -3, axis=1)).astype(np.float32)
+    flow = np.zeros((2, 18, 22), np.float32)
+    flow[0, :, 10:] = 3.0
+    valid = np.ones((1, 18, 22), bool)
+    out = {}
+    for share in (0.0, 1.0):  # every candidate warped as a whole frame / every candidate gathered
+        monkeypatch.setattr(residual, "_SPARSE_SHARE", share)
+        out[share] = pick_references(cur, [(ref1, 1), (ref2, 2)], flow, valid)
+    assert np.array_equal(out[0.0][0], out[1.0][0]) and np.array_equal(out[0.0][1], out[1.0][1])
+    assert (out[0.0][1][:, 13:-1] == 2).any()
