@@ -77,19 +77,26 @@ def test_official_cpfp_builds_the_official_keys(golden_cpfp):
             assert torch.equal(fresh[k], sd[k])
 
 
+def _golden_set(name: str) -> tuple[dict, dict, dict]:
+    """(inputs, outputs, intermediates) of a golden set."""
+    d = golden_dir(name)
+    return tuple(load_file(os.path.join(d, f"{part}.safetensors")) for part in ("inputs", "outputs", "intermediates"))
+
+
+def _assert_intermediates(record: dict, inter: dict) -> None:
+    assert set(inter) <= set(record)
+    for name, value in inter.items():
+        torch.testing.assert_close(record[name], value, **TOL, msg=lambda m: f"{name}: {m}")
+
+
 def test_official_cpfp_matches_golden(golden_cpfp):
     net, _ = golden_cpfp
-    d = golden_dir("cpfp")
-    inp = load_file(os.path.join(d, "inputs.safetensors"))
-    want = load_file(os.path.join(d, "outputs.safetensors"))
-    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    inp, want, inter = _golden_set("cpfp")
     record: dict = {}
     with torch.no_grad():
         out = net(inp["lqs"], inp["flows_forwards_gt"], inp["flows_backwards_gt"], inp["resis"], record=record)
     torch.testing.assert_close(out, want["output"], **TOL)
-    assert set(inter) <= set(record)
-    for name, value in inter.items():
-        torch.testing.assert_close(record[name], value, **TOL, msg=lambda m: f"{name}: {m}")
+    _assert_intermediates(record, inter)
 
 
 # -- RAFT (golden/raft) --------------------------------------------------------------------------------
@@ -103,18 +110,14 @@ def golden_raft():
 
 
 def test_raft_matches_golden(golden_raft):
-    d = golden_dir("raft")
-    inp = load_file(os.path.join(d, "inputs.safetensors"))
-    want = load_file(os.path.join(d, "outputs.safetensors"))
-    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    inp, want, inter = _golden_set("raft")
     record: dict = {}
     with torch.no_grad():
         flows = golden_raft(inp["image1"], inp["image2"], int(inp["iters"]), inp["flow_init"], all_iterations=True,
                             record=record)
     torch.testing.assert_close(flows, want["flow_predictions"], **TOL)
     torch.testing.assert_close(flows[-1], want["flow"], **TOL)
-    for name, value in inter.items():
-        torch.testing.assert_close(record[name], value, **TOL, msg=lambda m: f"{name}: {m}")
+    _assert_intermediates(record, inter)
 
 
 # -- the official stage-one path from codec priors (golden/wrapper) -------------------------------------
@@ -123,10 +126,7 @@ def test_official_path_matches_golden_wrapper(golden_cpfp, golden_raft):
     ``test_by_patch`` on one 256x256 patch, intermediates and output."""
     from cpgd_core.pipeline.official import RAFT_ITERS, official_stage_one, quarter_grid_mvs
     net, _ = golden_cpfp
-    d = golden_dir("wrapper")
-    inp = load_file(os.path.join(d, "inputs.safetensors"))
-    want = load_file(os.path.join(d, "outputs.safetensors"))
-    inter = load_file(os.path.join(d, "intermediates.safetensors"))
+    inp, want, inter = _golden_set("wrapper")
     record: dict = {}
     with torch.no_grad():
         mv = quarter_grid_mvs(inp["mv_f"])
