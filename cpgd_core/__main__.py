@@ -11,6 +11,7 @@ COMMANDS = {
     "priors": ("codec.cli", "main", "extract codec priors from a video and write visualisations"),
     "dataset": ("data.dataset_tool", "main", "encode GoPro/DVD-style frame folders and write priors"),
     "deblur": ("pipeline.cli", "main", "stage one (CPFP) deblurring of a video file"),
+    "batch": ("pipeline.batch", "main", "stage one on many videos with Ray (local or a cluster), resumable"),
 }
 
 

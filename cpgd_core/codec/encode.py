@@ -147,12 +147,13 @@ class VideoWriter:
     """Incremental video file writer (bounded memory); the file appears atomically on a clean close.
 
     ``with VideoWriter(path, fps, audio=...) as w: w.write(chunk)`` where each chunk is (T, 3, H, W) float in
-    [0, 1] or uint8. An exception inside the block discards the partial file. Arguments as ``write_video``.
+    [0, 1] or uint8. An exception inside the block discards the partial file. Arguments as ``write_video``;
+    ``metadata`` are container tags (e.g. ``{"comment": ...}``), read back with ``av.open(path).metadata``.
     """
 
     def __init__(self, path: str, fps: Union[float, Fraction], audio: Optional[dict] = None, codec: str = "libx264",
                  crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p", overwrite: bool = False,
-                 x264_params: Optional[str] = None):
+                 x264_params: Optional[str] = None, metadata: Optional[dict[str, str]] = None):
         self.path = os.fspath(path)
         if os.path.exists(self.path) and not overwrite:
             raise CPGDInputError(f"output file already exists: {self.path} (pass overwrite=True to replace it)")
@@ -163,6 +164,7 @@ class VideoWriter:
         self._tmp = temporary_path(self.path)
         # bitexact: no random segment UIDs or version strings, so the same frames give the same file.
         self._container = av.open(self._tmp, "w", format=_format_for(self.path), options={"fflags": "+bitexact"})
+        self._container.metadata.update(metadata or {})
         add_audio = (lambda: self._astream.append(_add_audio(self._container, audio))) if audio is not None else None
         self._enc = _StreamEncoder(self._container, rate, codec, pix_fmt, _codec_options(codec, crf, preset, x264_params),
                                    add_audio)
@@ -209,7 +211,8 @@ class VideoWriter:
 
 def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], audio: Optional[dict] = None,
                 codec: str = "libx264", crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p",
-                overwrite: bool = False, x264_params: Optional[str] = None) -> str:
+                overwrite: bool = False, x264_params: Optional[str] = None,
+                metadata: Optional[dict[str, str]] = None) -> str:
     """Encode frames to a video file, muxing ``audio`` (ComfyUI AUDIO dict) as AAC in sync with frame 0.
 
     Args:
@@ -219,10 +222,11 @@ def write_video(path: str, frames: FrameSource, fps: Union[float, Fraction], aud
             ``bgr0`` with ffv1 stores RGB losslessly.
         overwrite: refuse to replace an existing file unless True.
         x264_params: extra encoder parameters, e.g. ``bframes=0:ref=1``.
+        metadata: container tags, e.g. ``{"comment": ...}``.
     Returns the path. The container follows the extension (.mp4, .mkv, .mov). The file appears atomically
     (written to a temporary name first). Colour is BT.709, limited range, tagged.
     """
-    w = VideoWriter(path, fps, audio, codec, crf, preset, pix_fmt, overwrite, x264_params)
+    w = VideoWriter(path, fps, audio, codec, crf, preset, pix_fmt, overwrite, x264_params, metadata)
     try:
         for chunk in _chunks(frames):
             w.write(chunk)

@@ -80,6 +80,21 @@ def gaussian_weights(th: int, tw: int, var: float = 0.01) -> torch.Tensor:
     return (g(th)[:, None] * g(tw)[None, :]).float()
 
 
+def stream_windows(num_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
+    """The [start, stop) windows that ``codec.decode.iter_video_chunks`` yields (and so ``restore_stream`` and
+    ``deblur`` process): every ``chunk_size - overlap`` frames, the last one cut at ``num_frames`` (unlike
+    :func:`chunk_windows`, which moves it back to stay full-length)."""
+    if chunk_size < 1 or overlap < 0 or overlap >= chunk_size:
+        raise CPGDInputError(f"chunk must be >= 1 and 0 <= overlap < chunk, got chunk={chunk_size}, "
+                             f"overlap={overlap}")
+    windows, start = [], 0
+    while True:
+        windows.append((start, min(start + chunk_size, num_frames)))
+        if start + chunk_size >= num_frames:
+            return windows
+        start += chunk_size - overlap
+
+
 class ChunkBlender:
     """Cross-fades overlapping temporal chunks and releases frames as soon as no later chunk can cover them.
 
