@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -212,13 +213,12 @@ def _segment_task(key: tuple, info, seg, parts_dir: str, args: argparse.Namespac
 
 def _join_task(key: tuple, info, segs: list, parts_dir: str, dst: str, tag: str, args: argparse.Namespace,
                tracker) -> int:
-    from ..codec.decode import read_audio
+    from .cli import output_audio
     from .segments import join_segments
 
     tracker.started.remote(key, os.getpid())
-    total = frames_to_process(info.frame_count, args.max_frames)
-    audio = read_audio(info.path, 0.0, total / float(info.fps) if args.max_frames else None) if info.has_audio else None
-    return join_segments(segs, parts_dir, dst, info.fps, audio, args.crf, metadata={"comment": tag})
+    return join_segments(segs, parts_dir, dst, info.fps, output_audio(info, args.max_frames), args.crf,
+                         metadata={"comment": tag})
 
 
 class _Tracker:
@@ -256,6 +256,12 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num
                              "(or the pack's 'batch' extra)") from e
     if ray.is_initialized():
         return False
+    if address and address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 -- Ray Client's transport
+        except ImportError as e:
+            raise CPGDInputError("joining a cluster by ray:// needs Ray Client: pip install 'ray[client]==2.60.0' "
+                                 "(or run on the head node with --address auto)") from e
     pack_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (pack_root, os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "log_to_driver": False,
@@ -309,8 +315,6 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _clean(job: _Job) -> None:
-    import shutil
-
     from ..codec.encode import partial_path
 
     tmp = partial_path(job.result.output)
@@ -333,24 +337,26 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
     options = restore_options(args, args.weights)
     results: list[FileResult] = []
     jobs: list[_Job] = []
-    work_root = os.path.join(args.out, WORK_DIR)
+    work_root = os.path.abspath(os.path.join(args.out, WORK_DIR))
+    if os.path.isdir(work_root):  # left by a batch that was killed outright; one batch per --out at a time
+        shutil.rmtree(work_root, ignore_errors=True)
     for src, dst in pairs:
-        res = FileResult(os.path.abspath(src), os.path.abspath(dst))
+        res = FileResult(os.path.abspath(src), os.path.abspath(dst))  # absolute: workers may run elsewhere
         results.append(res)
         try:
-            info = probe(src)
+            info = probe(res.input)
             total = frames_to_process(info.frame_count, args.max_frames)
             if total == 0:
                 raise CPGDInputError(f"no frames in {src}")
-            tag = output_tag(src, total, options)
-            state = output_state(dst, tag, total)
+            tag = output_tag(res.input, total, options)
+            state = output_state(res.output, tag, total)
             if state == "finished":
                 res.status, res.frames = "skipped", total
                 continue
             if state == "foreign" and not args.overwrite:
                 raise CPGDInputError(f"output {dst} exists and was not written by a batch (pass --overwrite to "
                                      f"replace it)")
-        except CPGDInputError as e:
+        except (CPGDInputError, OSError) as e:
             res.status, res.error = "failed", str(e)
             continue
         segs = plan_segments(total, args.chunk, args.overlap, args.segment_frames,
@@ -359,6 +365,10 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
         jobs.append(_Job(res, info, tag, total, segs, parts))
         res.segments = len(segs)
     report_path = args.report or os.path.join(args.out, "batch_report.json")
+    if not args.no_progress:
+        print(f"{len(results)} inputs: {len(jobs)} to process, "
+              f"{sum(r.status == 'skipped' for r in results)} finished earlier (skipped), "
+              f"{sum(r.status == 'failed' for r in results)} failed", file=sys.stderr, flush=True)
     if jobs:
         _run_jobs(args, jobs, on_event)
     if os.path.isdir(work_root) and not os.listdir(work_root):
@@ -373,6 +383,35 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
         json.dump(report, f, indent=1)
     os.replace(report_path + ".tmp", report_path)
     return report
+
+
+def _finish(ref, owner: dict, jobs: list, submit, join, args: argparse.Namespace, tracker) -> None:
+    """Book a finished task: a failure fails its file (its other tasks are cancelled); a video or join task
+    finishes its file; the last segment of a file starts its join."""
+    import ray
+
+    job = owner.pop(ref)
+    key = job.pending.pop(ref)
+    try:
+        value = ray.get(ref)
+    except Exception as e:  # noqa: BLE001 -- every task failure becomes this file's error
+        if job.result.status != "failed":
+            job.result.status, job.result.error = "failed", _error_text(e)
+        for other in list(job.pending):
+            ray.cancel(other, force=True)
+        value = None
+    if job.result.status == "failed":
+        if not job.pending:
+            _clean(job)
+        return
+    if key[1] in ("video", "join"):
+        job.result.status, job.result.frames = "done", int(value)
+        job.result.seconds = round(time.time() - job.started, 2)
+        _clean(job)
+    elif not job.pending:
+        jkey = (key[0], "join")
+        submit(job, jkey, join.remote(jkey, job.info, job.segments, job.parts_dir, job.result.output, job.tag,
+                                      args, tracker))
 
 
 def _run_jobs(args: argparse.Namespace, jobs: list[_Job], on_event: Optional[Event]) -> None:
@@ -406,56 +445,41 @@ def _run_jobs(args: argparse.Namespace, jobs: list[_Job], on_event: Optional[Eve
                     key = (n, f"segment {seg.index}")
                     submit(job, key, segment.remote(key, job.info, seg, job.parts_dir, args, tracker))
         bar = _Bar(len(jobs), sum(j.total for j in jobs), not args.no_progress)
-        frames: dict = {}
         try:
             while owner:
                 ready, _ = ray.wait(list(owner), num_returns=1, timeout=0.2)
                 for ref in ready:
-                    job = owner.pop(ref)
-                    key = job.pending.pop(ref)
-                    try:
-                        value = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 -- every task failure becomes this file's error
-                        if job.result.status != "failed":
-                            job.result.status, job.result.error = "failed", _error_text(e)
-                        for other in list(job.pending):
-                            ray.cancel(other, force=True)
-                        if not job.pending:
-                            _clean(job)
-                        continue
-                    if job.result.status == "failed":
-                        if not job.pending:
-                            _clean(job)
-                        continue
-                    if key[1] == "join" or key[1] == "video":
-                        job.result.status, job.result.frames = "done", int(value)
-                        job.result.seconds = round(time.time() - job.started, 2)
-                        _clean(job)
-                    elif not job.pending:
-                        jkey = (key[0], "join")
-                        submit(job, jkey, join.remote(jkey, job.info, job.segments, job.parts_dir,
-                                                      job.result.output, job.tag, args, tracker))
+                    _finish(ref, owner, jobs, submit, join, args, tracker)
                 snapshot, events = ray.get(tracker.poll.remote())
                 for ev in events:
                     if ev["event"] == "started":
                         jobs[ev["file"]].result.attempts += 1
                     if on_event is not None:
                         on_event({**ev, "input": jobs[ev["file"]].result.input})
-                frames = {k: v for k, v in snapshot.items() if k[1] != "join"}
-                finished = sum(j.result.status in ("done", "failed") for j in jobs)
-                failed = sum(j.result.status == "failed" for j in jobs)
-                done_frames = sum(min(v, jobs[k[0]].total) for k, v in frames.items())
-                bar.draw(finished, failed, done_frames)
+                per_job: dict = {}
+                for (n, task), frames in snapshot.items():
+                    if task != "join":
+                        per_job[n] = per_job.get(n, 0) + frames
+                bar.draw(sum(j.result.status != "pending" for j in jobs),
+                         sum(j.result.status == "failed" for j in jobs),
+                         sum(min(v, jobs[n].total) for n, v in per_job.items()))
             bar.draw(len(jobs), sum(j.result.status == "failed" for j in jobs),
                      sum(j.result.frames for j in jobs), final=True)
         except KeyboardInterrupt:
             refs = list(owner)
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            ray.wait(refs, num_returns=len(refs), timeout=30)
+            try:  # the cluster may be going down with the same Ctrl-C; the clean-up below runs regardless
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+                ray.wait(refs, num_returns=len(refs), timeout=30)
+            except Exception:  # noqa: BLE001
+                pass
             for job in jobs:
                 if job.result.status == "pending":
-                    job.result.status, job.result.error = "cancelled", "interrupted (Ctrl-C)"
+                    # a task may have completed its output while the interrupt arrived: keep it if finished
+                    if output_state(job.result.output, job.tag, job.total) == "finished":
+                        job.result.status, job.result.frames = "done", job.total
+                    else:
+                        job.result.status, job.result.error = "cancelled", "interrupted (Ctrl-C)"
                 _clean(job)
             print("\ninterrupted: running tasks cancelled, no partial outputs left", file=sys.stderr)
     finally:
