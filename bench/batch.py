@@ -4,7 +4,8 @@ Writes N synthetic clips (a panning smooth texture, libx264, the pack's encoder)
 starts a local Ray cluster with that many CPUs, warms its workers up (one short clip per worker: process
 start and torch import are paid once per worker, not per video), and times ``run_batch`` over the N clips
 with the shipped ``cpfp_lite`` weights (one CPU per task). Prints and writes frames/s for each and the
-ratio to ``docs/bench/batch.json``. The machine's load average is recorded: on a shared machine the ratio
+ratio to ``docs/bench/batch.json`` and the README block ``docs/bench/batch.md`` (``--render`` rewrites only
+the latter from the former). The machine's load average is recorded: on a shared machine the ratio
 says as much about the other jobs as about the batch. Ray lowers its workers' priority by 15 nice levels
 (``RAY_worker_niceness``); here they run at the bench's own (``--worker-niceness 0``), or on a busy machine
 the other jobs starve them and the bench measures only that.
@@ -45,6 +46,25 @@ def timed_batch(inputs: list[str], out: str) -> tuple[float, dict]:
     return time.perf_counter() - t0, report
 
 
+def render(summary: dict) -> str:
+    """docs/bench/batch.md (the README's ``bench:batch`` block) from the JSON summary."""
+    runs = summary["runs"]
+    loads = [r[k] for r in runs for k in ("load_avg_start", "load_avg_end")]
+    rates = " → ".join(f"{r['frames_per_s']:.2f}" for r in runs)
+    workers = " vs ".join(str(r["workers"]) for r in runs)
+    return (f"# Batch throughput\n\n"
+            f"Throughput with {workers} workers on this {summary['machine'].split(' CPUs')[0]}-CPU machine "
+            f"(`python bench/batch.py` → `docs/bench/batch.json`; {runs[0]['clips']} clips of {summary['clip']}, "
+            f"{summary['weights']}): {rates} frames/s, ×{summary['ratio_vs_first'][-1]:.2f}. The machine was "
+            f"shared with a training run (load average {min(loads):.0f}–{max(loads):.0f}), so more workers also "
+            f"won a larger share of it: the ratio shows that workers add up, not an efficiency above 100 %.\n")
+
+
+def write_render(summary: dict, json_path: str) -> None:
+    with open(os.path.splitext(json_path)[0] + ".md", "w") as f:
+        f.write(render(summary))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=4)
@@ -53,7 +73,12 @@ def main() -> None:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "batch.json"))
     p.add_argument("--worker-niceness", type=int, default=0, help="RAY_worker_niceness for the local clusters")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the existing --out JSON")
     a = p.parse_args()
+    if a.render:
+        with open(a.out) as f:
+            write_render(json.load(f), a.out)
+        return
     os.environ["RAY_worker_niceness"] = str(a.worker_niceness)
     import ray
 
@@ -96,6 +121,7 @@ def main() -> None:
         with open(a.out, "w") as f:
             json.dump(summary, f, indent=1)
             f.write("\n")
+        write_render(summary, a.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

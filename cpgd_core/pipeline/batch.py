@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import CPGDInputError
+from ..fileio import write_text
 from .cli import add_restore_options, frames_to_process, resolve_weights
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
@@ -315,9 +316,9 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _clean(job: _Job) -> None:
-    from ..codec.encode import partial_path
+    from ..fileio import temporary_path
 
-    tmp = partial_path(job.result.output)
+    tmp = temporary_path(job.result.output)
     if os.path.exists(tmp):
         os.remove(tmp)
     if job.parts_dir and os.path.isdir(job.parts_dir):
@@ -379,9 +380,7 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
     report = {"summary": summary, "options": options, "files": [asdict(r) for r in results],
               "report": os.path.abspath(report_path)}
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-    with open(report_path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(report_path + ".tmp", report_path)
+    write_text(report_path, json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
+from ..fileio import atomic_write
 from .schedule import ChunkBlender, stream_windows
 
 _BLOCK = 16  # frames per block when reading a body back
@@ -85,9 +86,8 @@ def part_paths(parts_dir: str, seg: Segment) -> dict[str, str]:
 
 
 def _save_tensor(t: torch.Tensor, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(t.contiguous().clone(), tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(t.contiguous().clone(), tmp)
 
 
 def write_segment(blocks: Iterable[torch.Tensor], seg: Segment, parts_dir: str, fps) -> int:

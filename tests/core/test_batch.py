@@ -61,7 +61,7 @@ def _leftovers(out) -> list[str]:
     bad = []
     for root, dirs, files in os.walk(out):
         bad += [os.path.join(root, d) for d in dirs if d == WORK_DIR]
-        bad += [os.path.join(root, f) for f in files if ".part" in f or f.endswith(".tmp")]
+        bad += [os.path.join(root, f) for f in files if f.endswith(".part")]
     return bad
 
 
