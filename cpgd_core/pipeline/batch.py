@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import CPGDInputError
 from ..fileio import write_text
-from .cli import add_restore_options, frames_to_process, resolve_weights
+from .cli import add_restore_options, check_chunk, fill_settings, frames_to_process, plan_sizes, resolve_weights
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
               ".flv", ".3gp", ".ogv"}
@@ -147,8 +147,9 @@ def restore_options(args: argparse.Namespace, weights: str) -> dict:
     floating-point rounding)."""
     with open(weights, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return {"weights": digest, "chunk": args.chunk, "overlap": args.overlap, "tile": args.tile,
-            "tile_overlap": args.tile_overlap, "max_frames": args.max_frames, "dtype": args.dtype, "crf": args.crf}
+    return {"weights": digest, "raft": args.raft, "chunk": args.chunk, "overlap": args.overlap, "tile": args.tile,
+            "tile_overlap": args.tile_overlap, "memory_budget": args.memory_budget, "max_frames": args.max_frames,
+            "dtype": args.dtype, "crf": args.crf}
 
 
 @dataclass
@@ -169,6 +170,7 @@ class _Job:
     info: Any
     tag: str
     total: int
+    plan: tuple = ()                              # (chunk, overlap, tile) of this video (cli.plan_sizes)
     segments: list = field(default_factory=list)
     parts_dir: str = ""
     pending: dict = field(default_factory=dict)   # ObjectRef -> task key
@@ -179,13 +181,13 @@ class _Job:
 _MODELS: dict = {}
 
 
-def _model(weights: str, device: str):
+def _model(weights: str, device: str, raft: str = "auto"):
     from ..weights import load_cpfp
 
-    if (weights, device) not in _MODELS:
+    if (weights, device, raft) not in _MODELS:
         _MODELS.clear()
-        _MODELS[(weights, device)] = load_cpfp(weights, device)
-    return _MODELS[(weights, device)]
+        _MODELS[(weights, device, raft)] = load_cpfp(weights, device, raft=raft)
+    return _MODELS[(weights, device, raft)]
 
 
 def _task_setup(key: tuple, args: argparse.Namespace, tracker) -> tuple[Any, Callable[[int], None]]:
@@ -193,22 +195,22 @@ def _task_setup(key: tuple, args: argparse.Namespace, tracker) -> tuple[Any, Cal
 
     tracker.started.remote(key, os.getpid())
     device = args.device or ("cuda" if ray.get_gpu_ids() else "cpu")
-    return _model(args.weights, device), (lambda done: tracker.progress.remote(key, done))
+    return _model(args.weights, device, args.raft), (lambda done: tracker.progress.remote(key, done))
 
 
-def _whole_task(key: tuple, info, dst: str, tag: str, args: argparse.Namespace, tracker) -> int:
+def _whole_task(key: tuple, info, dst: str, tag: str, plan: tuple, args: argparse.Namespace, tracker) -> int:
     from .cli import deblur_file
 
     model, progress = _task_setup(key, args, tracker)
-    return deblur_file(model, info, dst, args, progress, metadata={"comment": tag}, overwrite=True, exact=True)
+    return deblur_file(model, info, dst, args, plan, progress, metadata={"comment": tag}, overwrite=True, exact=True)
 
 
-def _segment_task(key: tuple, info, seg, parts_dir: str, args: argparse.Namespace, tracker) -> int:
+def _segment_task(key: tuple, info, seg, parts_dir: str, plan: tuple, args: argparse.Namespace, tracker) -> int:
     from .cli import restored_blocks
     from .segments import write_segment
 
     model, progress = _task_setup(key, args, tracker)
-    blocks = restored_blocks(model, info.path, args, start=seg.start, cap=seg.stop - seg.start, progress=progress)
+    blocks = restored_blocks(model, info.path, args, plan, start=seg.start, cap=seg.stop - seg.start, progress=progress)
     return write_segment(blocks, seg, parts_dir, info.fps)
 
 
@@ -326,6 +328,24 @@ def _clean(job: _Job) -> None:
 
 
 # -- the batch ---------------------------------------------------------------------------------------
+def _planner(args: argparse.Namespace):
+    """The model loaded here on the CPU (only to fill the chunk/tile defaults and plan sizes per video, as
+    ``deblur`` does) and the device the plan is made for: ``--device``, else the CPU (a conservative plan for
+    GPU workers: the host budget then bounds the activations too)."""
+    import torch
+
+    from ..weights import load_cpfp
+    from .official import OfficialStageOne
+
+    device = torch.device(args.device or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available() and args.memory_budget != 0:
+        raise CPGDInputError(f"--device {args.device}: this machine has no CUDA to plan the memory budget on; "
+                             f"pass --memory-budget 0 (use --chunk and --tile as given)")
+    model = load_cpfp(args.weights, "cpu", raft=args.raft)
+    fill_settings(args, isinstance(model, OfficialStageOne))
+    return model, device
+
+
 def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dict:
     """Run a batch (``build_parser`` options); returns the report (also written to ``--report``).
     ``on_event`` receives the tasks' ``started`` (with the worker ``pid``) and ``progress`` events."""
@@ -334,7 +354,9 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
 
     t0 = time.time()
     pairs = collect_inputs(args.inputs, args.out)
+    check_chunk(args)
     args.weights = os.path.abspath(resolve_weights(args.weights))
+    planner, device = _planner(args)
     options = restore_options(args, args.weights)
     results: list[FileResult] = []
     jobs: list[_Job] = []
@@ -349,7 +371,8 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
             total = frames_to_process(info.frame_count, args.max_frames)
             if total == 0:
                 raise CPGDInputError(f"no frames in {src}")
-            tag = output_tag(res.input, total, options)
+            plan = tuple(plan_sizes(args, planner, info.height, info.width, device))
+            tag = output_tag(res.input, total, {**options, "plan": list(plan)})
             state = output_state(res.output, tag, total)
             if state == "finished":
                 res.status, res.frames = "skipped", total
@@ -360,10 +383,11 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
         except (CPGDInputError, OSError) as e:
             res.status, res.error = "failed", str(e)
             continue
-        segs = plan_segments(total, args.chunk, args.overlap, args.segment_frames,
+        # segments follow the chunk windows this video is actually restored with (the plan, not --chunk)
+        segs = plan_segments(total, plan[0], plan[1], args.segment_frames,
                              [k for k, _ in info.keyframes], splittable=info.exports_mvs)
         parts = os.path.join(work_root, f"{len(jobs):05d}-{os.path.basename(dst)}") if len(segs) > 1 else ""
-        jobs.append(_Job(res, info, tag, total, segs, parts))
+        jobs.append(_Job(res, info, tag, total, plan, segs, parts))
         res.segments = len(segs)
     report_path = args.report or os.path.join(args.out, "batch_report.json")
     if not args.no_progress:
@@ -437,12 +461,13 @@ def _run_jobs(args: argparse.Namespace, jobs: list[_Job], on_event: Optional[Eve
         for n, job in enumerate(jobs):
             job.started = time.time()
             if len(job.segments) == 1:
-                submit(job, (n, "video"), whole.remote((n, "video"), job.info, job.result.output, job.tag, args,
+                submit(job, (n, "video"), whole.remote((n, "video"), job.info, job.result.output, job.tag, job.plan, args,
                                                        tracker))
             else:
                 for seg in job.segments:
                     key = (n, f"segment {seg.index}")
-                    submit(job, key, segment.remote(key, job.info, seg, job.parts_dir, args, tracker))
+                    submit(job, key, segment.remote(key, job.info, seg, job.parts_dir, job.plan, args,
+                                                          tracker))
         bar = _Bar(len(jobs), sum(j.total for j in jobs), not args.no_progress)
         try:
             while owner:

@@ -25,8 +25,8 @@ from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpfp import CPFP, CPFPConfig
 from cpgd_core.pipeline.batch import (WORK_DIR, build_parser, collect_inputs, output_state, output_tag,
                                       run_batch, start_ray)
-from cpgd_core.pipeline.restore import stream_windows
-from cpgd_core.pipeline.cli import restored_blocks
+from cpgd_core.pipeline.schedule import stream_windows
+from cpgd_core.pipeline.cli import fill_settings, restored_blocks
 from cpgd_core.pipeline.segments import joined_frames, plan_segments, write_segment
 from cpgd_core.weights import default_cpfp_path, load_cpfp, save_cpfp
 
@@ -245,12 +245,14 @@ def test_segments_join_exactly(tmp_path, one_thread):
     bit for bit: same windows, same priors, same cross-fade."""
     src = _clip(tmp_path / "long.mp4", 40, 24, keyint=8)
     opts = build_parser().parse_args(["x", "--out", "o", "--chunk", "6", "--overlap", "2"])
+    fill_settings(opts, official=False)
+    plan = (opts.chunk, opts.overlap, opts.tile)
     model = load_cpfp(default_cpfp_path())
-    single = torch.cat(list(restored_blocks(model, src, opts)))
+    single = torch.cat(list(restored_blocks(model, src, opts, plan)))
     segs = plan_segments(40, 6, 2, 12, [k for k, _ in probe(src).keyframes])
     assert len(segs) >= 2 and any(s.start % 8 != 0 for s in segs)
     for seg in segs:
-        write_segment(restored_blocks(model, src, opts, start=seg.start, cap=seg.stop - seg.start), seg,
+        write_segment(restored_blocks(model, src, opts, plan, start=seg.start, cap=seg.stop - seg.start), seg,
                       str(tmp_path / "parts"), 24)
     joined = [torch.as_tensor(b) for b in joined_frames(segs, str(tmp_path / "parts"))]
     to_u8 = lambda t: t if t.dtype == torch.uint8 else (t.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
