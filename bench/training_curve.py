@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{len(seconds)} process(es), {sum(seconds) / 3600:.2f} h of wall time on {start['device']}.", "",
              "| step | val PSNR dB | input PSNR dB | gain dB | val SSIM | mean train loss since previous row |",
              "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:+.2f} | {r[4]:.4f} | {r[5]:.5f} |" for r in rows]
+    lines += [f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:+.2f} | {r[4]:.4f} | "
+              f"{'–' if r[5] != r[5] else f'{r[5]:.5f}'} |" for r in rows]
     os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
     with open(a.md, "w") as f:
         f.write("\n".join(lines) + "\n")
