@@ -8,6 +8,7 @@ real libx264 encode -> decoded frames + codec priors) in DataLoader worker proce
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -42,23 +43,16 @@ def _synth_example(rng: np.random.Generator, crop: int, frames: int, crf_range: 
 
 
 def _real_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
-                  motion_range=None) -> dict:
+                  motion_range=None, sharp_share: Optional[float] = None) -> dict:
     """One clip of real footage blurred by interpolation + exposure averaging (cpgd_core.data.realblur).
-    Validation clips are all blurred; training has realblur.SHARP_SHARE clips with no blur."""
+    By default validation clips are all blurred and training has realblur.SHARP_SHARE clips with no blur;
+    ``sharp_share=1`` gives unblurred clips only (the identity check)."""
     from ..data import realblur
 
-    share = realblur.SHARP_SHARE if split == "train" else 0.0
+    if sharp_share is None:
+        sharp_share = realblur.SHARP_SHARE if split == "train" else 0.0
     return realblur.make_training_example(rng, (crop, crop), frames, crf_range=tuple(crf_range), split=split,
-                                          sharp_share=share)
-
-
-def _sharp_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
-                   motion_range=None) -> dict:
-    """Real footage with no blur at all (target = input before encoding): the identity check."""
-    from ..data import realblur
-
-    return realblur.make_training_example(rng, (crop, crop), frames, crf_range=tuple(crf_range), split=split,
-                                          sharp_share=1.0)
+                                          sharp_share=sharp_share)
 
 
 def _mixed_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
@@ -98,8 +92,8 @@ def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=
     return {"blurry_decoded": blurry, "sharp": sharp, "priors": pri}
 
 
-SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example, "sharp": _sharp_example,
-           "random": _random_example}
+SOURCES = {"synth": _synth_example, "real": _real_example, "mix": _mixed_example,
+           "sharp": functools.partial(_real_example, sharp_share=1.0), "random": _random_example}
 
 
 def example_to_tensors(ex: dict) -> dict[str, torch.Tensor]:
