@@ -36,8 +36,8 @@ def fake_priors(t: int, h: int, w: int) -> CodecPriors:
                        height=h, width=w, fps=Fraction(25))
 
 
-def throughput(frames: int, device: str, dtype: str) -> dict:
-    model = CPFP(CPFPConfig.lite()).eval().to(device)
+def throughput(frames: int, device: str, dtype: str, config: CPFPConfig | None = None) -> dict:
+    model = CPFP(config or CPFPConfig.lite()).eval().to(device)
     x, p = torch.rand(frames, 3, 720, 1280), fake_priors(frames, 720, 1280)
     restore_chunk(model, x[:2], p.slice(0, 2), dtype=dtype, device=device)  # warm-up
     if device.startswith("cuda"):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..codec.flow import compose, warp
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
+from .cpfp_official import CAB1
 
 # |residual| (in [0,1]-luma units) -> [0, 1) guidance map. A fixed curve instead of the official per-clip
 # min-max normalisation, so that a frame gets the same map whatever chunk or tile it is processed in.
@@ -77,6 +78,7 @@ class CPFPConfig:
     offset_channels: int = 0      # hidden width of the offset/mask predictor (0: mid_channels)
     max_residue_magnitude: float = 5.0  # learned offsets around the MV are bounded by this (1/4-res px)
     residual_mask_bias: float = 0.1     # M = sigmoid(C_m + bias * (2 * r * valid - 1))
+    block: str = "res"            # 1/4-res blocks: "res" (ResidualBlock) or "gated" (the official CAB1)
     use_priors: bool = True
 
     @classmethod
@@ -99,6 +101,8 @@ class CPFPConfig:
     def __post_init__(self) -> None:
         if self.num_branches not in (2, 4):
             raise CPGDInputError(f"CPFPConfig.num_branches must be 2 or 4, got {self.num_branches}")
+        if self.block not in BLOCKS:
+            raise CPGDInputError(f"CPFPConfig.block must be one of {sorted(BLOCKS)}, got {self.block!r}")
         if self.deform_groups % 2 or self.mid_channels % (self.deform_groups // 2):
             raise CPGDInputError(f"CPFPConfig.deform_groups={self.deform_groups} must be even and divide "
                                  f"mid_channels={self.mid_channels} in halves")
@@ -148,8 +152,23 @@ class ResidualBlock(nn.Module):
         return x + self.attn(self.conv2(F.leaky_relu(self.conv1(x), 0.1, inplace=True)))
 
 
-def _blocks(channels: int, n: int) -> nn.Sequential:
-    return nn.Sequential(*[ResidualBlock(channels) for _ in range(n)])
+# The 1/4-resolution block types (CPFPConfig.block). "gated" is the official network's gated block (LayerNorm,
+# 1x1 expansions, 5x5 depthwise, simple gates, channel attention): per pixel about a third of the
+# multiply-adds of a ResidualBlock of the same width, so it affords wider features on a CPU.
+BLOCKS: dict[str, Callable[[int], nn.Module]] = {"res": ResidualBlock, "gated": lambda c: CAB1(c, 5)}
+
+
+def _blocks(channels: int, n: int, kind: str = "res") -> nn.Sequential:
+    return nn.Sequential(*[BLOCKS[kind](channels) for _ in range(n)])
+
+
+def _make_identity(block: nn.Module) -> None:
+    """Zero a block's residual branch, so that it passes its input through unchanged."""
+    if isinstance(block, ResidualBlock):
+        nn.init.zeros_(block.conv2.weight)
+        nn.init.zeros_(block.conv2.bias)
+    else:
+        nn.init.zeros_(block.beta)
 
 
 class CPFA(nn.Module):
@@ -233,7 +252,7 @@ class CPFP(nn.Module):
         self.down1 = nn.Conv2d(e, e, 3, stride=2, padding=1)
         self.enc_half = ResidualBlock(e)
         self.down2 = nn.Conv2d(e, c, 3, stride=2, padding=1)
-        self.enc_quarter = _blocks(c, cfg.num_enc_blocks)
+        self.enc_quarter = _blocks(c, cfg.num_enc_blocks, cfg.block)
 
         self.deform_align = nn.ModuleDict()
         self.backbone = nn.ModuleDict()
@@ -241,10 +260,10 @@ class CPFP(nn.Module):
             self.deform_align[name] = CPFA(cfg)
             self.backbone[name] = nn.Sequential(
                 nn.Conv2d((2 + i) * c, c, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
-                _blocks(c, cfg.backbone_blocks))
+                _blocks(c, cfg.backbone_blocks, cfg.block))
 
         self.fuse = nn.Conv2d((1 + cfg.num_branches) * c, c, 1)
-        self.recon = _blocks(c, cfg.recon_blocks)
+        self.recon = _blocks(c, cfg.recon_blocks, cfg.block)
         self.up1 = nn.Conv2d(c, 4 * e, 3, padding=1)
         self.dec_half = ResidualBlock(e)
         self.up2 = nn.Conv2d(e, 4 * e, 3, padding=1)
@@ -287,8 +306,7 @@ class CPFP(nn.Module):
         for name, stacks in self._block_stacks().items():
             for stack in stacks:
                 for block in list(stack)[old[name]:]:
-                    nn.init.zeros_(block.conv2.weight)
-                    nn.init.zeros_(block.conv2.bias)
+                    _make_identity(block)
                     appended.update(id(p) for p in block.parameters())
         params = dict(self.named_parameters())
         if unexpected or any(id(params[k]) not in appended for k in missing):

@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
     ckpt_path = os.path.join(args.out, CKPT_NAME)
     if args.resume and os.path.isfile(ckpt_path):
         ck = load_checkpoint(ckpt_path)
-        if ck["config"] != cfg.to_json():
+        if CPFPConfig.from_json(ck["config"]) != cfg:  # fields added since default to the old behaviour
             raise CPGDInputError(f"{ckpt_path} was trained with config {ck['config']}, not {cfg.to_json()}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -268,7 +268,7 @@ def train(args: argparse.Namespace) -> dict:
         log.log(event="note", message=f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
     if start == 0 and args.init:
         init = load_cpfp(args.init)
-        if init.config.to_json() == cfg.to_json():
+        if init.config == cfg:
             model.load_state_dict(init.state_dict())
             log.log(event="init", weights=args.init)
         else:  # a deeper network continues from a trained shallower one (raises for any other difference)
@@ -298,6 +298,7 @@ def train(args: argparse.Namespace) -> dict:
     net.train()
     loss_acc, n_acc = 0.0, 0
     t0 = time.monotonic()
+    cpu0 = time.process_time()  # this process's CPU time (all its threads): the sweep's "per CPU-hour"
     done = start
     data_wait = 0.0
     # --stop-at at or before the resumed step only exports the checkpoint's weights (with validation)
@@ -344,7 +345,7 @@ def train(args: argparse.Namespace) -> dict:
         if done % args.log_every == 0 or last_step:
             # data_wait_s: time this process waited for the data workers since the last log line
             log.log(event="train", step=done, loss=round(loss_acc / n_acc, 6), grad_norm=round(float(gnorm), 4),
-                    lr=args.lr * mult, data_wait_s=round(data_wait, 2))
+                    lr=args.lr * mult, data_wait_s=round(data_wait, 2), cpu_s=round(time.process_time() - cpu0, 1))
             loss_acc, n_acc, data_wait = 0.0, 0, 0.0
         if val_clips and (done % args.val_every == 0 or last_step):
             last = evaluate(model, val_clips, dev)

@@ -123,6 +123,20 @@ def test_config_json_round_trip_and_validation():
         CPFPConfig.from_name("huge")
 
 
+def test_gated_blocks_and_configs_written_before_the_block_field():
+    import json
+
+    m = _model(block="gated", mid_channels=16)
+    out = m(*_inputs())
+    assert out.shape == _inputs()[0].shape and torch.isfinite(out).all()
+    assert any(type(b).__name__ == "CAB1" for b in m.recon)
+    with pytest.raises(CPGDInputError, match="block"):
+        CPFPConfig(block="transformer")
+    # weights and checkpoints saved before `block` existed carry no such field: they are residual-block networks
+    old = {k: v for k, v in json.loads(CPFPConfig.lite().to_json()).items() if k != "block"}
+    assert CPFPConfig.from_json(json.dumps(old)) == CPFPConfig.lite()
+
+
 def _priors(t: int, h: int, w: int, stride: int = 4) -> CodecPriors:
     gh, gw = -(-h // stride), -(-w // stride)
     fp = torch.full((t, 2, gh, gw), 8.0, dtype=torch.float16)
@@ -164,7 +178,15 @@ def test_grow_from_keeps_the_function_and_refuses_other_changes():
     loss = big(*_inputs()).square().mean()
     loss.backward()
     assert big.recon[3].conv2.weight.grad.abs().sum() > 0
-    for bad in (dict(mid_channels=64), dict(recon_blocks=1), dict(num_branches=4)):
+    # gated blocks grow the same way (their residual scale starts at zero)
+    small_g = _model(block="gated", recon_blocks=2)
+    with torch.no_grad():
+        for p in small_g.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    big_g = CPFP(CPFPConfig.lite(block="gated", recon_blocks=3)).grow_from(small_g).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(big_g(*_inputs()), small_g(*_inputs()), atol=1e-6, rtol=1e-5)
+    for bad in (dict(mid_channels=64), dict(recon_blocks=1), dict(num_branches=4), dict(block="gated")):
         with pytest.raises(CPGDInputError, match="cannot grow"):
             CPFP(CPFPConfig.lite(**bad)).grow_from(small)
 
