@@ -56,13 +56,13 @@ def _real_example(rng: np.random.Generator, crop: int, frames: int, crf_range: t
 
 
 def _mixed_example(rng: np.random.Generator, crop: int, frames: int, crf_range: tuple[int, int], split: str,
-                   motion_range: tuple[float, float] = MOTION_RANGE) -> dict:
+                   motion_range: tuple[float, float] = MOTION_RANGE, sharp_share: Optional[float] = None) -> dict:
     """Real footage, with realblur.STILL_SHARE still-photo clips (synth) mixed into training for variety."""
     from ..data import realblur
 
     if split == "train" and rng.random() < realblur.STILL_SHARE:
         return _synth_example(rng, crop, frames, crf_range, split, motion_range)
-    return _real_example(rng, crop, frames, crf_range, split, motion_range)
+    return _real_example(rng, crop, frames, crf_range, split, motion_range, sharp_share)
 
 
 def _random_example(rng: np.random.Generator, crop: int, frames: int, crf_range=None, split: str = "train",
@@ -139,18 +139,23 @@ class SynthClips(IterableDataset):
 
     def __init__(self, source: str, crop: int, frames: int, seed: int, rank: int = 0, start_step: int = 0,
                  crf_range: tuple[int, int] = CRF_RANGE, crops_per_clip: int = 1,
-                 motion_range: tuple[float, float] = MOTION_RANGE) -> None:
+                 motion_range: tuple[float, float] = MOTION_RANGE, sharp_share: Optional[float] = None) -> None:
         if source not in SOURCES:
             raise CPGDInputError(f"unknown data source {source!r}: expected one of {sorted(SOURCES)}")
         self.source, self.crop, self.frames = source, crop, frames
         self.seed, self.rank, self.start_step, self.crf_range = seed, rank, start_step, crf_range
         self.crops_per_clip, self.motion_range = crops_per_clip, motion_range
+        if sharp_share is not None and source not in ("real", "mix"):
+            raise CPGDInputError(f"--sharp-share applies to the real-footage sources, not {source!r}")
+        self.sharp_share = sharp_share
 
     def __iter__(self) -> Iterator[dict]:
         wi = get_worker_info()
         worker = wi.id if wi is not None else 0
         rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
         make = SOURCES[self.source]
+        if self.sharp_share is not None:
+            make = functools.partial(make, sharp_share=self.sharp_share)
         # Encoding a clip costs far more than a training step on a GPU, so with crops_per_clip > 1 each
         # encoded clip is rendered twice as large and several random crops of it are used.
         size = self.crop * (2 if self.crops_per_clip > 1 else 1)
@@ -282,7 +287,7 @@ def train(args: argparse.Namespace) -> dict:
 
     val_clips = load_val(args.val) if (args.val and info.is_main) else []
     data = SynthClips(args.data, args.crop, args.frames, args.seed, info.rank, start, tuple(args.crf),
-                      args.crops_per_clip, tuple(args.motion))
+                      args.crops_per_clip, tuple(args.motion), args.sharp_share)
     loader = DataLoader(data, batch_size=args.batch, num_workers=args.workers, worker_init_fn=_single_threaded,
                         pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
                         prefetch_factor=2 if args.workers > 0 else None)
@@ -290,6 +295,7 @@ def train(args: argparse.Namespace) -> dict:
     nparams = sum(p.numel() for p in model.parameters())
     log.log(event="start", config=args.config, params=nparams, device=str(dev), world_size=info.world_size,
             steps=args.steps, batch=args.batch, crop=args.crop, frames=args.frames, use_priors=cfg.use_priors,
+            data=args.data, sharp_share=args.sharp_share,
             amp=str(amp_dtype) if amp_dtype else "off")
     last = {}
     if val_clips and start == 0:
@@ -459,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--grad-clip", type=float, default=1.0)
     _add_data_args(p)
+    p.add_argument("--sharp-share", type=float, default=None,
+                   help="share of real-footage training clips left unblurred (default: realblur.SHARP_SHARE)")
     p.add_argument("--val", default=None, help="fixed validation set written by make-val")
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=1000)

@@ -21,7 +21,8 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "wide48": (["mid_channels=48", "recon_blocks=4"], "wider 1/4-res features (48), fewer reconstruction blocks"),
     "gated48": (["block=gated", "mid_channels=48"], "the official gated blocks (NAFNet-style) at 48 channels"),
 }
-# The recipe of `make train-stage-one` minus its init and schedule length (the Makefile is the reference).
+# The recipe of `make train-stage-one` minus its init, schedule length and sharp share (the sweep keeps the default
+# realblur.SHARP_SHARE that the shipped run had when the sweep was run).
 RECIPE = ["--config", "lite", "--data", "mix", "--batch", "4", "--crop", "128", "--frames", "5",
           "--crops-per-clip", "2", "--workers", "1", "--lr", "2e-4", "--warmup", "50", "--seed", "5", "--resume"]
 

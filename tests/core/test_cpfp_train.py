@@ -80,3 +80,14 @@ def test_set_overrides_and_init_grows_a_shallower_network(tmp_path, capsys):
     assert main(["cpfp", "--steps", "1", "--out", str(tmp_path / "bad"), "--data", "random", "--set", "recon=3",
                  *TINY]) == 2
     assert capsys.readouterr().err.startswith("error: --set 'recon=3'")
+
+
+def test_sharp_share_reaches_the_real_footage_sources_only(tmp_path, capsys):
+    from cpgd_core.errors import CPGDInputError
+    from cpgd_core.train.cpfp import SynthClips
+
+    with pytest.raises(CPGDInputError, match="sharp-share"):
+        SynthClips("synth", 16, 2, seed=0, sharp_share=0.5)
+    out = str(tmp_path / "run")
+    assert main(["cpfp", "--steps", "1", "--out", out, "--data", "random", "--sharp-share", "0.5", *TINY]) != 0
+    assert "--sharp-share applies to the real-footage sources" in capsys.readouterr().err

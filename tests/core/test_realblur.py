@@ -80,3 +80,13 @@ def test_training_example_is_encoded_like_inference_input():
     sharp = realblur.make_training_example(np.random.default_rng(3), (64, 64), 4, split="val", sharp_share=1.0)
     assert sharp["exposure"] == 0.0
     assert psnr(sharp["blurry_decoded"], sharp["sharp"]) > 30.0  # only the encode separates them
+
+
+@needs_real
+def test_mixed_source_passes_the_sharp_share_to_its_real_clips():
+    from cpgd_core.train.cpfp import _mixed_example
+
+    rng = np.random.default_rng(0)
+    examples = [_mixed_example(rng, 32, 2, (18, 18), "train", sharp_share=1.0) for _ in range(6)]
+    real = [e for e in examples if "clip" in e]
+    assert real and all(e["exposure"] == 0.0 for e in real)
