@@ -1,6 +1,9 @@
-"""The stage-one training curve from the committed run log (no training here): docs/bench/training.md.
+"""Stage-one training curves from the committed run logs (no training here): docs/bench/training*.md.
 
-    python bench/training_curve.py [--log docs/training/cpfp_lite_real/log.jsonl] [--md docs/bench/training.md]
+    python bench/training_curve.py [--log docs/training/cpfp_lite_real/log.jsonl --md docs/bench/training.md]
+
+Without --log every run of RUNS is written (the shipped lite run, and the deeper network grown from its step-2600
+weights that is trained beside it as an A/B).
 
 Validation rows are the run's fixed held-out real-footage set (make-val --data real, seed 0, 16 x 128² x 5);
 one row per validation, plus the training-loss mean between validations and the wall time of each process
@@ -13,7 +16,8 @@ import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "docs", "training", "cpfp_lite_real")
+# markdown name in docs/bench -> run folder in docs/training
+RUNS = {"training": "cpfp_lite_real", "training_deep": "cpfp_deep_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -45,13 +49,22 @@ def curve(events: list[dict]) -> tuple[list[list], list[float], int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--log", default=os.path.join(RUN, "log.jsonl"))
+    ap.add_argument("--log", default=None, help="one run's log (default: every run of RUNS)")
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "bench", "training.md"))
     a = ap.parse_args(argv)
-    events = read_log(a.log)
+    if a.log:
+        return write_curve(a.log, a.md)
+    for name, run in RUNS.items():
+        write_curve(os.path.join(ROOT, "docs", "training", run, "log.jsonl"),
+                    os.path.join(ROOT, "docs", "bench", name + ".md"))
+    return 0
+
+
+def write_curve(log: str, md: str) -> int:
+    events = read_log(log)
     rows, seconds, last_step = curve(events)
     start = next(e for e in events if e["event"] == "start")
-    lines = [f"# Stage-one training curve (`bench/training_curve.py`, `{os.path.relpath(a.log, ROOT)}`)", "",
+    lines = [f"# Stage-one training curve (`bench/training_curve.py`, `{os.path.relpath(log, ROOT)}`)", "",
              f"Run: {start['config']} ({start['params']} parameters), batch {start['batch']}, {start['crop']}² crops, "
              f"{start['frames']} frames, schedule of {start['steps']} steps; reached step {last_step} in "
              f"{len(seconds)} process(es), {sum(seconds) / 3600:.2f} h of wall time on {start['device']}.", "",
@@ -59,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:+.2f} | {r[4]:.4f} | "
               f"{'–' if r[5] != r[5] else f'{r[5]:.5f}'} |" for r in rows]
-    os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
-    with open(a.md, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
+    with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
