@@ -38,7 +38,7 @@ import torch
 
 from ..errors import CPGDInputError
 from .hdr import hdr_to_sdr, hdr_transfer
-from .motion import compose_np, grid_size, invert_np, mvs_to_flows, resize_grid
+from .motion import compose_np, grid_size, invert_np, mvs_to_flows, resize_grid, smooth_field
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
 from .priors import CodecPriors
 from .residual import RESIDUAL_CHANNELS, half_size, pick_references_half, residual_of
@@ -61,6 +61,11 @@ _PICT = {1: "I", 2: "P", 3: "B", 4: "P", 5: "I", 6: "P", 7: "B"}  # S -> P, SI -
 _LUMA_PLANE_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv411p",
                        "yuv410p", "nv12", "nv21", "gray", "yuv440p", "yuvj440p"}
 STRIDE = 4
+# Output fields are smoothed (motion.smooth_field: closer to the true motion than raw block vectors); the
+# residual always uses the codec's own vectors.
+SMOOTH_FLOWS = True
+# Flow inversion (flow_to_next of P-frames) stops iterating once no vector moves by more than this (pixels).
+INVERT_TOL = 0.01
 
 
 @dataclass
@@ -111,6 +116,8 @@ class DecodedFrame:
     valid_to_next: np.ndarray       # (1, h, w) bool
     residual: np.ndarray            # (C, H, W) float16, C = 1 (luma) or 3 (rgb)
     qp: Optional[np.ndarray] = None  # (1, ceil(H/16), ceil(W/16)) float32
+    # The decoded picture itself, on the re-encode fallback's source frames only (x264 takes its YUV as is).
+    picture: Optional["av.VideoFrame"] = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------- opening
@@ -237,6 +244,7 @@ class _Raw:
     qp: Optional[np.ndarray]
     _rgb: Optional[np.ndarray] = None
     _planes: dict = field(default_factory=dict)
+    _fields: Optional[tuple] = None
 
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
@@ -247,13 +255,13 @@ class _Raw:
         """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view)."""
         return _luma_view(self.frame) if channels == "luma" else self.rgb()
 
-    def plane(self, channels: str) -> np.ndarray:
-        """:meth:`image` as float32 in [0, 1] units, converted once: a frame is the current frame of its own
-        residual and the reference of the next ones."""
-        key = ("unit", channels)
-        if key not in self._planes:
-            self._planes[key] = np.multiply(self.image(channels), np.float32(1.0 / 255.0), dtype=np.float32)
-        return self._planes[key]
+    def fields(self, height: int, width: int, zero_b_invalid: bool) -> tuple[tuple, tuple]:
+        """((past flow, valid), (future flow, valid)) rasterised from the vectors (``motion.mvs_to_flows``),
+        and the two flows smoothed (``SMOOTH_FLOWS``); made once, by the decoding thread (``prior_stages``)."""
+        if self._fields is None:
+            raw = mvs_to_flows(self.mvs, height, width, STRIDE, zero_b_invalid and self.pict == "B")
+            self._fields = raw, tuple(smooth_field(f, v) if SMOOTH_FLOWS and v.any() else f for f, v in raw)
+        return self._fields
 
     def half(self, channels: str) -> np.ndarray:
         """:meth:`image` at half resolution for the multi-reference check (residual.half_size), made once."""
@@ -473,24 +481,26 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
     probe = {"checked": 0, "far": 0}
 
     def finish(r: _Raw, past: Optional[_Raw], future: Optional[_Raw]) -> _Motion:
-        (fp, vp), (fn, vn) = mvs_to_flows(r.mvs, height, width, STRIDE, zero_b_invalid and r.pict == "B")
+        ((fp, vp), (fn, vn)), (sp, sn) = r.fields(height, width, zero_b_invalid)
         multi_ref = probe["far"] > 0 or probe["checked"] < MULTI_REF_PROBE
         if multi_ref and r.pict == "P" and len(anchors) > 1 and past is anchors[-1] and vp.any():
             refs = [(a.half(ch), r.index - a.index) for a in reversed(anchors)]
             fp, dist = pick_references_half(r.half(ch), refs, fp, vp, STRIDE)
             probe["checked"] += 1
             probe["far"] += int(((dist != refs[0][1]) & vp[0]).sum() >= MULTI_REF_SHARE * vp.sum())
+            if (dist != refs[0][1]).any():  # vectors rescaled: smooth them anew
+                sp = smooth_field(fp, vp) if SMOOTH_FLOWS else fp
         if past is None:
             vp = zv.copy()
         if future is None:
             vn = zv.copy()
         res = None
         if want_residual(r.index):
-            res = residual_of(r.plane(ch), past.plane(ch) if past is not None else None, fp, vp,
-                              future.plane(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
+            res = residual_of(r.image(ch), past.image(ch) if past is not None else None, fp, vp,
+                              future.image(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
         dp = r.index - past.index if past is not None else 1
         dn = future.index - r.index if future is not None else 1
-        return _Motion(r, fp / dp if dp > 1 else fp, vp, fn / dn if dn > 1 else fn, vn, res)
+        return _Motion(r, sp / dp if dp > 1 else sp, vp, sn / dn if dn > 1 else sn, vn, res)
 
     for r in raws:
         if r.pict == "B":
@@ -537,7 +547,7 @@ def _merge_next(cur: _Motion, nxt: _Motion) -> tuple[np.ndarray, np.ndarray]:
         return cur.fnext, cur.vnext
     if cur.vnext.all():
         return cur.fnext, cur.vnext
-    g, gv = invert_np(nxt.fprev, nxt.vprev, STRIDE)
+    g, gv = invert_np(nxt.fprev, nxt.vprev, STRIDE, tol=INVERT_TOL)
     flow = np.where(cur.vnext, cur.fnext, g)
     return flow.astype(np.float32), cur.vnext | gv
 
@@ -564,8 +574,10 @@ def _check_size(size) -> Optional[tuple[int, int]]:
 
 def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start: int, cap: int, every_nth: int,
                   size: Optional[tuple[int, int]], src_hw: tuple[int, int], crop_hw: Optional[tuple[int, int]],
-                  ) -> Iterator[DecodedFrame]:
-    """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame."""
+                  rgb: bool = True, picture: bool = False) -> Iterator[DecodedFrame]:
+    """Keep frames start, start+n, ...; chain skipped frames' fields; resize; yield DecodedFrame (with an
+    empty (H, W, 0) ``rgb`` when ``rgb`` is False: a caller that brings its own pixels; with the decoded
+    ``picture`` when asked and the frame is neither resized nor cropped)."""
     back_f = back_v = None      # field from the current frame into the last kept frame
     fwd_f = fwd_v = None        # field from the last kept frame into the current frame
     held: Optional[DecodedFrame] = None  # kept frame waiting for its flow_to_next
@@ -585,7 +597,9 @@ def _select_stage(items: Iterable[tuple[_Motion, np.ndarray, np.ndarray]], start
         if is_kept:
             if kept == 0:
                 back_v = np.zeros_like(back_v)
-            df = _make_frame(m, back_f, back_v, size, src_hw, crop_hw)
+            df = _make_frame(m, back_f, back_v, size, src_hw, crop_hw, rgb)
+            if picture and crop_hw is None and (size is None or (size[1], size[0]) == tuple(src_hw)):
+                df.picture = m.raw.frame
             kept += 1
             back_f = back_v = None
             fwd_f, fwd_v = fnext, vnext
@@ -622,8 +636,9 @@ def _resize_img(a: np.ndarray, size) -> np.ndarray:
     return np.clip(out, 0, 255) if out.dtype == np.uint8 else out
 
 
-def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFrame:
-    rgb = m.raw.rgb()
+def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw, with_rgb: bool = True) -> DecodedFrame:
+    fr = m.raw.frame
+    rgb = m.raw.rgb() if with_rgb else np.empty((fr.height, fr.width, 0), np.uint8)
     res = m.residual
     qp = m.raw.qp
     if crop_hw is not None:
@@ -648,32 +663,38 @@ def _make_frame(m: _Motion, back_f, back_v, size, src_hw, crop_hw) -> DecodedFra
                         qp=None if qp is None else qp[None].astype(np.float32))
 
 
+def _wanted(start: int, cap: int, every_nth: int) -> Callable[[int], bool]:
+    """Whether the frame of a display index is kept (start, cap, every_nth)."""
+    return lambda i: i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
+
+
 def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, start: int = 0, cap: int = 0,
                  every_nth: int = 1, size=None, residual_channels: str = "luma", signed: bool = True,
-                 crop_hw=None, max_refs: Optional[int] = None) -> Iterator[DecodedFrame]:
+                 crop_hw=None, max_refs: Optional[int] = None, rgb: bool = True) -> Iterator[DecodedFrame]:
     """Decoded pictures (``raw_frame``, in decode order) -> kept frames with their priors, in display order.
 
     Motion vectors become block-grid flows both ways with validity, the motion-compensated residual is
     computed, frames are selected (start, cap, every_nth), resized to ``size`` and cropped to ``crop_hw``
     (the picture size before an encoder's padding). ``codec`` decides the B-frame and multi-reference rules;
     ``max_refs`` (past references a P-frame may use) overrides the latter: 1 skips the multi-reference check,
-    for streams known to have one reference. The pictures are pulled by a decoding thread (``_prefetch``).
+    for streams known to have one reference. ``rgb`` False leaves the pixels out (empty (H, W, 0) arrays: the
+    re-encode fallback keeps its source's). The pictures are pulled by a decoding thread (``_prefetch``).
     """
     if residual_channels not in RESIDUAL_CHANNELS:
         raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
 
-    def want(i: int) -> bool:
-        return i >= start and (i - start) % every_nth == 0 and (not cap or (i - start) // every_nth < cap)
+    want = _wanted(start, cap, every_nth)
+    zero_b = codec in _ZERO_B_CODECS
 
-    def prepare(r: _Raw) -> None:  # in the decoding thread: the conversions every wanted frame needs
-        if want(r.index):
+    def prepare(r: _Raw) -> None:  # in the decoding thread: what depends on the frame alone
+        r.fields(src_hw[0], src_hw[1], zero_b)
+        if rgb and want(r.index):
             r.rgb()
-            r.plane(residual_channels)
 
-    motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], codec in _ZERO_B_CODECS, want,
+    motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], zero_b, want,
                             residual_channels, signed,
                             max_refs or (MAX_REFS if codec in _MULTI_REF_CODECS else 1))
-    return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw)
+    return _select_stage(_next_stage(motions), start, cap, every_nth, size, src_hw, crop_hw, rgb)
 
 
 # -------------------------------------------------------------------------------------- public API
@@ -704,9 +725,12 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
         size = (size[1], size[0])
     if not info.exports_mvs and export_mvs:
         from .reencode import reencode_pipeline
-        raws = _prefetch(_container_raws(path, False, False, check_interrupt, _seek_point(info, start)))
+        want = _wanted(start, cap, every_nth)
+        raws = _prefetch(_container_raws(path, False, False, check_interrupt, _seek_point(info, start)),
+                         lambda r: r.rgb() if want(r.index) else None)
         src = _select_stage(_next_stage(_motion_stage(raws, coded_hw[0], coded_hw[1], False, lambda i: False, "luma",
-                                                      True)), start, cap, every_nth, size, coded_hw, None)
+                                                      True)), start, cap, every_nth, size, coded_hw, None,
+                            picture=True)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:
@@ -748,8 +772,11 @@ def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
     """(T, 3, H, W) float32 in [0, 1]."""
     h, w = frames[0].rgb.shape[:2]
     out = torch.empty((len(frames), 3, h, w), dtype=torch.float32)
-    for i, f in enumerate(frames):  # one converting copy per frame, no stacked uint8 or channel-last copies
-        out[i].copy_(torch.from_numpy(np.ascontiguousarray(f.rgb)).permute(2, 0, 1))
+    for i, f in enumerate(frames):  # one converting copy per plane, no stacked uint8 or channel-last copies
+        o = out[i].numpy()
+        # OpenCV splits the channels contiguously (a strided channel-last read costs twice as much)
+        for c, plane in enumerate(cv2.split(np.ascontiguousarray(f.rgb))):
+            o[c] = plane
     return out.div_(255.0)
 
 

@@ -21,6 +21,7 @@ import torch
 from ..errors import CPGDInputError
 from .decode import DecodedFrame, frames_to_tensor, prior_stages, priors_from_decoded, raw_frame
 from .encode import even_size, frame_rate, pad_to, tag_bt709, to_uint8_hwc, yuv_frame
+from .hdr import hdr_transfer
 from .priors import CodecPriors
 
 SOURCE = "reencode:libx264"
@@ -28,9 +29,20 @@ X264_PARAMS = "bframes=0:ref=1"
 _ONE_REF = re.compile(r"(^|:)ref=1(:|$)")
 
 
-def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fraction, crf: int, preset: str,
+def _x264_input(f: DecodedFrame, width: int, height: int) -> "av.VideoFrame":
+    """The frame x264 encodes: the decoded 8-bit 4:2:0 picture as it is where the frame has one of the encoding
+    size (no YUV -> RGB -> YUV round trip: it costs more than the decoding), else its RGB converted."""
+    pic, f.picture = f.picture, None  # (dropped from the frame: only the pixels in flight stay in memory)
+    if (pic is not None and pic.format.name == "yuv420p" and (pic.width, pic.height) == (width, height)
+            and hdr_transfer(pic) is None):
+        return pic
+    return yuv_frame(pad_to(f.rgb, width, height), "yuv420p")
+
+
+def _x264_raws(frames: Iterable[DecodedFrame], width: int, height: int, fps: Fraction, crf: int, preset: str,
                x264_params: str, check_interrupt: Optional[Callable[[], None]] = None):
-    """Encode (H, W, 3) uint8 frames and decode them again with motion-vector export; yields decoder _Raw frames."""
+    """Encode frames (:func:`_x264_input`) and decode them again with motion-vector export; yields decoder
+    _Raw frames."""
     enc = av.CodecContext.create("libx264", "w")
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base = Fraction(1) / fps
@@ -49,11 +61,11 @@ def _x264_raws(rgbs: Iterable[np.ndarray], width: int, height: int, fps: Fractio
                 yield raw_frame(fr, index, index / float(fps), True, False)
                 index += 1
 
-    for n, rgb in enumerate(rgbs):
+    for n, f in enumerate(frames):
         if check_interrupt is not None:
             check_interrupt()
-        fr = yuv_frame(pad_to(rgb, width, height), "yuv420p")
-        fr.pts = n
+        fr = _x264_input(f, width, height)
+        fr.pts, fr.time_base = n, enc.time_base  # (a decoded picture comes with its file's time base)
         yield from drain(enc.encode(fr))
     yield from drain(enc.encode(None))
     yield from drain([None])
@@ -76,16 +88,16 @@ def reencode_pipeline(src: Iterator[DecodedFrame], fps: Union[float, Fraction] =
     hp, wp = even_size(h, w)
     held: deque[DecodedFrame] = deque()
 
-    def rgbs():
+    def frames():
         for f in _chain(first, src):
             held.append(f)
-            yield f.rgb
+            yield f
 
-    raws = _x264_raws(rgbs(), wp, hp, frame_rate(fps), crf, preset, x264_params, check_interrupt)
+    raws = _x264_raws(frames(), wp, hp, frame_rate(fps), crf, preset, x264_params, check_interrupt)
     # A stream encoded with one reference needs no multi-reference check (it could only err).
     refs = 1 if _ONE_REF.search(x264_params) else None
     for df in prior_stages(raws, (hp, wp), "h264", 0, 0, 1, None, residual_channels, signed, crop_hw=(h, w),
-                           max_refs=refs):
+                           max_refs=refs, rgb=keep_decoded):
         s = held.popleft()
         df.index, df.time = s.index, s.time
         if not keep_decoded:
