@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
+from .h264sps import h264_ref_frames
 from .hdr import hdr_to_sdr, hdr_transfer
 from .motion import compose_np, grid_size, invert_np, mvs_to_flows, resize_grid, smooth_field
 from .orientation import display_rotation, rotate_frame_arrays, rotated_hw
@@ -87,6 +88,7 @@ class VideoInfo:
     hdr: str = ""            # "hlg" / "pq" when the frames are HDR (converted to SDR BT.709 on decoding)
     # (display index, pts) of each keyframe, for seeking to a start frame; empty when timestamps are missing
     keyframes: tuple[tuple[int, int], ...] = field(default=(), repr=False)
+    ref_frames: int = 0      # reference frames the H.264 stream declares (h264sps.py); 0: unknown / other codec
 
     @property
     def coded_hw(self) -> tuple[int, int]:
@@ -163,6 +165,7 @@ def probe(path: str) -> VideoInfo:
     with _open(path) as c:
         vs = _video_stream(c, path)
         codec = vs.codec_context.name
+        ref_frames = h264_ref_frames(vs.codec_context.extradata) if codec == "h264" else 0
         width, height = vs.codec_context.width, vs.codec_context.height
         pix_fmt = vs.codec_context.pix_fmt or ""
         has_audio = bool(c.streams.audio)
@@ -214,7 +217,8 @@ def probe(path: str) -> VideoInfo:
     return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
                      codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
                      pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation,
-                     hdr=hdr, keyframes=keyframes)
+                     hdr=hdr, keyframes=keyframes,
+                     ref_frames=ref_frames)
 
 
 # A decoder may hold back its first picture for a few packets (B-frame reordering, frame threads).
@@ -735,8 +739,9 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:
         raws = _container_raws(path, export_mvs, export_qp, check_interrupt, _seek_point(info, start))
+        # A stream declaring one reference frame needs no multi-reference check (it could only err).
         frames = prior_stages(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
-                           signed_residual)
+                              signed_residual, max_refs=1 if info.ref_frames == 1 else None)
     for df in frames:
         yield _upright(df, info.rotation)
 

@@ -115,6 +115,7 @@ def test_one_reference_stream_stops_the_reference_check(tmp_path, monkeypatch):
 
     path, _, _ = _clip(str(tmp_path), "r1.mp4", pan_zoom_path(load_photo("astronaut").shape, SIZE, 30, 2.5, 1.0),
                        params="bframes=0:ref=1:keyint=250:scenecut=0", crf=23)
+    monkeypatch.setattr(decode, "h264_ref_frames", lambda extradata: 0)  # as if the SPS gave no count
     checked = list(iter_decoded(path))
     monkeypatch.setattr(decode, "MAX_REFS", 1)  # the plain nearest-reference reading
     plain = list(iter_decoded(path))
@@ -490,6 +491,20 @@ def test_decoding_thread_passes_errors_on_and_stops_with_the_consumer(clips):
     next(it)
     it.close()
     assert not any(t.name == "cpgd-decode" and t.is_alive() for t in threading.enumerate())
+
+
+def test_one_reference_sps_skips_the_reference_check(clips, tmp_path, monkeypatch):
+    """The SPS says how many reference frames P-frames may use; with one the check is skipped altogether."""
+    path3, _, _ = _clip(str(tmp_path), "r3.mp4", pan_zoom_path(load_photo("astronaut").shape, SIZE, 4, 2.5, 1.0),
+                        params="bframes=0:ref=3")
+    assert probe(path3).ref_frames == 3 and probe(clips["bframes"][0]).ref_frames == 2
+    assert probe(clips["pan"][0]).ref_frames == 1 and probe(clips["hevc"][0]).ref_frames == 0
+
+    def fail(*a, **k):
+        raise AssertionError("multi-reference check on a one-reference stream")
+
+    monkeypatch.setattr("cpgd_core.codec.decode.pick_references_half", fail)
+    assert len(list(iter_decoded(clips["pan"][0]))) == T
 
 
 def test_fallback_reencode_skips_the_reference_check(clips, monkeypatch):
