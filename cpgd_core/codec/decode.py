@@ -259,6 +259,14 @@ class _Raw:
         """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view)."""
         return _luma_view(self.frame) if channels == "luma" else self.rgb()
 
+    def plane(self, channels: str) -> np.ndarray:
+        """:meth:`image` as float32 in [0, 1] units, converted once: a frame is the current frame of its own
+        residual and the reference of the next ones."""
+        key = ("unit", channels)
+        if key not in self._planes:
+            self._planes[key] = np.multiply(self.image(channels), np.float32(1.0 / 255.0), dtype=np.float32)
+        return self._planes[key]
+
     def fields(self, height: int, width: int, zero_b_invalid: bool) -> tuple[tuple, tuple]:
         """((past flow, valid), (future flow, valid)) rasterised from the vectors (``motion.mvs_to_flows``),
         and the two flows smoothed (``SMOOTH_FLOWS``); made once, by the decoding thread (``prior_stages``)."""
@@ -500,8 +508,8 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
             vn = zv.copy()
         res = None
         if want_residual(r.index):
-            res = residual_of(r.image(ch), past.image(ch) if past is not None else None, fp, vp,
-                              future.image(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
+            res = residual_of(r.plane(ch), past.plane(ch) if past is not None else None, fp, vp,
+                              future.plane(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
         dp = r.index - past.index if past is not None else 1
         dn = future.index - r.index if future is not None else 1
         return _Motion(r, sp / dp if dp > 1 else sp, vp, sn / dn if dn > 1 else sn, vn, res)
@@ -692,8 +700,10 @@ def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, star
 
     def prepare(r: _Raw) -> None:  # in the decoding thread: what depends on the frame alone
         r.fields(src_hw[0], src_hw[1], zero_b)
-        if rgb and want(r.index):
-            r.rgb()
+        if want(r.index):
+            if rgb:
+                r.rgb()
+            r.plane(residual_channels)
 
     motions = _motion_stage(_prefetch(raws, prepare), src_hw[0], src_hw[1], zero_b, want,
                             residual_channels, signed,

@@ -16,10 +16,10 @@ Where a pixel has no motion vector (intra block, I-frame) the prediction falls b
 pixel of the previous frame (zero motion), and the returned ``compensated`` mask is False there so a
 consumer can tell the two apart. A frame with no reference at all (the first frame) gets a zero residual.
 
-Cost: the decoding loop calls :func:`residual_of` on the decoded uint8 planes as they are (no float copies),
-so one prediction is one uint8 ``cv2.remap`` with a relative map made by a nearest-neighbour upscale of the
-cell grid (the prediction is rounded to grey levels, as the codec's own is); one ``cv2.subtract``
-subtracts, and one ``cv2.addWeighted`` scales to the output dtype.
+Cost: the decoding loop calls :func:`residual_of` on frames already converted once to float (each decoded
+frame is the current frame once and a reference after that), so one prediction is one ``cv2.remap`` with a
+relative map made by a nearest-neighbour upscale of the cell grid, and the subtraction writes the output
+dtype directly.
 """
 from __future__ import annotations
 
@@ -97,13 +97,10 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
                 valid_prev: Optional[np.ndarray], ref_next: Optional[np.ndarray], flow_next: Optional[np.ndarray],
                 valid_next: Optional[np.ndarray], stride: int = 4, signed: bool = True,
                 dtype=np.float32) -> np.ndarray:
-    """:func:`mc_residual` returning only the residual (C, H, W) ``dtype`` in [0,1] units.
+    """:func:`mc_residual` on frames already in float32 [0,1] units; returns only the residual (C, H, W) ``dtype``.
 
-    The frames are uint8 grey levels (the decoding loop passes the decoded planes as they are: the
-    prediction is then rounded to grey levels, as a codec's own prediction is, and warping uint8 costs about
-    half of warping float) or float32 in [0,1] units. Works in bands of ``_BAND`` rows: the full-resolution
-    maps and predictions of a band stay in cache, and nothing of frame size is allocated but the output (at
-    4K a frame-sized map alone is 66 MB).
+    Works in bands of ``_BAND`` rows: the full-resolution maps and predictions of a band stay in cache, and
+    nothing of frame size is allocated but the output (at 4K a frame-sized map alone is 66 MB).
     """
     h, w = cur.shape[:2]
     use_p = ref_prev is not None and flow_prev is not None and valid_prev is not None and bool(valid_prev.any())
@@ -121,36 +118,26 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
         if share.min() == 1.0:
             share = None  # the future prediction alone
     depth = _CV_DEPTH[np.dtype(dtype)]
-    scale = 1.0 / 255.0 if cur.dtype == np.uint8 else 1.0
     out = np.empty((1 if cur.ndim == 2 else cur.shape[2], h, w), dtype)
     band = _BAND - _BAND % stride
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
         c0, c1 = y0 // stride, -(-y1 // stride)
         pred = _warp_rows(base, gp[c0:c1], y0, y1, stride) if use_p else base[y0:y1]
-        cur_band = cur[y0:y1]
         if use_n:
             p1 = _warp_rows(ref_next, gn[c0:c1], y0, y1, stride)
             if share is None:
                 pred = p1
-            else:  # the blend in float (cur too: cv2 subtracts like types)
+            else:
                 wgt = _dense(share[c0:c1], y1 - y0, w, stride)
                 if pred.ndim == 3:
                     wgt = wgt[..., None]
-                pred = pred.astype(np.float32)
-                p1 = p1.astype(np.float32)
                 p1 -= pred
                 p1 *= wgt
                 p1 += pred
                 pred = p1
-                cur_band = cur_band.astype(np.float32)
-        # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower); grey levels
-        # are subtracted exactly first, so an exact prediction leaves an exact zero
-        if scale == 1.0:
-            diff = cv2.subtract(cur_band, pred, dtype=depth)
-        else:
-            diff = cv2.subtract(cur_band, pred, dtype=cv2.CV_32F)
-            diff = cv2.addWeighted(diff, scale, diff, 0.0, 0.0, dtype=depth)
+        # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower)
+        diff = cv2.subtract(cur[y0:y1], pred, dtype=depth)
         if not signed:
             diff = np.abs(diff)
         if diff.ndim == 2:
@@ -284,9 +271,8 @@ def mc_residual(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
         of both predictions, as H.264/MPEG-4 B-blocks do.
     """
     h, w = cur.shape[:2]
-    same = cur.dtype == np.uint8 and all(r is None or r.dtype == np.uint8 for r in (ref_prev, ref_next))
-    unit = (lambda a: a) if same else (lambda a: None if a is None else _unit(a))  # noqa: E731
-    res = residual_of(unit(cur), unit(ref_prev), flow_prev, valid_prev, unit(ref_next), flow_next, valid_next,
+    unit = lambda a: None if a is None else _unit(a)  # noqa: E731
+    res = residual_of(_unit(cur), unit(ref_prev), flow_prev, valid_prev, unit(ref_next), flow_next, valid_next,
                       stride, signed)
     cells = None
     for ref, valid in ((ref_prev, valid_prev), (ref_next, valid_next)):
