@@ -176,7 +176,7 @@ def timing(frames: int, frames_4k: int, reps: int, tmp: str,
     pri_epe, raw_epe = _epe(pri, true[:n]), _epe(raw, true[:n])
     speed = timer.ms("dis") / timer.ms(f"{clips[0][0]}|full priors (iter_decoded)")
     rows.append((clips[0][0], f"median EPE of the past field, frames 1-{n - 1}: priors {pri_epe:.3f} px "
-                 f"(raw block vectors {raw_epe:.3f}; {float(pri.valid_to_prev[1:].float().mean()) * 100:.1f} % of "
+                 f"(raw block vectors {raw_epe:.3f}, {float(pri.valid_to_prev[1:].float().mean()) * 100:.1f} % of "
                  f"cells), DIS {dis_epe:.3f} px (all cells); priors (with decoding) {speed:.1f}x faster than DIS",
                  float("nan"), float("nan")))
     return rows

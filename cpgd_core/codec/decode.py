@@ -65,8 +65,10 @@ STRIDE = 4
 # Output fields are smoothed (motion.smooth_field: closer to the true motion than raw block vectors); the
 # residual always uses the codec's own vectors.
 SMOOTH_FLOWS = True
-# Flow inversion (flow_to_next of P-frames) stops iterating once no vector moves by more than this (pixels).
-INVERT_TOL = 0.01
+# Fixed-point steps of the flow inversion (flow_to_next of P-frames). On smoothed fields two give the same
+# median end-point error as three and a lower mean (720p pan/zoom 0.202 -> 0.191 px, moving-disc clip
+# 0.410 -> 0.333: a third step overshoots at motion edges), for one grid remap less.
+INVERT_ITERATIONS = 2
 
 
 @dataclass
@@ -559,7 +561,7 @@ def _merge_next(cur: _Motion, nxt: _Motion) -> tuple[np.ndarray, np.ndarray]:
         return cur.fnext, cur.vnext
     if cur.vnext.all():
         return cur.fnext, cur.vnext
-    g, gv = invert_np(nxt.fprev, nxt.vprev, STRIDE, tol=INVERT_TOL)
+    g, gv = invert_np(nxt.fprev, nxt.vprev, STRIDE, INVERT_ITERATIONS)
     flow = np.where(cur.vnext, cur.fnext, g)
     return flow.astype(np.float32), cur.vnext | gv
 
