@@ -34,7 +34,7 @@ def _x264_input(f: DecodedFrame, width: int, height: int) -> "av.VideoFrame":
     size (no YUV -> RGB -> YUV round trip: it costs more than the decoding), else its RGB converted."""
     pic, f.picture = f.picture, None  # (dropped from the frame: only the pixels in flight stay in memory)
     if (pic is not None and pic.format.name == "yuv420p" and (pic.width, pic.height) == (width, height)
-            and hdr_transfer(pic) is None):
+            and pic.color_range != 2 and hdr_transfer(pic) is None):  # (limited-range SDR, as yuv_frame makes)
         return pic
     return yuv_frame(pad_to(f.rgb, width, height), "yuv420p")
 

@@ -212,6 +212,12 @@ def test_smooth_field_keeps_uniform_motion_and_edges_and_removes_noise():
     valid = np.ones((1, h, w), bool)
     uniform = np.broadcast_to(np.array([3.25, -1.5], np.float32)[:, None, None], (2, h, w)).copy()
     assert np.array_equal(smooth_field(uniform, valid), uniform)
+    # a lattice translation with a few blocks a quarter-pel off: the others stay exact
+    near = uniform.copy()
+    near[:, 8:10, 8:10] += 0.25
+    near[:, 24:26, 40:42] -= 0.25
+    out = smooth_field(near, valid)
+    assert np.array_equal(out[:, 12:, :36], uniform[:, 12:, :36]) and np.abs(out - uniform).max() <= 0.25
     # two motions meeting at a vertical edge on the 8 px grid, vectors off by 1/4-pel noise and a few outliers
     true = np.zeros((2, h, w), np.float32)
     true[0, :, :32], true[0, :, 32:] = 2.0, -3.0
