@@ -41,7 +41,7 @@ train-stage-one: setup
 	$(PY) -m cpgd_core.train make-val --data real --out .devdata/val_real_128.pt --seed 0 --count 16 --crop 128 --frames 5
 	$(PY) -m cpgd_core.train cpfp --config lite --init docs/training/cpfp_lite_synth.safetensors --data mix \
 	    --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers 1 --lr 2e-4 --warmup 50 \
-	    --sharp-share 0.2 --val .devdata/val_real_128.pt --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
+	    --sharp-share 0.2 --amp --val .devdata/val_real_128.pt --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
 	    --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
 
 # Architecture sweep (issue 12): each candidate of cpgd_core/train/sweep.py trained from scratch over a short

@@ -236,8 +236,9 @@ class CPFA(nn.Module):
         x = torch.cat([feat_n1, feat_n2], 1)
         if check_interrupt is not None:  # the one heavy operation that is not a convolution module
             check_interrupt()
-        return deform_conv2d(x, offset.to(x.dtype), self.weight.to(x.dtype), self.bias.to(x.dtype),
-                             padding=1, mask=mask.to(x.dtype))
+        # offset and mask keep their precision: under bf16 autocast a 40 px offset would be rounded to 0.25 px
+        # (deform_conv2d samples in float32 whatever it is given)
+        return deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), padding=1, mask=mask)
 
 
 class CPFP(nn.Module):
@@ -336,8 +337,9 @@ class CPFP(nn.Module):
         cpfa, backbone = self.deform_align[name], self.backbone[name]
         ref = feats["spatial"][0]
         zeros_feat = ref.new_zeros(ref.shape)
-        zeros1 = ref.new_zeros((ref.shape[0], 1, *ref.shape[-2:]))
-        zeros2 = ref.new_zeros((ref.shape[0], 2, *ref.shape[-2:]))
+        # in the priors' dtype, not the features' (bf16 under autocast): they become sampling offsets
+        zeros1 = flows.new_zeros((ref.shape[0], 1, *ref.shape[-2:]))
+        zeros2 = flows.new_zeros((ref.shape[0], 2, *ref.shape[-2:]))
         out: list = [None] * t_len
         prop = zeros_feat
         for i, idx in enumerate(order):

@@ -232,3 +232,25 @@ def test_check_interrupt_polled_per_op_and_result_unchanged(branches, monkeypatc
                 m(*inp, check_interrupt=cancel_at(k))
         assert all(not x._forward_pre_hooks for x in m.modules())
         assert torch.equal(m(*inp), grouped)
+
+
+def test_bf16_autocast_keeps_deformable_offsets_float32(monkeypatch):
+    """CPU bf16 training (--amp): convolutions in bf16, but sampling positions must not be rounded to bf16
+    (a 40 px offset would land on a 0.25 px lattice)."""
+    import cpgd_core.ops as ops
+    seen = []
+    real = ops.deform_conv2d
+
+    def spy(x, offset, *a, mask=None, **k):
+        seen.append((x.dtype, offset.dtype, mask.dtype))
+        return real(x, offset, *a, mask=mask, **k)
+
+    monkeypatch.setattr(ops, "deform_conv2d", spy)
+    m = _model()
+    with torch.no_grad():
+        ref = m(*_inputs())
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(*_inputs())
+    assert seen and all(x == torch.bfloat16 and o == mk == torch.float32 for x, o, mk in seen)
+    assert (y.float() - ref).abs().mean() < 0.01

@@ -102,3 +102,12 @@ def test_sweep_candidates_build_distinct_networks():
     assert CPFPConfig.lite() in configs and len(set(c.to_json() for c in configs)) == len(configs)
     for cfg in configs:
         CPFP(cfg)
+
+
+def test_amp_on_cpu_trains_in_bf16(tmp_path):
+    out = str(tmp_path / "amp")
+    assert main(["cpfp", "--steps", "2", "--out", out, "--data", "random", "--amp", *TINY]) == 0
+    log = _log(out)
+    assert next(e for e in log if e["event"] == "start")["amp"] == "torch.bfloat16"
+    train = [e for e in log if e["event"] == "train"]
+    assert [e["step"] for e in train] == [1, 2] and all(torch.isfinite(torch.tensor(e["loss"])) for e in train)
