@@ -22,6 +22,7 @@ from cpfp import throughput  # noqa: E402  (bench/cpfp.py)
 from training_curve import read_log  # noqa: E402
 
 from cpgd_core.models.cpfp import CPFPConfig  # noqa: E402
+from cpgd_core.precision import resolve_dtype  # noqa: E402
 from cpgd_core.train.cpfp import _config_overrides  # noqa: E402
 from cpgd_core.train.sweep import CANDIDATES, SWEEP_DIR  # noqa: E402
 
@@ -64,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     import torch
 
+    dtype = resolve_dtype("auto", torch.device("cpu"), cpu_bf16=True)
     lines = ["# Stage-one architecture sweep (`bench/stage_one_sweep.py`, logs in `docs/training/sweep/`)", "",
              "Every candidate is trained from scratch by `make sweep-stage-one` with the recipe of "
              "`make train-stage-one` (same data stream and seed), over the same short schedule, and validated on "
              "the same held-out real-footage set (16 x 128² x 5). Gain per CPU-hour is (last val - step-0 val) / "
              f"training CPU-hours. Speed: 1280x720, {a.frames} frames, {torch.get_num_threads()} CPU threads, "
-             "measured by this script.", "",
+             f"precision auto ({dtype} here), measured by this script.", "",
              "| candidate | what it tests | parameters | steps | training CPU-h | val PSNR dB (vs input) | "
              "val dB per CPU-h | 720p frames/s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"] + rows
     os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)

@@ -216,7 +216,8 @@ class CPFPRestore(io.ComfyNode):
                 io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
                              tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
-                               tooltip="Compute precision. auto = fp32 on CPU, bf16 (or fp16) on GPU."),
+                               tooltip="Compute precision. auto = bf16 (or fp16) on GPU; on CPU fp32, or bf16 where "
+                                       "the CPU has AMX (pack weights only: same quality, about 1.6x faster)."),
                 io.Boolean.Input("use_priors", default=True,
                                  tooltip="Off = run with the codec priors zeroed (no motion, no residual), "
                                          "to compare their effect."),
@@ -244,7 +245,8 @@ class CPFPRestore(io.ComfyNode):
             tile_size = OFFICIAL_TILE
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
-        precision = resolve_dtype(dtype, device, mm.should_use_bf16(device), mm.should_use_fp16(device))
+        precision = resolve_dtype(dtype, device, mm.should_use_bf16(device), mm.should_use_fp16(device),
+                                  cpu_bf16=not official)
         on_host = mm.is_device_cpu(device)
         host = available_memory(torch.device("cpu")) // 2
         if not official:  # the memory estimate is the pack's CPFP's; the official one runs as asked (OOM back-off)

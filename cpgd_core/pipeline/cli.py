@@ -111,7 +111,7 @@ def plan_sizes(args: argparse.Namespace, model, height: int, width: int, device:
         host = dev = int(args.memory_budget * GiB)
     return plan_memory(model.config, height, width, args.chunk, args.overlap, args.tile, args.tile_overlap,
                        host, dev, on_host=device.type == "cpu",
-                       elem_bytes=element_bytes(resolve_dtype(args.dtype, device)))
+                       elem_bytes=element_bytes(resolve_dtype(args.dtype, device, cpu_bf16=True)))
 
 
 def frames_to_process(frame_count: int, max_frames: int) -> int:

@@ -147,7 +147,7 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
     out = torch.zeros(t, 3, hp, wp) if len(ys) * len(xs) > 1 else None
-    with autocast(dev, resolve_dtype(dtype, dev)):
+    with autocast(dev, resolve_dtype(dtype, dev, cpu_bf16=isinstance(model, CPFP))):
         for (y0, y1), wgt_y in zip(ys, wy):
             for (x0, x1), wgt_x in zip(xs, wx):
                 if check_interrupt is not None:

@@ -116,6 +116,21 @@ def test_real_model_tiled_close_to_untiled_away_from_seams():
     assert (full - tiled).abs().mean() < 0.02
 
 
+def test_auto_precision_on_cpu_follows_the_hardware_and_stays_close_to_fp32():
+    from cpgd_core.precision import cpu_multiplies_bf16, resolve_dtype
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == "fp32"  # networks not validated in bf16
+    assert resolve_dtype("auto", cpu, cpu_bf16=True) == ("bf16" if cpu_multiplies_bf16() else "fp32")
+    torch.manual_seed(4)
+    m = CPFP(CPFPConfig.lite()).eval()
+    frames, priors = torch.rand(3, 3, 32, 64), make_priors(3, 32, 64)
+    exact = restore_video(m, frames, priors, dtype="fp32")
+    for dtype in ("auto", "bf16"):
+        out = restore_video(m, frames, priors, dtype=dtype)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert (out - exact).abs().mean() < 0.005
+
+
 def test_mismatched_counts_and_sizes_are_rejected():
     m = Pointwise()
     with pytest.raises(CPGDInputError, match=r"12 frames.*10 frames"):
