@@ -36,14 +36,15 @@ cat "$OUT/dcn.log"
 #    and the weights over cpgd_core/weights/cpfp_lite.safetensors after checking docs/bench with make bench.
 RUN=docs/training/cpfp_lite_real
 DATA=mix
-python3 -c "from cpgd_core.data import realblur; realblur.clip_names('train')" 2>/dev/null || DATA=synth
+SHARP="--sharp-share 0.2"  # (real-footage sources only)
+python3 -c "from cpgd_core.data import realblur; realblur.clip_names('train')" 2>/dev/null || { DATA=synth; SHARP=; }
 mkdir -p "$W/run"; cp "$RUN/checkpoint.pt" "$RUN/log.jsonl" "$W/run/" 2>/dev/null
 python3 -m cpgd_core.train make-val --data real --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1 \
   || python3 -m cpgd_core.train make-val --data synth --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1
-# same schedule and batch as the CPU run (the checkpoint's config must match); more data workers
+# the recipe of make train-stage-one (the checkpoint's config must match); more data workers
 timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp --config lite --init docs/training/cpfp_lite_synth.safetensors \
   --data $DATA --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers ${WORKERS:-7} --lr 2e-4 \
-  --warmup 50 --val "$W/val.pt" --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
+  --warmup 50 $SHARP --amp --val "$W/val.pt" --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
   --time-limit $T_TRAIN --out "$W/run" > "$W/train.log" 2>&1 &
 while [ -n "$(jobs -r)" ]; do
   sleep 20; pack
