@@ -67,10 +67,12 @@ def test_official_layout_round_trip(encoded):
         assert f.read().splitlines() == [f"clip0 {N} (72,96,3)", f"clip1 {N} (72,96,3)"]
     lq, gt, back = dt.read_official_clip(root, "clip1")
     assert lq.shape == gt.shape == (N, 3, 72, 96)
-    # Motion: quarter-pel storage of quarter-pel codec vectors is exact on valid cells.
+    # Motion: the format stores quarter-pel vectors; the smoothed fields (motion.smooth_field) are stored to the
+    # nearest quarter pel, so valid cells come back within 1/8 px.
     assert torch.equal(back.valid_to_prev, ours.valid_to_prev)
     v = ours.valid_to_prev.expand_as(ours.flow_to_prev)
-    assert torch.equal(back.flow_to_prev[v], ours.flow_to_prev[v])
+    d = (back.flow_to_prev[v].float() - ours.flow_to_prev[v].float()).abs()
+    assert v.any() and float(d.max()) <= 0.125 + 1e-3
     # Residual: (raw + 1) / 255 is within half a grey level.
     err = (back.residual.float() - ours.residual.float()).abs()
     assert float(err.max()) <= 0.5 / 255 + 1e-3
