@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(ROOT)
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {name} | {why} | {s['params'] / 1e6:.2f} M | {s['steps']}/{s['schedule']} | {s['cpu_h']:.2f} | "
                     f"{s['val']:.2f} ({gain:+.2f}) | {per_h:+.2f} | {fps:.2f}{'' if fps >= SPEED_BAR_FPS else ' (too slow)'} |")
         print(rows[-1], flush=True)
-    import torch
-
     dtype = resolve_dtype("auto", torch.device("cpu"), cpu_bf16=True)
     lines = ["# Stage-one architecture sweep (`bench/stage_one_sweep.py`, logs in `docs/training/sweep/`)", "",
              "Every candidate is trained from scratch by `make sweep-stage-one` with the recipe of "
