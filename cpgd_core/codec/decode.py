@@ -22,6 +22,7 @@ the rasteriser and ``residual.py`` for the residual. How vectors become the per-
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -402,6 +403,31 @@ def _container_raws(path: str, export_mvs: bool, export_qp: bool,
 # Frames decoded ahead by the decoding thread (bounded: streaming memory stays flat).
 PREFETCH = 4
 _DONE = object()
+# OpenCV threads while priors are computed. The pipeline already keeps the cores busy (decoder threads, the
+# decoding thread, the consumer), and OpenCV's own pool on top of that only burns CPU: on 2 cores at 720p,
+# OpenCV at its default 2 threads costs 17-19 ms of CPU per frame, at 1 thread 14 (bench/priors.py). More
+# cores leave some to OpenCV.
+PIPELINE_CV_THREADS = max(1, (os.cpu_count() or 1) - 2)
+_cv_lock = threading.Lock()
+_cv_state = {"users": 0, "saved": 0}
+
+
+@contextlib.contextmanager
+def pipeline_cv_threads() -> Iterator[None]:
+    """OpenCV limited to ``PIPELINE_CV_THREADS`` threads while any prior pipeline runs (a process-wide setting:
+    it is restored when the last running pipeline ends)."""
+    with _cv_lock:
+        if _cv_state["users"] == 0:
+            _cv_state["saved"] = cv2.getNumThreads()
+            cv2.setNumThreads(min(PIPELINE_CV_THREADS, _cv_state["saved"]))
+        _cv_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _cv_lock:
+            _cv_state["users"] -= 1
+            if _cv_state["users"] == 0:
+                cv2.setNumThreads(_cv_state["saved"])
 
 
 def _prefetch(items: Iterable, prepare: Optional[Callable] = None, depth: Optional[int] = None) -> Iterator:
@@ -697,6 +723,17 @@ def prior_stages(raws: Iterable[_Raw], src_hw: tuple[int, int], codec: str, star
     if residual_channels not in RESIDUAL_CHANNELS:
         raise CPGDInputError(f"residual channels must be one of {RESIDUAL_CHANNELS}, got {residual_channels!r}")
 
+    return _cv_limited(_prior_stages(raws, src_hw, codec, start, cap, every_nth, size, residual_channels, signed,
+                                     crop_hw, max_refs, rgb))
+
+
+def _cv_limited(items: Iterator) -> Iterator:
+    with pipeline_cv_threads():
+        yield from items
+
+
+def _prior_stages(raws, src_hw, codec, start, cap, every_nth, size, residual_channels, signed, crop_hw, max_refs,
+                  rgb) -> Iterator[DecodedFrame]:
     want = _wanted(start, cap, every_nth)
     zero_b = codec in _ZERO_B_CODECS
 

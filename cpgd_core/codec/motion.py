@@ -57,7 +57,9 @@ def _rasterise(mvs, height: int, width: int, sources: tuple[int, ...], stride: i
     src = mvs["source"]
     scale = mvs["motion_scale"].astype(np.float32)
     scale[scale == 0] = 1.0
-    vec = np.stack([mvs["motion_x"] / scale, mvs["motion_y"] / scale], -1).astype(np.float32)
+    vec = np.empty((len(mvs), 2), np.float32)
+    vec[:, 0], vec[:, 1] = mvs["motion_x"], mvs["motion_y"]
+    vec /= scale[:, None]
     bw = mvs["w"].astype(np.int64)
     bh = mvs["h"].astype(np.int64)
     x0 = mvs["dst_x"].astype(np.int64) - bw // 2
@@ -80,34 +82,50 @@ def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec,
     sub-8x8 partitions are exported as 8x8, and for MPEG): every block is split into its units, all units are
     written in one vectorised assignment on a grid of units, and that grid is upscaled to the cells.
     False (nothing written) for blocks off the cell lattice or far outside the frame."""
-    if (x0 % stride).any() or (y0 % stride).any() or (bw % stride).any() or (bh % stride).any():
+    if ((x0 | y0 | bw | bh) % stride).any():
         return False
     cx, cy, sw, sh = x0 // stride, y0 // stride, bw // stride, bh // stride
     if (sw <= 0).any() or (sh <= 0).any() or (cx < 0).any() or (cy < 0).any():
         return False
     gh, gw = flow.shape[-2:]
-    u = int(np.gcd.reduce(np.concatenate([cx, cy, sw, sh])))
+    # The unit: the lowest power of two dividing every position and size (a common divisor, which is all the
+    # scatter needs; for codec partitions it is their greatest one).
+    bits = int(np.bitwise_or.reduce(np.concatenate([cx, cy, sw, sh])))
+    u = bits & -bits
     uh, uw = -(-gh // u), -(-gw // u)
     ux, uy, nw, nh = cx // u, cy // u, sw // u, sh // u
     if int((uy + nh).max()) > uh + 16 // u + 1 or int((ux + nw).max()) > uw + 16 // u + 1:
         return False  # blocks far off the frame: clipped by the general path
     uh, uw = max(uh, int((uy + nh).max())), max(uw, int((ux + nw).max()))
-    counts = nw * nh
-    blk = np.repeat(np.arange(len(counts)), counts)
-    k = np.arange(len(blk)) - np.repeat(np.cumsum(counts) - counts, counts)
-    bw_u = nw[blk]
-    flat = (uy[blk] + k // bw_u) * uw + ux[blk] + k % bw_u
-    units = np.zeros(uh * uw, np.complex64)  # one 8-byte element per (x, y) vector: a single scatter
+    units = np.zeros(uh * uw, np.complex64)  # one 8-byte element per (x, y) vector: one scatter writes both
     mask = np.zeros(uh * uw, np.uint8)
-    units[flat] = np.ascontiguousarray(vec, np.float32).view(np.complex64)[blk, 0]
-    mask[flat] = 1
-    units, mask = units.view(np.float32).reshape(uh, uw, 2), mask.reshape(uh, uw)
-    if u > 1:
-        units = cv2.resize(units, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
-        mask = cv2.resize(mask, (uw * u, uh * u), interpolation=cv2.INTER_NEAREST)
-    flow[...] = np.moveaxis(units[:gh, :gw], -1, 0)
-    valid[0] = mask[:gh, :gw].astype(bool)
+    vals = np.ascontiguousarray(vec, np.float32).view(np.complex64)[:, 0]
+    first = uy * uw + ux
+    # One scatter per unit offset inside a block (four for H.264: blocks are 1 or 2 units wide and high); a
+    # block's units are disjoint from every other block's, so the write order does not matter.
+    for dy in range(int(nh.max())):
+        for dx in range(int(nw.max())):
+            sel = (nh > dy) & (nw > dx)
+            whole = bool(sel.all())
+            idx = first + (dy * uw + dx) if whole else first[sel] + (dy * uw + dx)
+            units[idx] = vals if whole else vals[sel]
+            mask[idx] = 1
+    units = units.view(np.float32).reshape(uh, uw, 2)
+    upscale_cells(np.ascontiguousarray(units[..., 0]), u, flow[0])
+    upscale_cells(np.ascontiguousarray(units[..., 1]), u, flow[1])
+    upscale_cells(mask.reshape(uh, uw), u, valid[0].view(np.uint8))
     return True
+
+
+def upscale_cells(src: np.ndarray, u: int, out: np.ndarray) -> np.ndarray:
+    """Nearest upscale of a 2-D array by an integer factor ``u`` written into ``out`` (H, W), with
+    H <= h * u and W <= w * u (the excess right and bottom cells are dropped)."""
+    h, w = src.shape
+    if (h * u, w * u) == out.shape and out.flags.c_contiguous:
+        cv2.resize(src, (w * u, h * u), dst=out, interpolation=cv2.INTER_NEAREST)
+    else:
+        out[...] = cv2.resize(src, (w * u, h * u), interpolation=cv2.INTER_NEAREST)[:out.shape[0], :out.shape[1]]
+    return out
 
 
 def _rasterise_any(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> None:
@@ -159,31 +177,44 @@ def smooth_field(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """
     if not valid.any():
         return flow
-    h, w = flow.shape[-2:]
     u = SMOOTH_UNIT
-    f = np.ascontiguousarray(flow[:, ::u, ::u], np.float32)
     v = valid[0, ::u, ::u]
-    med = np.stack([cv2.medianBlur(c, 5) for c in f])
-    keep = v & (np.abs(f - med).max(0) < SMOOTH_OUTLIER)
-    wgt = keep.astype(np.float32)
     k = (SMOOTH_WINDOW, SMOOTH_WINDOW)
-    den = cv2.boxFilter(wgt, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
-    mean = np.stack([cv2.boxFilter(c * wgt, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT) for c in f])
-    mean /= np.maximum(den, np.float32(1e-6))
-    ok = (den >= 0.5 * SMOOTH_WINDOW ** 2) & (np.abs(mean - med).max(0) < SMOOTH_EDGE)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+
+    # x and y as separate planes: OpenCV filters them without strided copies, and each step is one call.
+    f = [np.ascontiguousarray(flow[c, ::u, ::u], np.float32) for c in (0, 1)]
+    med = [cv2.medianBlur(c, 5) for c in f]
+    dev = [cv2.absdiff(c, m) for c, m in zip(f, med)]
+    keep = v & (dev[0] < SMOOTH_OUTLIER) & (dev[1] < SMOOTH_OUTLIER)
+    wgt = keep.astype(np.float32)
+    den = box(wgt)
+    safe = np.maximum(den, np.float32(1e-6))
+    mean = [box(c * wgt) / safe for c in f]
+    ok = (den >= 0.5 * SMOOTH_WINDOW ** 2) & (cv2.absdiff(mean[0], med[0]) < SMOOTH_EDGE) \
+        & (cv2.absdiff(mean[1], med[1]) < SMOOTH_EDGE)
     # Where most of the window has exactly the median's vector the motion is a translation the 1/4-pel lattice
     # holds: the median is exact there, and averaging in a few deviating blocks would only move it off.
-    same = cv2.boxFilter((keep & (f == med).all(0)).astype(np.float32), -1, k, normalize=False,
-                         borderType=cv2.BORDER_CONSTANT)
+    same = box((keep & (dev[0] == 0) & (dev[1] == 0)).astype(np.float32))
     ok &= same < SMOOTH_UNIFORM * den
-    out = np.where(ok, mean, med).transpose(1, 2, 0)
-    out = cv2.resize(out, (out.shape[1] * u, out.shape[0] * u), interpolation=cv2.INTER_NEAREST)[:h, :w]
-    return np.where(valid, np.ascontiguousarray(out.transpose(2, 0, 1)), flow).astype(np.float32, copy=False)
+    out = np.empty_like(flow, np.float32)
+    for c in (0, 1):
+        upscale_cells(np.where(ok, mean[c], med[c]), u, out[c])
+    if not valid.all():
+        np.copyto(out, flow, where=~valid)  # invalid cells keep their values
+    return out
 
 
 # The per-frame grid arithmetic below runs on small arrays in the decoding loop, where cv2.remap is an
 # order of magnitude cheaper than torch.grid_sample (and immune to OpenMP oversubscription on busy
 # machines). It samples exactly like flow.warp: pixel centres at integer coordinates, bilinear.
+
+# OpenCV >= 4.10 takes maps relative to the pixel position (no base grid to add); older versions need the
+# absolute position.
+RELATIVE_MAP = getattr(cv2, "WARP_RELATIVE_MAP", None)
+
 
 @functools.lru_cache(maxsize=8)
 def _cell_base(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,15 +244,26 @@ def remap_points(img: np.ndarray, mx: np.ndarray, my: np.ndarray, interpolation:
 
 def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, border: bool = True) -> np.ndarray:
     """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
-    h, w = img.shape[-2:]
-    xs, ys = _cell_base(h, w)
-    mx, my = xs + grid_flow[0], ys + grid_flow[1]
     interp = cv2.INTER_LINEAR if not nearest else cv2.INTER_NEAREST
+    if RELATIVE_MAP is None:
+        xs, ys = _cell_base(*img.shape[-2:])
+        mx, my = xs + grid_flow[0], ys + grid_flow[1]
+    else:
+        mx, my = np.ascontiguousarray(grid_flow[0]), np.ascontiguousarray(grid_flow[1])
+        interp |= RELATIVE_MAP
     mode = cv2.BORDER_REPLICATE if border else cv2.BORDER_CONSTANT
+    img = np.ascontiguousarray(img)
+    out = np.empty(img.shape, img.dtype)
     # One channel per call: OpenCV interpolates single-channel float images at full float precision,
     # multi-channel ones with 1/32-pixel weights.
-    out = [cv2.remap(np.ascontiguousarray(c), mx, my, interp, borderMode=mode, borderValue=0) for c in img]
-    return np.stack(out, 0)
+    for c in range(img.shape[0]):
+        cv2.remap(img[c], mx, my, interp, dst=out[c], borderMode=mode, borderValue=0)
+    return out
+
+
+def _lands(valid: np.ndarray, grid_flow: np.ndarray) -> np.ndarray:
+    """(1, h, w) bool: where p + grid_flow(p) (cell units) falls on a valid cell inside the grid (nearest)."""
+    return _sample(valid.astype(np.uint8), grid_flow, nearest=True, border=False) > 0
 
 
 def compose_np(flow_ab: np.ndarray, valid_ab: np.ndarray, flow_bc: np.ndarray, valid_bc: np.ndarray,
@@ -229,9 +271,10 @@ def compose_np(flow_ab: np.ndarray, valid_ab: np.ndarray, flow_bc: np.ndarray, v
     """numpy form of :func:`compose_grid` for one frame: (2, h, w) / (1, h, w)."""
     f_ab = flow_ab.astype(np.float32) / stride
     f_bc = flow_bc.astype(np.float32) / stride
-    out = f_ab + _sample(f_bc, f_ab)
-    land = _sample(valid_bc.astype(np.float32), f_ab, nearest=True, border=False) > 0.5
-    return out * stride, valid_ab.astype(bool) & land
+    out = _sample(f_bc, f_ab)
+    out += f_ab
+    out *= stride
+    return out, valid_ab.astype(bool) & _lands(valid_bc, f_ab)
 
 
 def invert_np(flow: np.ndarray, valid: np.ndarray, stride: int = 4, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -239,9 +282,11 @@ def invert_np(flow: np.ndarray, valid: np.ndarray, stride: int = 4, iterations: 
     f = flow.astype(np.float32) / stride
     g = -f
     for _ in range(iterations):
-        g = -_sample(f, g)
-    land = _sample(valid.astype(np.float32), g, nearest=True, border=False) > 0.5
-    return g * stride, land
+        g = _sample(f, g)
+        np.negative(g, out=g)
+    land = _lands(valid, g)
+    g *= stride
+    return g, land
 
 
 def _batched(fn, *arrays: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,21 +24,20 @@ dtype directly.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Optional
 
 import cv2
 import numpy as np
 
+from .motion import RELATIVE_MAP as _RELATIVE
 from .motion import remap_points
 
 RESIDUAL_CHANNELS = ("luma", "rgb")
-# OpenCV >= 4.10 takes maps relative to the pixel position; older versions need the absolute position added.
-_RELATIVE = getattr(cv2, "WARP_RELATIVE_MAP", None)
 # Above this share of candidate cells the multi-reference check warps whole frames instead of gathering cells.
 _SPARSE_SHARE = 0.15
 # Rows per band of the residual computation (keeps a band's maps and prediction in cache).
 _BAND = 128
-_CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.float16): cv2.CV_16F}
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,26 +70,66 @@ def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], s
     return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _cell_grid(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(2, h', w') vectors -> (h', w', 2) float32 map cells, zero where ``valid`` is False (zero motion)."""
-    grid = np.moveaxis(flow, 0, -1)
-    if not valid.all():
-        grid = grid * valid[0, ..., None]
-    return np.ascontiguousarray(grid, np.float32)
+def _cell_planes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(2, h', w') vectors -> (2, h', w') float32 map cells (x, y), zero where ``valid`` is False (zero motion)."""
+    if valid.all():
+        return np.ascontiguousarray(flow, np.float32)
+    return np.multiply(flow, valid, dtype=np.float32)
 
 
-def _warp_rows(ref: np.ndarray, grid: np.ndarray, y0: int, y1: int, stride: int) -> np.ndarray:
-    """Rows [y0, y1) of ``ref`` warped by the map cells ``grid`` (the cell rows covering them), as warp_cells."""
+class _Scratch(threading.local):
+    """Per-thread buffers of the banded residual, reused from frame to frame (fresh frame-sized buffers cost
+    page faults that add up to a sizeable share of the work)."""
+
+    def __init__(self) -> None:
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype))
+        if key not in self.bufs:
+            if len(self.bufs) > 16:  # a new video size: drop the old sizes' buffers
+                self.bufs.clear()
+            self.bufs[key] = np.empty(shape, dtype)
+        return self.bufs[key]
+
+
+_SCRATCH = _Scratch()
+
+
+def _warp_rows(ref: np.ndarray, cells: np.ndarray, y0: int, y1: int, stride: int, name: str) -> np.ndarray:
+    """Rows [y0, y1) of ``ref`` warped by the map cells ``cells`` (2, rows of cells covering them, w') as
+    :func:`warp_cells`; the result lives in a scratch buffer called ``name``."""
     w = ref.shape[1]
-    maps = cv2.resize(grid, (grid.shape[1] * stride, grid.shape[0] * stride), interpolation=cv2.INTER_NEAREST)
-    maps = maps[:y1 - y0, :w]
+    gh, gw = cells.shape[1:]
+    mh, mw = gh * stride, gw * stride
+    mx, my = _SCRATCH.get("mx", (mh, mw)), _SCRATCH.get("my", (mh, mw))
+    cv2.resize(cells[0], (mw, mh), dst=mx, interpolation=cv2.INTER_NEAREST)
     if _RELATIVE is None:
-        maps = maps + _base_map(ref.shape[0], w)[y0:y1]
-        return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    maps = np.ascontiguousarray(maps)
-    if y0:
-        maps[..., 1] += np.float32(y0)  # relative to the band's own rows
-    return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
+        cv2.resize(cells[1], (mw, mh), dst=my, interpolation=cv2.INTER_NEAREST)
+        base = _base_map(ref.shape[0], w)[y0:y1]
+        mx, my = mx[:y1 - y0, :w] + base[..., 0], my[:y1 - y0, :w] + base[..., 1]
+        flags = cv2.INTER_LINEAR
+    else:
+        # relative to the band's own rows: the band offset is added on the cells, before the upscale
+        cv2.resize(cells[1] + np.float32(y0) if y0 else cells[1], (mw, mh), dst=my, interpolation=cv2.INTER_NEAREST)
+        mx, my = mx[:y1 - y0, :w], my[:y1 - y0, :w]
+        flags = cv2.INTER_LINEAR | _RELATIVE
+    out = _SCRATCH.get(name, (y1 - y0,) + ref.shape[1:])
+    return cv2.remap(ref, mx, my, interpolation=flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _f16_arithmetic() -> bool:
+    """Whether OpenCV's arithmetic writes float16 (OpenCV 5; 4.x raises)."""
+    try:
+        a = np.ones((2, 2), np.float32)
+        return cv2.subtract(a, a, dtype=cv2.CV_16F).dtype == np.float16
+    except cv2.error:
+        return False
+
+
+_CV_DEPTH = {np.dtype(np.float32): cv2.CV_32F}
+if _f16_arithmetic():
+    _CV_DEPTH[np.dtype(np.float16)] = cv2.CV_16F
 
 
 def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Optional[np.ndarray],
@@ -107,8 +146,8 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
     use_n = ref_next is not None and flow_next is not None and valid_next is not None and bool(valid_next.any())
     # Zero-motion fallback where no vector exists (the previous frame, or the frame itself when there is none).
     base = ref_prev if ref_prev is not None else cur
-    gp = _cell_grid(flow_prev, valid_prev) if use_p else None
-    gn = _cell_grid(flow_next, valid_next) if use_n else None
+    gp = _cell_planes(flow_prev, valid_prev) if use_p else None
+    gn = _cell_planes(flow_next, valid_next) if use_n else None
     share = None
     if use_n:
         # Share of the future prediction per cell: 1 where only it exists, 1/2 for bi-prediction (as in
@@ -117,15 +156,15 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
         share = np.where(vn, np.where(valid_prev[0], 0.5, 1.0) if use_p else 1.0, 0.0).astype(np.float32)
         if share.min() == 1.0:
             share = None  # the future prediction alone
-    depth = _CV_DEPTH[np.dtype(dtype)]
+    depth = _CV_DEPTH.get(np.dtype(dtype))
     out = np.empty((1 if cur.ndim == 2 else cur.shape[2], h, w), dtype)
     band = _BAND - _BAND % stride
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)
         c0, c1 = y0 // stride, -(-y1 // stride)
-        pred = _warp_rows(base, gp[c0:c1], y0, y1, stride) if use_p else base[y0:y1]
+        pred = _warp_rows(base, gp[:, c0:c1], y0, y1, stride, "prev") if use_p else base[y0:y1]
         if use_n:
-            p1 = _warp_rows(ref_next, gn[c0:c1], y0, y1, stride)
+            p1 = _warp_rows(ref_next, gn[:, c0:c1], y0, y1, stride, "next")
             if share is None:
                 pred = p1
             else:
@@ -136,8 +175,14 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
                 p1 *= wgt
                 p1 += pred
                 pred = p1
-        # OpenCV writes float16 directly (numpy's float32 -> float16 cast is several times slower)
-        diff = cv2.subtract(cur[y0:y1], pred, dtype=depth)
+        if cur.ndim == 2 and depth is not None:
+            # straight into the output: OpenCV writes float16 itself (numpy's float32 -> float16 cast is
+            # several times slower)
+            diff = cv2.subtract(cur[y0:y1], pred, dst=out[0, y0:y1], dtype=depth)
+            if not signed:
+                np.abs(diff, out=diff)
+            continue
+        diff = cv2.subtract(cur[y0:y1], pred, dtype=depth if depth is not None else cv2.CV_32F)
         if not signed:
             diff = np.abs(diff)
         if diff.ndim == 2:

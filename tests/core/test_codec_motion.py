@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
+import cpgd_core.codec.residual as residual_mod
+from cpgd_core.codec.decode import PIPELINE_CV_THREADS, pipeline_cv_threads
 from cpgd_core.codec.motion import compose_grid, invert_grid, mvs_to_flow, mvs_to_flows, remap_points, resize_grid
-from cpgd_core.codec.residual import mc_residual, pick_references
+from cpgd_core.codec.residual import mc_residual, pick_references, residual_of, warp_cells
 
 MV_DTYPE = np.dtype({"names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x",
                                "motion_y", "motion_scale"],
@@ -229,3 +232,75 @@ def test_smooth_field_keeps_uniform_motion_and_edges_and_removes_noise():
     assert err.mean() < 0.5 * np.abs(noisy - true)[:, valid[0]].mean()
     assert np.abs(out - true)[:, :, 28:36].max() < 0.3  # the edge stays where it was, not blurred over 40 px
     assert np.array_equal(out[:, ~valid[0]], noisy[:, ~valid[0]])
+
+
+def test_rasteriser_units_of_other_sizes_agree_with_naive_loop():
+    """Blocks on a 16 px lattice (MPEG-2: one unit is 4 cells) and 8 px blocks at 4 px offsets (one cell)."""
+    rng = np.random.default_rng(11)
+    height, width = 70, 100  # not multiples of the units: the last units are cropped
+
+    def blocks(size, step, shift):
+        return np.array([(-1, size, size, 0, 0, x + shift + size // 2, y + shift + size // 2, 0,
+                          int(rng.integers(-64, 64)), int(rng.integers(-64, 64)), 4)
+                         for y in range(0, height, step) for x in range(0, width, step) if rng.random() > 0.2],
+                        MV_DTYPE)
+
+    for mvs in (blocks(16, 16, 0), blocks(8, 8, 4)):
+        f, v = mvs_to_flow(mvs, height, width, -1, stride=4)
+        nf, nv = _naive(mvs, height, width, -1, 4)
+        assert np.array_equal(v, nv) and np.array_equal(f, nf)
+
+
+def _whole_frame_residual(cur, ref_p, fp, vp, ref_n, fn, vn, stride):
+    """The residual from whole-frame warps (residual.warp_cells), as a reference for the banded computation."""
+    pred = warp_cells(ref_p, fp, vp, stride)
+    if vn is not None and vn.any():
+        pn = warp_cells(ref_n, fn, vn, stride)
+        share = np.where(vn[0], np.where(vp[0], 0.5, 1.0), 0.0).astype(np.float32)
+        share = cv2.resize(share, (share.shape[1] * stride, share.shape[0] * stride),
+                           interpolation=cv2.INTER_NEAREST)[:cur.shape[0], :cur.shape[1]]
+        if pred.ndim == 3:
+            share = share[..., None]
+        pred = pred + share * (pn - pred)
+    d = cur - pred
+    return d[None] if d.ndim == 2 else np.moveaxis(d, -1, 0)
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+@pytest.mark.parametrize("opencv5", [True, False])
+def test_banded_residual_equals_whole_frame_warps(rgb, opencv5, monkeypatch):
+    """Bands (the last one short), a width off the cell grid, B-blocks with one or two references, float16
+    output written by OpenCV 5 or, with OpenCV 4.x (no float16 arithmetic, absolute maps before 4.10), cast by
+    numpy."""
+    if not opencv5:
+        monkeypatch.setattr(residual_mod, "_CV_DEPTH", {np.dtype(np.float32): cv2.CV_32F})
+        monkeypatch.setattr(residual_mod, "_RELATIVE", None)
+    rng = np.random.default_rng(4)
+    h, w, s = 300, 206, 4
+    gh, gw = -(-h // s), -(-w // s)
+    shape = (h, w, 3) if rgb else (h, w)
+    cur, a, b = (rng.random(shape, dtype=np.float32) for _ in range(3))
+    fp = rng.integers(-40, 40, (2, gh, gw)).astype(np.float32) / 4
+    fn = rng.integers(-40, 40, (2, gh, gw)).astype(np.float32) / 4
+    vp = rng.random((1, gh, gw)) > 0.2
+    vn = rng.random((1, gh, gw)) > 0.5
+    for args in ((fp, vp, None, None), (fp, vp, fn, vn)):
+        want = _whole_frame_residual(cur, a, *args[:2], b, *args[2:], s)
+        for dtype in (np.float32, np.float16):
+            got = residual_of(cur, a, args[0], args[1], b, args[2], args[3], s, True, dtype)
+            assert got.dtype == dtype and got.shape == want.shape
+            tol = 1e-5 if dtype == np.float32 else 1e-3
+            assert np.abs(got.astype(np.float32) - want).max() < tol
+        mag = residual_of(cur, a, args[0], args[1], b, args[2], args[3], s, False, np.float16)
+        assert np.abs(mag.astype(np.float32) - np.abs(want)).max() < 1e-3
+
+
+def test_pipeline_limits_opencv_threads_and_restores_them():
+    before = cv2.getNumThreads()
+    with pipeline_cv_threads():
+        inside = cv2.getNumThreads()
+        with pipeline_cv_threads():  # nested (the re-encode fallback inside a decode)
+            assert cv2.getNumThreads() == inside
+        assert cv2.getNumThreads() == inside
+    assert inside == min(PIPELINE_CV_THREADS, before)
+    assert cv2.getNumThreads() == before
