@@ -5,8 +5,9 @@
    of every ratio alike. Clips: synthetic pans of a real photo, H.264 crf 20 at 1280x720 (IPPP, IPPP with
    3 references, IBBP) and 3840x2160 (IPPP), and HEVC at 1280x720, which takes the libx264 re-encode
    fallback. Rows: decode only (PyAV, frame threads), decode + RGB, the full prior pipeline
-   (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB), ``load_video`` (the same plus
-   stacking to tensors), and OpenCV DIS (medium preset, both directions, grey frames, decoding excluded) with
+   (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
+   chunked restoration does, and as the decode rows drop their frames), ``load_video`` (the same, every frame
+   kept and stacked to tensors: memory that a stream does not allocate), and OpenCV DIS (medium preset, both directions, grey frames, decoding excluded) with
    its median end-point error beside that of the priors on the same 720p clip.
 2. ``--profile``: CPU time per frame of each stage of the prior pipeline (single-threaded, to attribute it).
 3. Median end-point error of the codec flow against the true flow on synthetic clips.
@@ -144,7 +145,7 @@ def timing(frames: int, frames_4k: int, reps: int, tmp: str,
     for label, path, n in clips:
         timer.add(f"{label}|decode only", lambda p=path: _decode_only(p, False), n)
         timer.add(f"{label}|decode + RGB", lambda p=path: _decode_only(p, True), n)
-        timer.add(f"{label}|full priors (iter_decoded)", lambda p=path: list(iter_decoded(p)), n)
+        timer.add(f"{label}|full priors (iter_decoded)", lambda p=path: collections.deque(iter_decoded(p), 0), n)
         if n == frames and "HEVC" not in label:
             timer.add(f"{label}|load_video (+ stacking to tensors)", lambda p=path: load_video(p), n)
     greys = []

@@ -41,9 +41,9 @@ _BAND = 128
 
 
 @functools.lru_cache(maxsize=4)
-def _base_map(h: int, w: int) -> np.ndarray:
+def _base_map(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.ascontiguousarray(np.stack([xs, ys], -1))
+    return xs, ys
 
 
 def _dense(grid: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
@@ -53,26 +53,9 @@ def _dense(grid: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
     return out if out.shape[:2] == (h, w) else np.ascontiguousarray(out[:h, :w])
 
 
-def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], stride: int) -> np.ndarray:
-    """``ref`` (H, W[, C]) float32 sampled at ``p + flow(cell of p)``: bilinear, edge-replicated.
-
-    flow (2, h', w') in pixels on the 1/``stride`` grid; cells where ``valid`` (1, h', w') is False are
-    sampled with zero motion (the co-located pixel, exactly).
-    """
-    h, w = ref.shape[:2]
-    grid = np.moveaxis(flow, 0, -1)
-    if valid is not None and not valid.all():
-        grid = grid * valid[0, ..., None]
-    maps = _dense(np.ascontiguousarray(grid, np.float32), h, w, stride)
-    if _RELATIVE is None:
-        maps = maps + _base_map(h, w)
-        return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.remap(ref, maps, None, interpolation=cv2.INTER_LINEAR | _RELATIVE, borderMode=cv2.BORDER_REPLICATE)
-
-
-def _cell_planes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _cell_planes(flow: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
     """(2, h', w') vectors -> (2, h', w') float32 map cells (x, y), zero where ``valid`` is False (zero motion)."""
-    if valid.all():
+    if valid is None or valid.all():
         return np.ascontiguousarray(flow, np.float32)
     return np.multiply(flow, valid, dtype=np.float32)
 
@@ -96,26 +79,46 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
+def _maps(cells: np.ndarray, h: int, w: int, stride: int, y0: int = 0,
+          scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Remap maps (x, y) of ``h`` x ``w`` output pixels from map cells (2, h', w') (:func:`_cell_planes`) that
+    cover rows ``y0`` .. ``y0 + h`` of the frame: relative to the output pixel where OpenCV takes relative maps
+    (:func:`_remap` adds the flag), absolute otherwise. ``scratch``: in per-thread buffers (valid until the
+    next call)."""
+    gh, gw = cells.shape[1:]
+    size = (gh * stride, gw * stride)
+    mx = _SCRATCH.get("mx", size) if scratch else None
+    my = _SCRATCH.get("my", size) if scratch else None
+    # the band's offset is added on the cells, before the upscale (16 times fewer values)
+    cy = cells[1] + np.float32(y0) if y0 else cells[1]
+    mx = cv2.resize(cells[0], size[::-1], dst=mx, interpolation=cv2.INTER_NEAREST)[:h, :w]
+    my = cv2.resize(cy, size[::-1], dst=my, interpolation=cv2.INTER_NEAREST)[:h, :w]
+    if _RELATIVE is None:
+        xs, ys = _base_map(h, w)
+        mx, my = mx + xs, my + ys
+    return mx, my
+
+
+def _remap(ref: np.ndarray, maps: tuple[np.ndarray, np.ndarray], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``ref`` sampled at :func:`_maps`: bilinear, edge-replicated (as the codecs pad their references)."""
+    flags = cv2.INTER_LINEAR if _RELATIVE is None else cv2.INTER_LINEAR | _RELATIVE
+    return cv2.remap(ref, maps[0], maps[1], interpolation=flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], stride: int) -> np.ndarray:
+    """``ref`` (H, W[, C]) float32 sampled at ``p + flow(cell of p)``: bilinear, edge-replicated.
+
+    flow (2, h', w') in pixels on the 1/``stride`` grid; cells where ``valid`` (1, h', w') is False are
+    sampled with zero motion (the co-located pixel, exactly).
+    """
+    return _remap(ref, _maps(_cell_planes(flow, valid), ref.shape[0], ref.shape[1], stride))
+
+
 def _warp_rows(ref: np.ndarray, cells: np.ndarray, y0: int, y1: int, stride: int, name: str) -> np.ndarray:
     """Rows [y0, y1) of ``ref`` warped by the map cells ``cells`` (2, rows of cells covering them, w') as
     :func:`warp_cells`; the result lives in a scratch buffer called ``name``."""
-    w = ref.shape[1]
-    gh, gw = cells.shape[1:]
-    mh, mw = gh * stride, gw * stride
-    mx, my = _SCRATCH.get("mx", (mh, mw)), _SCRATCH.get("my", (mh, mw))
-    cv2.resize(cells[0], (mw, mh), dst=mx, interpolation=cv2.INTER_NEAREST)
-    if _RELATIVE is None:
-        cv2.resize(cells[1], (mw, mh), dst=my, interpolation=cv2.INTER_NEAREST)
-        base = _base_map(ref.shape[0], w)[y0:y1]
-        mx, my = mx[:y1 - y0, :w] + base[..., 0], my[:y1 - y0, :w] + base[..., 1]
-        flags = cv2.INTER_LINEAR
-    else:
-        # relative to the band's own rows: the band offset is added on the cells, before the upscale
-        cv2.resize(cells[1] + np.float32(y0) if y0 else cells[1], (mw, mh), dst=my, interpolation=cv2.INTER_NEAREST)
-        mx, my = mx[:y1 - y0, :w], my[:y1 - y0, :w]
-        flags = cv2.INTER_LINEAR | _RELATIVE
     out = _SCRATCH.get(name, (y1 - y0,) + ref.shape[1:])
-    return cv2.remap(ref, mx, my, interpolation=flags, dst=out, borderMode=cv2.BORDER_REPLICATE)
+    return _remap(ref, _maps(cells, y1 - y0, ref.shape[1], stride, y0, scratch=True), out)
 
 
 def _f16_arithmetic() -> bool:
@@ -277,14 +280,14 @@ def pick_references_half(cur_h: np.ndarray, refs_h: list[tuple[np.ndarray, int]]
     gh, gw = flow.shape[-2:]
     cell = stride // 2
     half_flow = (flow * 0.5).astype(np.float32)
-    err0 = _cell_error(cur_h, warp_cells(refs_h[0][0], half_flow, None, cell), cell)[:gh, :gw]
+    maps = _maps(half_flow, cur_h.shape[0], cur_h.shape[1], cell)  # the same vectors on every reference
+    err0 = _cell_error(cur_h, _remap(refs_h[0][0], maps), cell)[:gh, :gw]
     cand = valid[0] & (err0 > min_gain)
     cy, cx = np.nonzero(cand)
     if len(cy) == 0:
         return flow, dist
     if len(cy) > _SPARSE_SHARE * cand.size:  # gathering costs more than warping the whole frame
-        errs = np.stack([err0[cy, cx]] + [_cell_error(cur_h, warp_cells(r, half_flow, None, cell), cell)[cy, cx]
-                                          for r, _ in refs_h[1:]])
+        errs = np.stack([err0[cy, cx]] + [_cell_error(cur_h, _remap(r, maps), cell)[cy, cx] for r, _ in refs_h[1:]])
     else:
         errs = np.stack([err0[cy, cx]] + [_cells_error(cur_h, r, half_flow, cy, cx, cell) for r, _ in refs_h[1:]])
     best = np.argmin(errs, 0)
