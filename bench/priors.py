@@ -7,9 +7,11 @@
    fallback. Rows: decode only (PyAV, frame threads), decode + RGB, the full prior pipeline
    (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
    chunked restoration does, and as the decode rows drop their frames), ``load_video`` (the same, every frame
-   kept and stacked to tensors: memory that a stream does not allocate), and OpenCV DIS (medium preset, both directions, grey frames, decoding excluded) with
-   its median end-point error beside that of the priors on the same 720p clip.
-2. Profile (``--no-profile`` skips it): CPU time per frame of each stage of the prior pipeline (single-threaded, to attribute it).
+   kept and stacked to tensors: memory that a stream does not allocate), and OpenCV DIS (medium preset, both
+   directions, grey frames, decoding excluded) with its median end-point error beside that of the priors on the
+   same 720p clip.
+2. Profile (``--no-profile`` skips it): CPU time per frame of each stage of the prior pipeline (single-threaded,
+   to attribute it).
 3. Median end-point error of the codec flow against the true flow on synthetic clips. x264 does not encode the
    B-frame clips bit-identically from run to run, which moves those rows by up to about 0.006 px.
 4. A late start: loading 16 frames from the end of a long 720p clip (keyframe every 2 s) against loading the
@@ -370,7 +372,7 @@ def main(argv=None) -> int:
             else:
                 print(f"| {clip} | {k} | {v:.1f} | {r:.2f} |")
                 if k.startswith(("full priors", "OpenCV DIS")):
-                    summary.append(f"| {clip}: {k} | {r:.1f}x ({v:.0f} ms) |")
+                    summary.append(f"| {clip}: {k} | {r:.2f}x ({v:.1f} ms) |")
         if a.profile:
             print(f"\n| stream (1280x720, {a.frames} frames, load_video) | stage | CPU ms / frame |\n|---|---|---|")
             for clip, k, v in profile(a.frames, tmp):
