@@ -7,7 +7,8 @@
    fallback. Rows: decode only (PyAV, frame threads), decode + RGB, the full prior pipeline
    (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
    chunked restoration does, and as the decode rows drop their frames), ``load_video`` (the same, every frame
-   kept and stacked to tensors: memory that a stream does not allocate), and OpenCV DIS (medium preset, both
+   kept and stacked to tensors: memory that a stream does not allocate; and as the Load Video node takes it, in
+   ComfyUI's IMAGE layout), and OpenCV DIS (medium preset, both
    directions, grey frames, decoding excluded) with its median end-point error beside that of the priors on the
    same 720p clip.
 2. Profile (``--no-profile`` skips it): CPU time per frame of each stage of the prior pipeline (single-threaded,
@@ -151,6 +152,8 @@ def timing(frames: int, frames_4k: int, reps: int, tmp: str,
         timer.add(f"{label}|full priors (iter_decoded)", lambda p=path: collections.deque(iter_decoded(p), 0), n)
         if n == frames and "HEVC" not in label:
             timer.add(f"{label}|load_video (+ stacking to tensors)", lambda p=path: load_video(p), n)
+            timer.add(f"{label}|load_video in the IMAGE layout (the Load Video node)",
+                      lambda p=path: load_video(p, channels_last=True), n)
     greys = []
     with av.open(clips[0][1]) as c:
         for fr in c.decode(video=0):

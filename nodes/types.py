@@ -75,6 +75,12 @@ def image_to_frames(image: torch.Tensor) -> torch.Tensor:
     return image.movedim(-1, 1).float().contiguous()
 
 
+def image_from_core(image: torch.Tensor) -> torch.Tensor:
+    """A (T, H, W, 3) float32 tensor in [0, 1] that the core made in the IMAGE layout already
+    (``load_video(channels_last=True)``), on ComfyUI's intermediate device: no copy on the CPU."""
+    return image.to(comfy.model_management.intermediate_device())
+
+
 def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
     """Core frames (T, C, H, W) -> ComfyUI IMAGE (T, H, W, 3) float32 on the intermediate device.
 
@@ -84,5 +90,8 @@ def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"frames must be (T, C, H, W), got shape {tuple(frames.shape)}")
     if frames.shape[1] == 1:
         frames = frames.expand(-1, 3, -1, -1)
-    return (frames[:, :3].movedim(1, -1).float().clamp(0.0, 1.0)
-            .to(comfy.model_management.intermediate_device()).contiguous())
+    image = frames[:, :3].movedim(1, -1).float()
+    # one pass: clamped straight into a contiguous tensor (clamp, then contiguous, copied the frames twice)
+    out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
+    torch.clamp(image, 0.0, 1.0, out=out)
+    return out.to(comfy.model_management.intermediate_device())

@@ -16,7 +16,7 @@ import folder_paths
 
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
-from .types import CodecPriorsSocket, frames_to_image, image_to_frames, progress_callbacks
+from .types import CodecPriorsSocket, frames_to_image, image_from_core, image_to_frames, progress_callbacks
 
 CATEGORY = "CPGD/video"
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"]
@@ -142,11 +142,11 @@ class LoadVideoWithPriors(io.ComfyNode):
                       *(size or (info.width, info.height)))
         frames, priors, audio, info = load_video(
             path, start=skip_first_frames, cap=frame_load_cap, every_nth=select_every_nth, size=size,
-            progress=progress, check_interrupt=check_interrupt, export_qp=export_qp, info=info)
+            progress=progress, check_interrupt=check_interrupt, export_qp=export_qp, info=info, channels_last=True)
         if frames.shape[0] == 0:
             raise CPGDInputError(f"{os.path.basename(path)}: no frames in the selected range "
                                  f"(skip_first_frames={skip_first_frames})")
-        return io.NodeOutput(frames_to_image(frames), priors, float(priors.fps), audio, info, int(frames.shape[0]))
+        return io.NodeOutput(image_from_core(frames), priors, float(priors.fps), audio, info, int(frames.shape[0]))
 
 
 class PriorsFromImages(io.ComfyNode):

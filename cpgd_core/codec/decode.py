@@ -822,9 +822,15 @@ def priors_from_decoded(frames: list[DecodedFrame], fps: Fraction, source: str) 
                        source_indices=[f.index for f in frames], source=source)
 
 
-def frames_to_tensor(frames: list[DecodedFrame]) -> torch.Tensor:
-    """(T, 3, H, W) float32 in [0, 1]."""
+def frames_to_tensor(frames: list[DecodedFrame], channels_last: bool = False) -> torch.Tensor:
+    """(T, 3, H, W) float32 in [0, 1]; ``channels_last``: (T, H, W, 3), the decoded pixels' own layout (and
+    ComfyUI's IMAGE layout), which takes one straight converting copy per frame."""
     h, w = frames[0].rgb.shape[:2]
+    if channels_last:
+        out = torch.empty((len(frames), h, w, 3), dtype=torch.float32)
+        for i, f in enumerate(frames):
+            out[i].copy_(torch.from_numpy(np.ascontiguousarray(f.rgb)))
+        return out.div_(255.0)
     out = torch.empty((len(frames), 3, h, w), dtype=torch.float32)
     for i, f in enumerate(frames):  # one converting copy per plane, no stacked uint8 or channel-last copies
         o = out[i].numpy()
@@ -846,9 +852,10 @@ def kept_frame_count(info: VideoInfo, start: int, cap: int, every_nth: int) -> i
     return min(n, cap) if cap else n
 
 
-# Peak bytes per pixel of one frame loaded by load_video and handed on as a ComfyUI IMAGE: decoded uint8 RGB
-# and fp16 residual while decoding, the float32 frame tensor, and the float32 IMAGE copy made from it.
-LOADED_BYTES_PER_PIXEL = 3 + 2 + 12 + 12
+# Peak bytes per pixel of one frame loaded by load_video: decoded uint8 RGB and fp16 residual while decoding,
+# the residual stacked into the priors, and the float32 frame tensor (with ``channels_last`` it is the ComfyUI
+# IMAGE itself: no further copy).
+LOADED_BYTES_PER_PIXEL = 3 + 2 + 2 + 12
 
 
 def loaded_bytes(frames: int, width: int, height: int) -> int:
@@ -860,11 +867,12 @@ def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size
                progress: Optional[Callable[[int, int], None]] = None,
                check_interrupt: Optional[Callable[[], None]] = None, export_qp: bool = False,
                max_frames_in_memory: Optional[int] = None, export_mvs: bool = True,
-               info: Optional[VideoInfo] = None) -> tuple[torch.Tensor, CodecPriors, Optional[dict], str]:
+               info: Optional[VideoInfo] = None,
+               channels_last: bool = False) -> tuple[torch.Tensor, CodecPriors, Optional[dict], str]:
     """Decode a clip with its priors.
 
     Returns:
-        frames (T, 3, H, W) float32 in [0, 1]; CodecPriors aligned with them; audio trimmed to the kept
+        frames (T, 3, H, W) float32 in [0, 1] ((T, H, W, 3) with ``channels_last``); CodecPriors aligned with them; audio trimmed to the kept
         time range as ``{"waveform": (1, C, N) float32, "sample_rate": int}`` or None; an info line.
     Raises:
         CPGDInputError for a missing/unreadable file, no video stream, an empty frame range, or more
@@ -897,7 +905,7 @@ def load_video(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, size
         if export_mvs and not info.exports_mvs else ""
     text = (f"{info.describe()}; loaded {len(frames)} frames from {start}{nth} at "
             f"{priors.width}x{priors.height}; {priors.summary()}{fallback}")
-    return frames_to_tensor(frames), priors, audio, text
+    return frames_to_tensor(frames, channels_last), priors, audio, text
 
 
 def iter_video_chunks(path: str, chunk: int, overlap: int = 0, start: int = 0, cap: int = 0, every_nth: int = 1,

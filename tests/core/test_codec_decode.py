@@ -224,6 +224,14 @@ def test_streaming_iterator_matches_loader(clips):
     assert items[2].time == pytest.approx(2 / 24)
 
 
+def test_channels_last_load_is_the_same_frames_in_image_layout(clips):
+    path, _, _ = clips["pan"]
+    x, _, _, _ = load_video(path, cap=4, size=(90, 50))
+    y, _, _, _ = load_video(path, cap=4, size=(90, 50), channels_last=True)
+    assert tuple(y.shape) == (4, 50, 90, 3) and y.is_contiguous() and y.dtype == torch.float32
+    assert torch.equal(x.permute(0, 2, 3, 1), y)
+
+
 def test_chunks_cover_clip_with_overlap(clips):
     path, _, _ = clips["pan"]
     full, pfull, _, _ = load_video(path)
