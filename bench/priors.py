@@ -2,10 +2,10 @@
 
 1. Per-frame cost against decoding the same file (``x decode-only``), all in one run: each measurement is
    repeated ``--reps`` times round-robin and the median kept, so a load on the machine weighs on both sides
-   of every ratio alike. Clips: synthetic pans of a real photo, H.264 crf 20 at 1280x720 (IPPP, IPPP with
-   3 references, IBBP) and 3840x2160 (IPPP), and HEVC at 1280x720, which takes the libx264 re-encode
-   fallback. Rows: decode only (PyAV, frame threads), decode + RGB, the full prior pipeline
-   (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
+   of every ratio alike, and a ratio is the median of the ratios measured in the same round. Clips: synthetic
+   pans of a real photo, H.264 crf 20 at 1280x720 (IPPP, IPPP with 3 references, IBBP) and 3840x2160 (IPPP),
+   and HEVC at 1280x720, which takes the libx264 re-encode fallback. Rows: decode only (PyAV, frame threads),
+   decode + RGB, the full prior pipeline (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
    chunked restoration does, and as the decode rows drop their frames), ``load_video`` (the same, every frame
    kept and stacked to tensors: memory that a stream does not allocate; and as the Load Video node takes it, in
    ComfyUI's IMAGE layout), and OpenCV DIS (medium preset, both
@@ -115,6 +115,11 @@ class _Timer:
     def ms(self, key: str) -> float:
         return float(np.median(self.times[key]))
 
+    def ratio(self, key: str, base: str) -> float:
+        """Median over the repetitions of key / base measured in the same round: the pairs share the machine's
+        state of the moment, so a slow or fast spell does not land on one side of the ratio only."""
+        return float(np.median(np.asarray(self.times[key]) / np.asarray(self.times[base])))
+
 
 def _dis_both_ways(greys: list[np.ndarray]) -> list[np.ndarray]:
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -164,12 +169,11 @@ def timing(frames: int, frames_4k: int, reps: int, tmp: str,
     timer.run(reps)
     rows = []
     for label, _, _ in clips:
-        base = timer.ms(f"{label}|decode only")
+        base = f"{label}|decode only"
         for key in [k for k, _, _ in timer.jobs if k.startswith(label + "|")]:
-            rows.append((label, key.split("|", 1)[1], timer.ms(key), timer.ms(key) / base))
-    base = timer.ms(f"{clips[0][0]}|decode only")
+            rows.append((label, key.split("|", 1)[1], timer.ms(key), timer.ratio(key, base)))
     rows.append((clips[0][0], "OpenCV DIS medium, both directions, grey, decoding excluded", timer.ms("dis"),
-                 timer.ms("dis") / base))
+                 timer.ratio("dis", f"{clips[0][0]}|decode only")))
     # Accuracy on the same clip: the priors' past field against DIS's, both sampled at the grid cell centres.
     # Both on the frames DIS was timed on (1 .. len(greys) - 1); the priors also without flow smoothing.
     n = len(greys)

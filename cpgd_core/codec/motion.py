@@ -79,8 +79,8 @@ def _rasterise(mvs, height: int, width: int, sources: tuple[int, ...], stride: i
 
 def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec, stride: int) -> bool:
     """Fast path for codec partitions, whose sizes and positions share a common unit (8 px for H.264, whose
-    sub-8x8 partitions are exported as 8x8, and for MPEG): every block is split into its units, all units are
-    written in one vectorised assignment on a grid of units, and that grid is upscaled to the cells.
+    sub-8x8 partitions are exported as 8x8, and for MPEG): the blocks are written on a grid of units, one
+    vectorised scatter per unit offset inside a block, and that grid is upscaled to the cells.
     False (nothing written) for blocks off the cell lattice or far outside the frame."""
     if ((x0 | y0 | bw | bh) % stride).any():
         return False
