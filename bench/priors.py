@@ -5,12 +5,12 @@
    of every ratio alike, and a ratio is the median of the ratios measured in the same round. Clips: synthetic
    pans of a real photo, H.264 crf 20 at 1280x720 (IPPP, IPPP with 3 references, IBBP) and 3840x2160 (IPPP),
    and HEVC at 1280x720, which takes the libx264 re-encode fallback. Rows: decode only (PyAV, frame threads),
-   decode + RGB, the full prior pipeline (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB; consumed frame by frame as the
-   chunked restoration does, and as the decode rows drop their frames), ``load_video`` (the same, every frame
-   kept and stacked to tensors: memory that a stream does not allocate; and as the Load Video node takes it, in
-   ComfyUI's IMAGE layout), and OpenCV DIS (medium preset, both
-   directions, grey frames, decoding excluded) with its median end-point error beside that of the priors on the
-   same 720p clip.
+   decode + RGB, the full prior pipeline (``iter_decoded``: MVs, block-grid flows both ways, MC residual, RGB;
+   consumed frame by frame as the chunked restoration does, and as the decode rows drop their frames),
+   ``load_video`` (the same, every frame kept and stacked to tensors: memory that a stream does not allocate;
+   and as the Load Video node takes it, in ComfyUI's IMAGE layout), and OpenCV DIS (medium preset, both
+   directions, grey frames, decoding excluded) with its median end-point error beside that of the priors on
+   the same 720p clip.
 2. Profile (``--no-profile`` skips it): CPU time per frame of each stage of the prior pipeline (single-threaded,
    to attribute it).
 3. Median end-point error of the codec flow against the true flow on synthetic clips. x264 does not encode the
