@@ -111,13 +111,13 @@ def _rasterise_aligned(flow: np.ndarray, valid: np.ndarray, x0, y0, bw, bh, vec,
             units[idx] = vals if whole else vals[sel]
             mask[idx] = 1
     units = units.view(np.float32).reshape(uh, uw, 2)
-    upscale_cells(np.ascontiguousarray(units[..., 0]), u, flow[0])
-    upscale_cells(np.ascontiguousarray(units[..., 1]), u, flow[1])
-    upscale_cells(mask.reshape(uh, uw), u, valid[0].view(np.uint8))
+    _upscale_cells(np.ascontiguousarray(units[..., 0]), u, flow[0])
+    _upscale_cells(np.ascontiguousarray(units[..., 1]), u, flow[1])
+    _upscale_cells(mask.reshape(uh, uw), u, valid[0].view(np.uint8))
     return True
 
 
-def upscale_cells(src: np.ndarray, u: int, out: np.ndarray) -> np.ndarray:
+def _upscale_cells(src: np.ndarray, u: int, out: np.ndarray) -> np.ndarray:
     """Nearest upscale of a 2-D array by an integer factor ``u`` written into ``out`` (H, W), with
     H <= h * u and W <= w * u (the excess right and bottom cells are dropped)."""
     h, w = src.shape
@@ -201,7 +201,7 @@ def smooth_field(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     ok &= same < SMOOTH_UNIFORM * den
     out = np.empty_like(flow, np.float32)
     for c in (0, 1):
-        upscale_cells(np.where(ok, mean[c], med[c]), u, out[c])
+        _upscale_cells(np.where(ok, mean[c], med[c]), u, out[c])
     if not valid.all():
         np.copyto(out, flow, where=~valid)  # invalid cells keep their values
     return out
@@ -217,7 +217,8 @@ RELATIVE_MAP = getattr(cv2, "WARP_RELATIVE_MAP", None)
 
 
 @functools.lru_cache(maxsize=8)
-def _cell_base(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) float32 coordinates of an h x w grid: the absolute maps that OpenCV before 4.10 needs (cached)."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     return xs, ys
 
@@ -246,7 +247,7 @@ def _sample(img: np.ndarray, grid_flow: np.ndarray, nearest: bool = False, borde
     """img (C, h, w) sampled at p + grid_flow(p) (grid_flow (2, h, w) in cell units) -> (C, h, w)."""
     interp = cv2.INTER_LINEAR if not nearest else cv2.INTER_NEAREST
     if RELATIVE_MAP is None:
-        xs, ys = _cell_base(*img.shape[-2:])
+        xs, ys = pixel_grid(*img.shape[-2:])
         mx, my = xs + grid_flow[0], ys + grid_flow[1]
     else:
         mx, my = np.ascontiguousarray(grid_flow[0]), np.ascontiguousarray(grid_flow[1])

@@ -23,7 +23,6 @@ dtype directly.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Optional
 
@@ -31,19 +30,13 @@ import cv2
 import numpy as np
 
 from .motion import RELATIVE_MAP as _RELATIVE
-from .motion import remap_points
+from .motion import pixel_grid, remap_points
 
 RESIDUAL_CHANNELS = ("luma", "rgb")
 # Above this share of candidate cells the multi-reference check warps whole frames instead of gathering cells.
 _SPARSE_SHARE = 0.15
 # Rows per band of the residual computation (keeps a band's maps and prediction in cache).
 _BAND = 128
-
-
-@functools.lru_cache(maxsize=4)
-def _base_map(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return xs, ys
 
 
 def _dense(grid: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
@@ -94,7 +87,7 @@ def _maps(cells: np.ndarray, h: int, w: int, stride: int, y0: int = 0,
     mx = cv2.resize(cells[0], size[::-1], dst=mx, interpolation=cv2.INTER_NEAREST)[:h, :w]
     my = cv2.resize(cy, size[::-1], dst=my, interpolation=cv2.INTER_NEAREST)[:h, :w]
     if _RELATIVE is None:
-        xs, ys = _base_map(h, w)
+        xs, ys = pixel_grid(h, w)
         mx, my = mx + xs, my + ys
     return mx, my
 
