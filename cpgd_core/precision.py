@@ -27,6 +27,12 @@ def cpu_multiplies_bf16() -> bool:
     return False
 
 
+def validated_in_bf16(model: object) -> bool:
+    """Whether a network declares itself validated in bf16 (a ``cpu_bf16`` class attribute, as CPFP does; the
+    official networks and CPC do not): what ``resolve_dtype``'s ``cpu_bf16`` is given."""
+    return bool(getattr(model, "cpu_bf16", False))
+
+
 def resolve_dtype(name: str, device: torch.device, bf16_ok: Optional[bool] = None,
                   fp16_ok: Optional[bool] = None, cpu_bf16: bool = False) -> str:
     """``name`` itself, or for 'auto': on the CPU fp32, or bf16 where ``cpu_bf16`` and the CPU multiplies bf16 in

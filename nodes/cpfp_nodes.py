@@ -22,7 +22,7 @@ from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from ..cpgd_core.models.cpfp import CPFPConfig
 from ..cpgd_core.models.cpfp_official import OfficialCPFPConfig
-from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype
+from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype, validated_in_bf16
 from ..cpgd_core.pipeline.cli import OFFICIAL_TILE
 from ..cpgd_core.pipeline.official import OfficialStageOne
 from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
@@ -246,7 +246,7 @@ class CPFPRestore(io.ComfyNode):
         mm.load_models_gpu([model.patcher])
         device = model.patcher.load_device
         precision = resolve_dtype(dtype, device, mm.should_use_bf16(device), mm.should_use_fp16(device),
-                                  cpu_bf16=not official)
+                                  cpu_bf16=validated_in_bf16(model.net))
         on_host = mm.is_device_cpu(device)
         host = available_memory(torch.device("cpu")) // 2
         if not official:  # the memory estimate is the pack's CPFP's; the official one runs as asked (OOM back-off)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..errors import CPGDInputError
-from ..precision import DTYPE_CHOICES, element_bytes, resolve_dtype
+from ..precision import DTYPE_CHOICES, element_bytes, resolve_dtype, validated_in_bf16
 
 # The official test settings (spec §1.6, §2.4): 48-frame windows, 256 px patches overlapping by 64 px.
 OFFICIAL_CHUNK, OFFICIAL_TILE, OFFICIAL_TILE_OVERLAP = 48, 256, 64
@@ -111,7 +111,7 @@ def plan_sizes(args: argparse.Namespace, model, height: int, width: int, device:
         host = dev = int(args.memory_budget * GiB)
     return plan_memory(model.config, height, width, args.chunk, args.overlap, args.tile, args.tile_overlap,
                        host, dev, on_host=device.type == "cpu",
-                       elem_bytes=element_bytes(resolve_dtype(args.dtype, device, cpu_bf16=True)))
+                       elem_bytes=element_bytes(resolve_dtype(args.dtype, device, cpu_bf16=validated_in_bf16(model))))
 
 
 def frames_to_process(frame_count: int, max_frames: int) -> int:

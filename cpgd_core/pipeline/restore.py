@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..codec.priors import PRIOR_FIELDS, CodecPriors
 from ..errors import CPGDInputError
 from ..models.cpfp import CPFP, CPFPConfig, priors_to_model_inputs
-from ..precision import autocast, resolve_dtype
+from ..precision import autocast, resolve_dtype, validated_in_bf16
 from .schedule import ChunkBlender, chunk_windows, feather_weights, fit_chunk_and_tile, windows_1d
 
 Progress = Optional[Callable[[int, int], None]]
@@ -147,7 +147,7 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
     if dev.type == "cpu" and isinstance(model, CPFP):
         model.use_channels_last()
     out = torch.zeros(t, 3, hp, wp) if len(ys) * len(xs) > 1 else None
-    with autocast(dev, resolve_dtype(dtype, dev, cpu_bf16=isinstance(model, CPFP))):
+    with autocast(dev, resolve_dtype(dtype, dev, cpu_bf16=validated_in_bf16(model))):
         for (y0, y1), wgt_y in zip(ys, wy):
             for (x0, x1), wgt_x in zip(xs, wx):
                 if check_interrupt is not None:
