@@ -127,7 +127,13 @@ class DecodedFrame:
 
 # --------------------------------------------------------------------------------------------- opening
 
-def _open(path: str) -> "av.container.InputContainer":
+# Container options for probe: FFmpeg's stream analysis reads the headers without decoding pictures (for an
+# H.264 stream it decodes the first ones otherwise, most of the 17-21 ms an open costs at 720p: a second
+# decoding of the frames the decoder starts with). probe decodes the one picture it needs itself.
+_HEADERS_ONLY = {"skip_frame": "all"}
+
+
+def _open(path: str, options: Optional[dict] = None) -> "av.container.InputContainer":
     if not isinstance(path, (str, os.PathLike)):
         raise CPGDInputError(f"video path must be a string, got {type(path).__name__}")
     path = os.fspath(path)
@@ -138,7 +144,7 @@ def _open(path: str) -> "av.container.InputContainer":
     if os.path.getsize(path) == 0:
         raise CPGDInputError(f"video file is empty: {path}")
     try:
-        return av.open(path)
+        return av.open(path, options=options)
     except av.error.EOFError:  # a valid header and nothing after it (e.g. a zero-frame .mkv)
         raise CPGDInputError(f"no video frames in {path}") from None
     except av.error.FFmpegError as e:
@@ -165,18 +171,16 @@ def probe(path: str) -> VideoInfo:
     Demuxes to count frames and check the timestamps, so it is exact for files whose headers lie about the
     frame count (phones, mkv); decodes only the first picture, for its display rotation and HDR transfer.
     """
-    with _open(path) as c:
+    with _open(path, _HEADERS_ONLY) as c:
         vs = _video_stream(c, path)
         codec = vs.codec_context.name
         ref_frames = h264_ref_frames(vs.codec_context.extradata) if codec == "h264" else 0
-        width, height = vs.codec_context.width, vs.codec_context.height
-        pix_fmt = vs.codec_context.pix_fmt or ""
         has_audio = bool(c.streams.audio)
         tb = vs.time_base or Fraction(1, 1000)
         pts: list[int] = []
         key_pts: list[int] = []
         timed = True
-        first: Optional[tuple[int, str]] = None
+        first: Optional[_FirstPicture] = None
         try:
             for pkt in c.demux(vs):
                 if first is None:
@@ -190,11 +194,15 @@ def probe(path: str) -> VideoInfo:
                     timed = False
         except av.error.FFmpegError as e:
             raise CPGDInputError(f"corrupt or truncated video {path} ({av_reason(e)})") from None
+        width, height = vs.codec_context.width, vs.codec_context.height
     if not pts:
         raise CPGDInputError(f"no video frames in {path}")
+    first = first or _FirstPicture()
+    if width <= 0 or height <= 0:  # headers without a size: the picture's
+        width, height = first.width, first.height
     if width <= 0 or height <= 0:
         raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
-    rotation, hdr = first or (0, "")
+    rotation, hdr, pix_fmt = first.rotation, first.hdr, first.pix_fmt
     height, width = rotated_hw(height, width, rotation)
     pts.sort()
     n = len(pts)
@@ -228,15 +236,26 @@ def probe(path: str) -> VideoInfo:
 _FIRST_PICTURE_PACKETS = 32
 
 
-def _first_picture(vs, pkt, seen: int) -> Optional[tuple[int, str]]:
-    """(display rotation, HDR transfer or "") of the first picture this packet yields; None while none came out
-    yet, (0, "") when the first packets give none."""
+@dataclass
+class _FirstPicture:
+    """What probe learns from the first decoded picture (the defaults: none decoded)."""
+
+    rotation: int = 0
+    hdr: str = ""
+    pix_fmt: str = ""
+    width: int = 0
+    height: int = 0
+
+
+def _first_picture(vs, pkt, seen: int) -> Optional[_FirstPicture]:
+    """The first picture this packet yields; None while none came out yet, the defaults when the first packets
+    give none."""
     try:
         for fr in vs.decode(pkt):
-            return display_rotation(fr), hdr_transfer(fr) or ""
+            return _FirstPicture(display_rotation(fr), hdr_transfer(fr) or "", fr.format.name, fr.width, fr.height)
     except av.error.FFmpegError:
-        return 0, ""  # an undecodable start is reported by the decoding itself, with its frame number
-    return (0, "") if seen >= _FIRST_PICTURE_PACKETS else None
+        return _FirstPicture()  # an undecodable start is reported by the decoding itself, with its frame number
+    return _FirstPicture() if seen >= _FIRST_PICTURE_PACKETS else None
 
 
 # ------------------------------------------------------------------------------------- raw decoding
@@ -259,15 +278,11 @@ class _Raw:
         return self._rgb
 
     def image(self, channels: str) -> np.ndarray:
-        """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view)."""
-        return _luma_view(self.frame) if channels == "luma" else self.rgb()
-
-    def plane(self, channels: str) -> np.ndarray:
-        """:meth:`image` as float32 in [0, 1] units, converted once: a frame is the current frame of its own
-        residual and the reference of the next ones."""
-        key = ("unit", channels)
+        """What the residual is computed on: (H, W) luma or (H, W, 3) RGB, uint8 (the luma may be a strided view),
+        made once: a frame is the current frame of its own residual and the reference of the next ones."""
+        key = ("image", channels)
         if key not in self._planes:
-            self._planes[key] = np.multiply(self.image(channels), np.float32(1.0 / 255.0), dtype=np.float32)
+            self._planes[key] = _luma_view(self.frame) if channels == "luma" else self.rgb()
         return self._planes[key]
 
     def fields(self, height: int, width: int, zero_b_invalid: bool) -> tuple[tuple, tuple]:
@@ -536,8 +551,8 @@ def _motion_stage(raws: Iterable[_Raw], height: int, width: int, zero_b_invalid:
             vn = zv.copy()
         res = None
         if want_residual(r.index):
-            res = residual_of(r.plane(ch), past.plane(ch) if past is not None else None, fp, vp,
-                              future.plane(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
+            res = residual_of(r.image(ch), past.image(ch) if past is not None else None, fp, vp,
+                              future.image(ch) if future is not None else None, fn, vn, STRIDE, signed, np.float16)
         dp = r.index - past.index if past is not None else 1
         dn = future.index - r.index if future is not None else 1
         return _Motion(r, sp / dp if dp > 1 else sp, vp, sn / dn if dn > 1 else sn, vn, res)
@@ -741,8 +756,6 @@ def _prior_stages(raws, src_hw, codec, start, cap, every_nth, size, residual_cha
 
     def prepare(r: _Raw) -> None:  # in the decoding thread: what depends on the frame alone
         r.fields(src_hw[0], src_hw[1], zero_b)
-        if want(r.index):
-            r.plane(residual_channels)
         # (RGB is converted by the consumer, _make_frame: measured 4-7 % less wall time at 720p and 4K than
         # here, where the decoding thread is the busier side)
 
