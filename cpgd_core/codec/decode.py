@@ -23,12 +23,13 @@ the rasteriser and ``residual.py`` for the residual. How vectors become the per-
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -173,9 +174,6 @@ def probe(path: str) -> VideoInfo:
     """
     with _open(path, _HEADERS_ONLY) as c:
         vs = _video_stream(c, path)
-        codec = vs.codec_context.name
-        ref_frames = h264_ref_frames(vs.codec_context.extradata) if codec == "h264" else 0
-        has_audio = bool(c.streams.audio)
         tb = vs.time_base or Fraction(1, 1000)
         pts: list[int] = []
         key_pts: list[int] = []
@@ -194,21 +192,14 @@ def probe(path: str) -> VideoInfo:
                     timed = False
         except av.error.FFmpegError as e:
             raise CPGDInputError(f"corrupt or truncated video {path} ({av_reason(e)})") from None
-        width, height = vs.codec_context.width, vs.codec_context.height
-    if not pts:
-        raise CPGDInputError(f"no video frames in {path}")
-    first = first or _FirstPicture()
-    if width <= 0 or height <= 0:  # headers without a size: the picture's
-        width, height = first.width, first.height
-    if width <= 0 or height <= 0:
-        raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
-    rotation, hdr, pix_fmt = first.rotation, first.hdr, first.pix_fmt
-    height, width = rotated_hw(height, width, rotation)
+        if not pts:
+            raise CPGDInputError(f"no video frames in {path}")
+        info = _header_info(c, vs, path, first or _FirstPicture())
     pts.sort()
     n = len(pts)
     # a keyframe's display index is the number of pictures shown before it
     keyframes = tuple((bisect_right(pts, p) - 1, p) for p in sorted(key_pts)) if timed else ()
-    rate = vs.average_rate or vs.guessed_rate or Fraction(25)
+    rate = info.fps
     variable = False
     duration = 0.0
     if n >= 2:
@@ -220,16 +211,30 @@ def probe(path: str) -> VideoInfo:
             span = float((pts[-1] - pts[0]) * tb)
             duration = span * n / (n - 1)
             if variable and span > 0:
-                rate = Fraction((n - 1) / span).limit_denominator(1001000)
+                rate = Fraction((n - 1) / span).limit_denominator(1001000) or info.fps
     elif n == 1:
         duration = float(1 / rate)
-    if not rate:
-        rate = Fraction(25)
-    return VideoInfo(path=os.fspath(path), width=width, height=height, fps=Fraction(rate), frame_count=n,
-                     codec=codec, has_audio=has_audio, variable_fps=variable, duration=duration,
-                     pix_fmt=pix_fmt, exports_mvs=codec in MV_CODECS, rotation=rotation,
-                     hdr=hdr, keyframes=keyframes,
-                     ref_frames=ref_frames)
+    return replace(info, fps=Fraction(rate), frame_count=n, variable_fps=variable, duration=duration,
+                   keyframes=keyframes)
+
+
+def _header_info(c, vs, path: str, first: "_FirstPicture") -> VideoInfo:
+    """What the headers of an open file and its first picture say, without a scan of the file: the frame count
+    is the header's (0 if none), the frame rate the average one, no keyframe table, constant rate assumed."""
+    codec = vs.codec_context.name
+    width, height = vs.codec_context.width, vs.codec_context.height
+    if width <= 0 or height <= 0:  # headers without a size: the picture's
+        width, height = first.width, first.height
+    if width <= 0 or height <= 0:
+        raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
+    height, width = rotated_hw(height, width, first.rotation)
+    rate = Fraction(vs.average_rate or vs.guessed_rate or 25) or Fraction(25)
+    tb = vs.time_base or Fraction(1, 1000)
+    return VideoInfo(path=os.fspath(path), width=width, height=height, fps=rate, frame_count=int(vs.frames or 0),
+                     codec=codec, has_audio=bool(c.streams.audio), variable_fps=False,
+                     duration=float(vs.duration * tb) if vs.duration else 0.0, pix_fmt=first.pix_fmt,
+                     exports_mvs=codec in MV_CODECS, rotation=first.rotation, hdr=first.hdr,
+                     ref_frames=h264_ref_frames(vs.codec_context.extradata) if codec == "h264" else 0)
 
 
 # A decoder may hold back its first picture for a few packets (B-frame reordering, frame threads).
@@ -246,13 +251,17 @@ class _FirstPicture:
     width: int = 0
     height: int = 0
 
+    @classmethod
+    def of(cls, fr: "av.VideoFrame") -> "_FirstPicture":
+        return cls(display_rotation(fr), hdr_transfer(fr) or "", fr.format.name, fr.width, fr.height)
+
 
 def _first_picture(vs, pkt, seen: int) -> Optional[_FirstPicture]:
     """The first picture this packet yields; None while none came out yet, the defaults when the first packets
     give none."""
     try:
         for fr in vs.decode(pkt):
-            return _FirstPicture(display_rotation(fr), hdr_transfer(fr) or "", fr.format.name, fr.width, fr.height)
+            return _FirstPicture.of(fr)
     except av.error.FFmpegError:
         return _FirstPicture()  # an undecodable start is reported by the decoding itself, with its frame number
     return _FirstPicture() if seen >= _FIRST_PICTURE_PACKETS else None
@@ -372,10 +381,11 @@ def _seek_point(info: VideoInfo, start: int) -> Optional[tuple[int, int]]:
 
 def _container_raws(path: str, export_mvs: bool, export_qp: bool,
                     check_interrupt: Optional[Callable[[], None]],
-                    seek: Optional[tuple[int, int]] = None) -> Iterator[_Raw]:
+                    seek: Optional[tuple[int, int]] = None, container=None) -> Iterator[_Raw]:
     """Decoded frames in display order with their side data. ``seek`` = (display index, pts) of a keyframe
-    (:func:`_seek_point`) to start decoding at; a file that does not land there is decoded from the start."""
-    c = _open(path)
+    (:func:`_seek_point`) to start decoding at; a file that does not land there is decoded from the start.
+    ``container``: the file already opened (:func:`_open`), closed here like one opened here."""
+    c = container if container is not None else _open(path)
     try:
         vs = _video_stream(c, path)
         opts = []
@@ -787,27 +797,59 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
     """
     _check_range(start, cap, every_nth)
     size = _check_size(size)
-    info = info or probe(path)
+    if info is None and start == 0:
+        info, raws = _unscanned(path, export_mvs, export_qp, check_interrupt)
+    else:
+        info = info or probe(path)
+        raws = None
     coded_hw = info.coded_hw
     if size is not None and info.rotation in (90, 270):  # size is upright; decoding works on stored pictures
         size = (size[1], size[0])
-    if not info.exports_mvs and export_mvs:
+    reencode = not info.exports_mvs and export_mvs
+    if raws is None:
+        raws = _container_raws(path, export_mvs and not reencode, export_qp and not reencode, check_interrupt,
+                               _seek_point(info, start))
+    if reencode:
         from .reencode import reencode_pipeline
         want = _wanted(start, cap, every_nth)
-        raws = _prefetch(_container_raws(path, False, False, check_interrupt, _seek_point(info, start)),
-                         lambda r: r.rgb() if want(r.index) else None)
+        raws = _prefetch(raws, lambda r: r.rgb() if want(r.index) else None)
         src = _select_stage(_next_stage(_motion_stage(raws, coded_hw[0], coded_hw[1], False, lambda i: False, "luma",
                                                       True)), start, cap, every_nth, size, coded_hw, None,
                             picture=True)
         frames = reencode_pipeline(src, info.fps / every_nth, residual_channels=residual_channels,
                                    signed=signed_residual, check_interrupt=check_interrupt)
     else:
-        raws = _container_raws(path, export_mvs, export_qp, check_interrupt, _seek_point(info, start))
         # A stream declaring one reference frame needs no multi-reference check (it could only err).
         frames = prior_stages(raws, coded_hw, info.codec, start, cap, every_nth, size, residual_channels,
                               signed_residual, max_refs=1 if info.ref_frames == 1 else None)
     for df in frames:
         yield _upright(df, info.rotation)
+
+
+def _unscanned(path: str, export_mvs: bool, export_qp: bool,
+               check_interrupt: Optional[Callable[[], None]]) -> tuple[VideoInfo, Iterator[_Raw]]:
+    """Decoding from the first frame without :func:`probe`: the headers of the decoding's own container and its
+    first picture say what the decoding needs (codec, size, rotation), and the file is opened once and not scanned
+    (probe decodes that first picture too, and reads every packet of the file first).
+    Returns the header info (:func:`_header_info`) and the decoded frames, the first one included."""
+    c = _open(path)
+    try:
+        vs = _video_stream(c, path)
+    except BaseException:
+        c.close()
+        raise
+    plain = export_mvs and vs.codec_context.name not in MV_CODECS  # the re-encode fallback decodes plainly
+    raws = _container_raws(path, export_mvs and not plain, export_qp and not plain, check_interrupt, container=c)
+    try:
+        first = next(raws, None)
+        if first is None:
+            raise CPGDInputError(f"no video frames in {path}")
+        info = _header_info(c, vs, path, _FirstPicture.of(first.frame))
+    except BaseException:
+        raws.close()
+        c.close()
+        raise
+    return info, itertools.chain([first], raws)
 
 
 def _upright(df: DecodedFrame, rotation: int) -> DecodedFrame:
