@@ -138,8 +138,9 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
     """:func:`mc_residual` on uint8 frames as decoded; returns only the residual (C, H, W) ``dtype`` in [0,1] units.
 
     The prediction is made in uint8, as the codec makes its own: interpolated and rounded to grey levels, and
-    bi-predicted blocks averaged as ``(a + b + 1) >> 1``. Working on the decoded bytes, with no float copy of a
-    frame, halves the cost on a 2-core machine, where the float planes' memory traffic was the larger part of it.
+    bi-predicted blocks averaged as ``(a + b + 1) >> 1``. Working on the decoded bytes, with no float copy of each
+    frame, is cheaper: 4.8 against 5.7 ms per 720p P-frame with the conversion (2-core machine, interleaved), and
+    the result differs from a float prediction by 0.16 grey levels on average (0.56 at most for P-frames).
 
     Works in bands of ``_BAND`` rows: the full-resolution maps and predictions of a band stay in cache, and
     nothing of frame size is allocated but the output (at 4K a frame-sized map alone is 66 MB).
