@@ -421,6 +421,25 @@ def test_display_rotation_is_applied_to_frames_and_priors(clips, clockwise):
         assert _epe(p.flow_to_next[t - 1], p.valid_to_next[t - 1], -upright[t]) <= 0.5
 
 
+def test_streaming_from_the_start_without_probe_gives_the_probed_output(clips):
+    """iter_decoded from frame 0 without ``info`` reads its own container's headers and the rotation of the first
+    decoded picture instead of probing: the same frames and priors as with probe's info, rotated and resized,
+    with B-frames, and on the re-encode fallback."""
+    rot = _with_display_rotation(clips["pan"][0], os.path.join(clips["tmp"], "pan_rot90_stream.mp4"), -90)
+    for path, kw in ((rot, {"size": (64, 96)}), (clips["bframes"][0], {"every_nth": 2}), (clips["hevc"][0], {})):
+        streamed = list(iter_decoded(path, **kw))
+        probed = list(iter_decoded(path, info=probe(path), **kw))
+        assert len(streamed) == len(probed) > 2
+        for a, b in zip(streamed, probed):
+            assert (a.index, a.time, a.pict_type) == (b.index, b.time, b.pict_type)
+            for k in ("rgb", "flow_to_prev", "valid_to_prev", "flow_to_next", "valid_to_next", "residual"):
+                assert np.array_equal(getattr(a, k), getattr(b, k)), (path, k)
+        if path == rot:
+            assert streamed[0].rgb.shape[:2] == (96, 64)  # the requested size is the upright one
+    with pytest.raises(CPGDInputError, match="not a readable media file"):
+        next(iter_decoded(__file__))
+
+
 def test_display_rotation_with_sizes_off_the_block_grid(tmp_path):
     size = (318, 234)  # neither side a multiple of 4 or 16: partial blocks move edges when turned
     img_shape = load_photo("astronaut").shape
