@@ -188,21 +188,23 @@ def residual_of(cur: np.ndarray, ref_prev: Optional[np.ndarray], flow_prev: Opti
 
 def _blend(past: np.ndarray, future: np.ndarray, only: np.ndarray, both: Optional[np.ndarray],
            stride: int) -> np.ndarray:
-    """The prediction of a B-frame band, written into ``future`` (a scratch buffer): the future prediction on
-    the cells ``only`` (h', w') bool, the average of both on the cells ``both``, the past one elsewhere."""
-    if both is not None and both.any():
-        mix = cv2.addWeighted(past, 0.5, future, 0.5, 0.25)  # (a + b + 1) >> 1: the codecs' rounding
-        _put(future, mix, both, stride)
-    _put(future, past, ~only if both is None else ~(only | both), stride)
-    return future
+    """The prediction of a B-frame band: the future prediction on the cells ``only`` (h', w') bool, the average
+    of both on the cells ``both``, the past one elsewhere. May write into ``future`` (a scratch buffer)."""
+    if both is None or not both.any():
+        _put(future, past, ~only if both is None else ~(only | both), stride)
+        return future
+    mix = cv2.addWeighted(past, 0.5, future, 0.5, 0.25)  # (a + b + 1) >> 1: the codecs' rounding
+    _put(mix, future, only, stride)
+    _put(mix, past, ~(only | both), stride)
+    return mix
 
 
 def _put(dst: np.ndarray, src: np.ndarray, cells: np.ndarray, stride: int) -> None:
     """``dst`` takes the pixels of ``src`` on the given cells (h', w') bool."""
     if not cells.any():
         return
-    mask = _dense(cells.view(np.uint8), dst.shape[0], dst.shape[1], stride).view(bool)
-    np.copyto(dst, src, where=mask if dst.ndim == 2 else mask[..., None])
+    mask = _dense(cells.view(np.uint8), dst.shape[0], dst.shape[1], stride)
+    cv2.copyTo(src, mask, dst=dst)
 
 
 def _grey_levels(img: Optional[np.ndarray]) -> Optional[np.ndarray]:
