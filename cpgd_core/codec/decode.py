@@ -228,7 +228,7 @@ def _header_info(c, vs, path: str, first: "_FirstPicture") -> VideoInfo:
     if width <= 0 or height <= 0:
         raise CPGDInputError(f"video stream without a picture size in {path} (corrupt or unsupported)")
     height, width = rotated_hw(height, width, first.rotation)
-    rate = Fraction(vs.average_rate or vs.guessed_rate or 25) or Fraction(25)
+    rate = Fraction(vs.average_rate or vs.guessed_rate or 25)
     tb = vs.time_base or Fraction(1, 1000)
     return VideoInfo(path=os.fspath(path), width=width, height=height, fps=rate, frame_count=int(vs.frames or 0),
                      codec=codec, has_audio=bool(c.streams.audio), variable_fps=False,
@@ -243,7 +243,7 @@ _FIRST_PICTURE_PACKETS = 32
 
 @dataclass
 class _FirstPicture:
-    """What probe learns from the first decoded picture (the defaults: none decoded)."""
+    """What the first decoded picture says of a file (probe, and decoding without it); the defaults: none decoded."""
 
     rotation: int = 0
     hdr: str = ""
@@ -805,7 +805,7 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
     coded_hw = info.coded_hw
     if size is not None and info.rotation in (90, 270):  # size is upright; decoding works on stored pictures
         size = (size[1], size[0])
-    reencode = not info.exports_mvs and export_mvs
+    reencode = _reencodes(info.exports_mvs, export_mvs)
     if raws is None:
         raws = _container_raws(path, export_mvs and not reencode, export_qp and not reencode, check_interrupt,
                                _seek_point(info, start))
@@ -826,6 +826,12 @@ def iter_decoded(path: str, start: int = 0, cap: int = 0, every_nth: int = 1, si
         yield _upright(df, info.rotation)
 
 
+def _reencodes(exports_mvs: bool, export_mvs: bool) -> bool:
+    """Whether the priors come from a libx264 re-encode (motion asked for, none exported by the codec): the
+    source is then decoded without side data."""
+    return export_mvs and not exports_mvs
+
+
 def _unscanned(path: str, export_mvs: bool, export_qp: bool,
                check_interrupt: Optional[Callable[[], None]]) -> tuple[VideoInfo, Iterator[_Raw]]:
     """Decoding from the first frame without :func:`probe`: the headers of the decoding's own container and its
@@ -838,7 +844,7 @@ def _unscanned(path: str, export_mvs: bool, export_qp: bool,
     except BaseException:
         c.close()
         raise
-    plain = export_mvs and vs.codec_context.name not in MV_CODECS  # the re-encode fallback decodes plainly
+    plain = _reencodes(vs.codec_context.name in MV_CODECS, export_mvs)  # the fallback's source decodes plainly
     raws = _container_raws(path, export_mvs and not plain, export_qp and not plain, check_interrupt, container=c)
     try:
         first = next(raws, None)

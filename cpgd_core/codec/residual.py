@@ -98,7 +98,7 @@ def _remap(ref: np.ndarray, maps: tuple[np.ndarray, np.ndarray], out: Optional[n
 
 
 def warp_cells(ref: np.ndarray, flow: np.ndarray, valid: Optional[np.ndarray], stride: int) -> np.ndarray:
-    """``ref`` (H, W[, C]) float32 sampled at ``p + flow(cell of p)``: bilinear, edge-replicated.
+    """``ref`` (H, W[, C]) uint8 or float32 sampled at ``p + flow(cell of p)``: bilinear, edge-replicated.
 
     flow (2, h', w') in pixels on the 1/``stride`` grid; cells where ``valid`` (1, h', w') is False are
     sampled with zero motion (the co-located pixel, exactly).
@@ -190,12 +190,13 @@ def _blend(past: np.ndarray, future: np.ndarray, only: np.ndarray, both: Optiona
            stride: int) -> np.ndarray:
     """The prediction of a B-frame band: the future prediction on the cells ``only`` (h', w') bool, the average
     of both on the cells ``both``, the past one elsewhere. May write into ``future`` (a scratch buffer)."""
+    neither = ~only if both is None else ~(only | both)
     if both is None or not both.any():
-        _put(future, past, ~only if both is None else ~(only | both), stride)
+        _put(future, past, neither, stride)
         return future
     mix = cv2.addWeighted(past, 0.5, future, 0.5, 0.25)  # (a + b + 1) >> 1: the codecs' rounding
     _put(mix, future, only, stride)
-    _put(mix, past, ~(only | both), stride)
+    _put(mix, past, neither, stride)
     return mix
 
 
