@@ -9,6 +9,7 @@ from ..cli import dispatch
 COMMANDS = {
     "cpfp": ("cpfp", "main", "train the stage-one CPFP network"),
     "make-val": ("cpfp", "make_val_main", "write the fixed CPFP validation set (held-out images)"),
+    "prior": ("prior", "main", "pre-train the learned prior (noise-conditioned denoiser) of the non-blind stage one"),
     "sweep": ("sweep", "main", "short from-scratch runs of candidate stage-one networks (architecture sweep)"),
     "cpcontrolnet": ("cpcontrolnet", "main", "train the stage-two CPControlNet"),
 }

@@ -55,18 +55,24 @@ def inspect_weights(path: str) -> str:
     return _kind_from_keys(keys, meta)
 
 
-def save_cpfp(model, path: str, extra_metadata: Optional[Mapping[str, object]] = None) -> None:
-    """Write ``model`` (a CPFP, or a DDP/compiled wrapper around one) as safetensors with its config."""
+def save_network(model, path: str, fmt: str, extra_metadata: Optional[Mapping[str, object]] = None) -> None:
+    """Write ``model`` (a network with a ``config`` dataclass exposing ``to_json``, or a DDP/compiled wrapper
+    around one) as safetensors with metadata ``{"cpgd_format": fmt, "config": ..., **extra}``."""
     from safetensors.torch import save_file
 
     net = getattr(model, "module", model)
     net = getattr(net, "_orig_mod", net)
     meta = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
-    meta.update({"cpgd_format": CPFP_FORMAT, "config": net.config.to_json()})
+    meta.update({"cpgd_format": fmt, "config": net.config.to_json()})
     sd = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path) as tmp:
         save_file(sd, tmp, metadata=meta)
+
+
+def save_cpfp(model, path: str, extra_metadata: Optional[Mapping[str, object]] = None) -> None:
+    """Write ``model`` (a CPFP, or a DDP/compiled wrapper around one) as safetensors with its config."""
+    save_network(model, path, CPFP_FORMAT, extra_metadata)
 
 
 def read_cpfp_metadata(path: str) -> dict:
