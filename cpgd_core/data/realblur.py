@@ -138,7 +138,8 @@ def _linear_lut() -> np.ndarray:
 
 
 def blur_from_frames(frames: np.ndarray, centres: list[int], exposure: float, subframes_per_px: float = 1.0,
-                     min_subframes: int = 9, max_subframes: int = 65) -> tuple[np.ndarray, np.ndarray]:
+                     min_subframes: int = 9, max_subframes: int = 65,
+                     with_trajectory: bool = False) -> tuple[torch.Tensor, ...]:
     """Blurry and sharp frames from consecutive real frames.
 
     Args:
@@ -147,8 +148,12 @@ def blur_from_frames(frames: np.ndarray, centres: list[int], exposure: float, su
         exposure: exposure length in source frame intervals (0: no blur).
         subframes_per_px: sub-frame density, per pixel of motion across the exposure (so neighbouring sub-frames
             are at most about a pixel apart: averaging gives blur, not ghosts).
+        with_trajectory: also return the true trajectory (see below).
     Returns:
         blurry, sharp: (T, 3, H, W) float32 in [0, 1] (sRGB); sharp are the real frames at ``centres``.
+        trajectory (only with ``with_trajectory``): (T, 2, H, W) float32, the displacement (x, y) in pixels
+            between each pixel's positions at c - exposure/2 and c + exposure/2, from the same interpolation flows
+            the sub-frames were made with (composed across intervals); zero when exposure is 0.
     """
     n = len(frames)
     half = exposure / 2
@@ -170,9 +175,12 @@ def blur_from_frames(frames: np.ndarray, centres: list[int], exposure: float, su
             intervals[i] = _Interval(linear(i), linear(i + 1), g0, g1)
         return intervals[i]
 
-    blurry, sharp = [], []
+    blurry, sharp, trajectory = [], [], []
     for c in centres:
         sharp.append(frames[c].astype(np.float32) / 255.0)
+        if with_trajectory:
+            trajectory.append(_true_trajectory(interval, c, half, n) if exposure > 0
+                              else np.zeros(frames.shape[1:3] + (2,), np.float32))
         if exposure <= 0:
             blurry.append(sharp[-1])
             continue
@@ -192,7 +200,36 @@ def blur_from_frames(frames: np.ndarray, centres: list[int], exposure: float, su
                 acc += interval(i).at(t)
         blurry.append(np.clip(acc / count, 0, 1) ** (1 / GAMMA))
     to_t = lambda a: torch.from_numpy(np.stack(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
+    if with_trajectory:
+        return to_t(blurry), to_t(sharp), to_t(trajectory)
     return to_t(blurry), to_t(sharp)
+
+
+def _true_trajectory(interval, c: int, half: float, n: int) -> np.ndarray:
+    """Displacement (H, W, 2) of each pixel of source frame c between the instants c - half and c + half.
+
+    Motion is linear within an interval, as in the sub-frames' interpolation: a pixel at p on frame i is at
+    p + t * f(i -> i+1)(p) at instant i + t. Past one interval the path continues from where it landed on the
+    next real frame (flows composed), so long exposures follow curved and accelerating motion.
+    """
+
+    def endpoint(direction: int) -> np.ndarray:
+        first = interval(c - 1 if direction < 0 else c)
+        h, w = first.f01.shape[:2]
+        xs, ys = first.grid
+        px, py = xs.copy(), ys.copy()
+        left, i = half, c
+        while left > 1e-9:
+            frac = min(1.0, left)
+            iv = interval(i if direction > 0 else i - 1)
+            flow = iv.f01 if direction > 0 else iv.f10  # on frame i, pointing into i + direction
+            f = cv2.remap(flow, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            px, py = px + frac * f[..., 0], py + frac * f[..., 1]
+            left -= frac
+            i += direction
+        return np.stack([px - xs, py - ys], -1)
+
+    return (endpoint(+1) - endpoint(-1)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ examples
@@ -229,7 +266,9 @@ def make_real_clip(rng: np.random.Generator, size: tuple[int, int] = (128, 128),
                    split: str = "train", sharp_share: float = SHARP_SHARE, root: Optional[str] = None) -> dict:
     """A blurry/sharp pair from a random real clip of the split (before encoding).
 
-    Returns dict: blurry, sharp (T, 3, H, W) float32 in [0, 1]; clip, step, exposure (source intervals).
+    Returns dict: blurry, sharp (T, 3, H, W) float32 in [0, 1]; trajectory (T, 2, H, W) float32, the true
+    displacement in output pixels each pixel sweeps during its frame's exposure (0 for sharp clips); clip, step,
+    exposure (source intervals), exposure_fraction (exposure / step: the fraction of the output frame interval).
     """
     names = clip_names(split, root)
     # Clips are drawn by their number of frames, so 7-frame Vimeo septuplets do not outweigh long clips.
@@ -248,11 +287,13 @@ def make_real_clip(rng: np.random.Generator, size: tuple[int, int] = (128, 128),
         centres = [first + k * step for k in range(num_frames)]
         lo, hi = centres[0] - half, centres[-1] + half
         region = _region(rng, frames[lo:hi + 1], size)
-        blurry, sharp = blur_from_frames(region, [c - lo for c in centres], exposure)
+        blurry, sharp, trajectory = blur_from_frames(region, [c - lo for c in centres], exposure,
+                                                     with_trajectory=True)
         rh, rw = region.shape[1:3]
         y0, x0 = (rh - h) // 2, (rw - w) // 2
         crop = lambda a: a[..., y0:y0 + h, x0:x0 + w].contiguous()  # noqa: E731
-        return {"blurry": crop(blurry), "sharp": crop(sharp), "clip": name, "step": step, "exposure": exposure}
+        return {"blurry": crop(blurry), "sharp": crop(sharp), "trajectory": crop(trajectory), "clip": name,
+                "step": step, "exposure": exposure, "exposure_fraction": exposure / step}
     raise CPGDInputError(f"no real clip of split {split!r} fits {num_frames} frames at {w}x{h}")
 
 
@@ -262,7 +303,8 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
     """One real-footage sample made exactly like inference input: real blur -> libx264 -> decoded frames + priors.
 
     Returns dict: blurry_decoded (T, 3, H, W) float32, sharp (T, 3, H, W) float32, priors (CodecPriors),
-    crf, encoding, clip, step, exposure.
+    trajectory (T, 2, H, W) float32 (``make_real_clip``'s), crf, encoding, clip, step, exposure,
+    exposure_fraction.
     """
     from ..codec.reencode import encode_and_extract
 
@@ -272,4 +314,5 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
     decoded, priors = encode_and_extract(clip["blurry"], fps=24, crf=crf, preset=preset, x264_params=params)
     return {"blurry_decoded": decoded, "sharp": clip["sharp"], "priors": priors, "crf": crf,
             "encoding": f"{preset}:{params}", "clip": clip["clip"], "step": clip["step"],
-            "exposure": clip["exposure"]}
+            "exposure": clip["exposure"], "trajectory": clip["trajectory"],
+            "exposure_fraction": clip["exposure_fraction"]}

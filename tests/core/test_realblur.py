@@ -90,3 +90,31 @@ def test_mixed_source_passes_the_sharp_share_to_its_real_clips():
     examples = [_mixed_example(rng, 32, 2, (18, 18), "train", sharp_share=1.0) for _ in range(6)]
     real = [e for e in examples if "clip" in e]
     assert real and all(e["exposure"] == 0.0 for e in real)
+
+
+def test_true_trajectory_of_a_pan_is_speed_times_exposure():
+    """A texture panning 4 px per frame: the swept displacement is 4 x exposure along x, also past one interval
+    (exposure 1.5 composes two intervals' flows), and zero without exposure."""
+    h, w, speed = 64, 96, 4.0
+    tex = _texture(h, w)
+    frames = np.stack([(_shifted(tex, speed * i, h, w) * 255).round().astype(np.uint8) for i in range(6)])
+    inner = (..., slice(8, -8), slice(20, -20))
+    for exposure in (0.5, 1.0, 1.5):
+        blurry, sharp, traj = realblur.blur_from_frames(frames, [2, 3], exposure, with_trajectory=True)
+        assert traj.shape == (2, 2, h, w) and traj.dtype == torch.float32
+        assert blurry.shape == sharp.shape == (2, 3, h, w)
+        tx, ty = traj[:, 0][inner], traj[:, 1][inner]
+        assert abs(float(tx.abs().median()) - speed * exposure) < 0.15, exposure
+        assert float(ty.abs().median()) < 0.1
+    _, _, traj = realblur.blur_from_frames(frames, [2], 0.0, with_trajectory=True)
+    assert torch.count_nonzero(traj) == 0
+
+
+@needs_real
+def test_real_clip_carries_its_true_trajectory():
+    clip = realblur.make_real_clip(np.random.default_rng(5), (64, 48), 3, split="val", sharp_share=0.0)
+    assert clip["trajectory"].shape == (3, 2, 48, 64) and clip["trajectory"].dtype == torch.float32
+    assert clip["exposure_fraction"] == pytest.approx(clip["exposure"] / clip["step"])
+    assert 0 < clip["exposure_fraction"] <= 1.0
+    sharp = realblur.make_real_clip(np.random.default_rng(5), (64, 48), 3, split="val", sharp_share=1.0)
+    assert sharp["exposure_fraction"] == 0 and torch.count_nonzero(sharp["trajectory"]) == 0
