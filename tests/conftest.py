@@ -176,8 +176,12 @@ def _free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_tmp: str) -> None:
-        _require_comfy()
+    def __init__(self, base_tmp: str, python: str | None = None, comfy_dir: str | None = None) -> None:
+        """ComfyUI's main.py on 127.0.0.1 with input/output/temp under ``base_tmp``: by default this venv's Python
+        and the ComfyUI the suite uses; ``python`` / ``comfy_dir`` start another installation (the install test)."""
+        comfy_dir = comfy_dir or COMFY_DIR
+        if comfy_dir == COMFY_DIR:
+            _require_comfy()
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.input_dir = os.path.join(base_tmp, "input")
@@ -186,7 +190,7 @@ class ComfyServer:
             os.makedirs(d, exist_ok=True)
         self.log_path = os.path.join(base_tmp, "server.log")
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--input-directory", self.input_dir, "--output-directory", self.output_dir,
                "--temp-directory", os.path.join(base_tmp, "temp"),
                "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
@@ -194,7 +198,10 @@ class ComfyServer:
         # descheduled peers, and a tiny CPFP restore takes 20 s instead of 0.6 s. Passive waiting changes only
         # the speed.
         env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        if python:  # another installation: nothing of this venv's search path leaks into it
+            for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+                env.pop(var, None)
+        self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -290,6 +297,20 @@ def comfy_server(tmp_path_factory):
     server = ComfyServer(str(tmp_path_factory.mktemp("server")))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_comfy_server():
+    """``start_comfy_server(base_tmp, python=..., comfy_dir=...)`` starts a ComfyServer stopped after the test."""
+    servers = []
+
+    def start(base_tmp: str, **kwargs) -> ComfyServer:
+        servers.append(ComfyServer(base_tmp, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
