@@ -71,6 +71,27 @@ def test_packaging_metadata():
     assert meta["project"]["urls"]["Repository"]
 
 
+def test_repository_url_is_taken_from_pyproject_everywhere():
+    """pyproject's [project.urls] Repository is the one place: the registry icon is a file of the pack at that
+    repository, and every clone command of the README clones that URL."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    repo = meta["project"]["urls"]["Repository"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo), repo
+    icon = meta["tool"]["comfy"]["Icon"]
+    prefix = f"{repo}/raw/main/"
+    assert icon.startswith(prefix), f"Icon {icon!r} should be a file of this repository ({prefix}...)"
+    path = os.path.join(ROOT, *icon[len(prefix):].split("/"))
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} should be a PNG"
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width == height and width <= 400, "a square icon, at most 400 px (the registry allows up to 800 x 400)"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        clones = re.findall(r"git clone (\S+)", f.read())
+    assert clones and all(url == repo for url in clones), (clones, repo)
+
+
 def test_ci_entry_point_runs_make_test():
     path = os.path.join(ROOT, ".ci", "run")
     assert os.stat(path).st_mode & stat.S_IXUSR

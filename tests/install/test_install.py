@@ -213,20 +213,26 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
         hist = server.run(prompt, timeout=1200)
         timings["workflow"] = f"{time.monotonic() - t0:.0f} s"
         assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:3000]
-        saves = {k for k, n in prompt.items() if n["class_type"] == "SaveVideo"
-                 and prompt[n["inputs"]["video"][0]]["class_type"] == "CreateVideo"
-                 and prompt[prompt[n["inputs"]["video"][0]]["inputs"]["images"][0]]["class_type"] == "CPGD_CPFPRestore"}
-        assert len(saves) == 1, "one Save Video of the restored frames"
-        files = [item for items in hist["outputs"][saves.pop()].values() if isinstance(items, list)
-                 for item in items if isinstance(item, dict) and "filename" in item]
-        assert len(files) == 1, hist["outputs"]
-        out = os.path.join(RUN, "restored.mp4")
-        with open(out, "wb") as f:
-            f.write(server.view(files[0]))  # over HTTP, as the browser gets it
-        with av.open(out) as c:
-            assert c.streams.video[0].average_rate == src_fps
-            assert len(c.streams.audio) == src_audio
-            frames = [fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)]
-        assert len(frames) == src_frames
-        assert frames[0].shape[:2] == (360, 640) and frames[-1].std() > 10, "real picture content"
+        restore = next(k for k, n in prompt.items() if n["class_type"] == "CPGD_CPFPRestore")
+        saves = {}  # SaveVideo node -> the restore output its Create Video encodes (0: restored, 1: before|after)
+        for k, n in prompt.items():
+            if n["class_type"] == "SaveVideo":
+                images = prompt[n["inputs"]["video"][0]]["inputs"]["images"]
+                assert images[0] == restore, f"Save Video {k} should encode CPFP Restore's frames"
+                saves[k] = images[1]
+        assert sorted(saves.values()) == [0, 1], saves
+        for node_id, output_index in saves.items():
+            files = [item for items in hist["outputs"][node_id].values() if isinstance(items, list)
+                     for item in items if isinstance(item, dict) and "filename" in item]
+            assert len(files) == 1, hist["outputs"]
+            out = os.path.join(RUN, f"saved_{node_id}.mp4")
+            with open(out, "wb") as f:
+                f.write(server.view(files[0]))  # over HTTP, as the browser gets it
+            with av.open(out) as c:
+                assert c.streams.video[0].average_rate == src_fps
+                assert len(c.streams.audio) == src_audio
+                frames = [fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)]
+            assert len(frames) == src_frames
+            width = 640 * (1 + output_index)  # before | after side by side
+            assert frames[0].shape[:2] == (360, width) and frames[-1].std() > 10, "real picture content"
     print(f"install test: {timings}, total {time.monotonic() - t_start:.0f} s")
