@@ -255,16 +255,16 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num
     try:
         import ray
     except ImportError as e:
-        raise CPGDInputError("the batch command needs Ray: pip install 'ray==2.60.0' "
-                             "(or the pack's 'batch' extra)") from e
+        raise CPGDInputError(f"the batch command needs Ray, which is not installed for {sys.executable}; install it "
+                             f"with: {sys.executable} -m pip install ray==2.60.0 (or the pack's 'batch' extra)") from e
     if ray.is_initialized():
         return False
     if address and address.startswith("ray://"):
         try:
             import grpc  # noqa: F401 -- Ray Client's transport
         except ImportError as e:
-            raise CPGDInputError("joining a cluster by ray:// needs Ray Client: pip install 'ray[client]==2.60.0' "
-                                 "(or run on the head node with --address auto)") from e
+            raise CPGDInputError(f"joining a cluster by ray:// needs Ray Client: {sys.executable} -m pip install "
+                                 "'ray[client]==2.60.0' (or run on the head node with --address auto)") from e
     pack_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (pack_root, os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "log_to_driver": False,
@@ -438,9 +438,9 @@ def _finish(ref, owner: dict, jobs: list, submit, join, args: argparse.Namespace
 
 
 def _run_jobs(args: argparse.Namespace, jobs: list[_Job], on_event: Optional[Event]) -> None:
+    started_here = start_ray(args.address, args.num_cpus, args.num_gpus, args.object_store_mb)  # names a missing Ray
     import ray
 
-    started_here = start_ray(args.address, args.num_cpus, args.num_gpus, args.object_store_mb)
     try:
         gpus = args.gpus_per_task
         if gpus is None:

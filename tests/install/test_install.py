@@ -177,6 +177,13 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
         first, rest = sample[0].split("\n", 1)
         assert first.strip() == '"$PY" -m pip install scikit-image', first
         _sh(rest, comfy_dir, dict(env, PY=sys.executable), timeout=600)
+        # the batch command without Ray (an optional extra): one error line with the install command, exit code 2
+        p = subprocess.run([VPY, "-m", "cpgd_core", "batch", os.path.join(comfy_dir, "input", "cpgd_sample_blurry.mp4"),
+                            "--out", os.path.join(RUN, "no_ray")], cwd=pack_dir, env=env, capture_output=True,
+                           text=True, timeout=300)
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+        assert f"{VPY} -m pip install ray==2.60.0" in errors[0], errors[0]
 
         # -- ComfyUI started with its own Python (the README: restart ComfyUI) ------------------------------------
         t0 = time.monotonic()
