@@ -242,4 +242,5 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
             assert len(frames) == src_frames
             width = 640 * (1 + output_index)  # before | after side by side
             assert frames[0].shape[:2] == (360, width) and frames[-1].std() > 10, "real picture content"
+        server.stop()  # before the lock is released: the next run replaces the folder this server runs in
     print(f"install test: {timings}, total {time.monotonic() - t_start:.0f} s")
