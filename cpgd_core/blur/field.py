@@ -1,20 +1,30 @@
 """BlurField: the trajectory each pixel sweeps during a frame's exposure, the interface of the non-blind stage.
 
 Blur model (``operator.py``): ``y(p) = mean over s in [-1/2, 1/2] of x(p + s * trajectory(p))``, sign-invariant.
-The trajectory is the per-pixel velocity between decoded frames (``velocity.py``) times the exposure, as a
-fraction of the frame interval.
+The trajectory is the per-pixel velocity between decoded frames (``velocity.py``: DIS at half size, both ways,
+occlusion-aware) times the exposure as a fraction of the frame interval (``exposure.py``: read from the blur along the
+motion, per window of ``EXPOSURE_WINDOW`` frames, so it follows a clip whose exposure changes).
+
+Streaming (``BlurFieldStream``, ``iter_blur_field``): frames go in one at a time and come out a few frames later
+(``EXPOSURE_WINDOW // 2 + 1``), holding only those frames' half-size motion: flat memory in video length.
+``estimate_blur_field`` is the same stream over frames in memory.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
+import cv2
 import numpy as np
 import torch
 
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
+from . import exposure as expo
 from . import velocity as vel
+
+EXPOSURE_WINDOW = 9    # frames whose correlation curves are summed for one frame's exposure (a segment)
 
 
 @dataclass
@@ -26,20 +36,34 @@ class BlurField:
     - ``exposure`` (T,) float32: exposure as a fraction of the frame interval (0 = sharp).
     - ``confidence`` (T, 1, H, W) float32 in [0, 1]: where the trajectory is trustworthy (low at occlusions
       and where the motion could not be matched).
+    - ``exposure_confidence`` (T,) float32 in [0, 1] or None: how well the exposure could be read (1 when given).
     """
 
     trajectory: torch.Tensor
     exposure: torch.Tensor
     confidence: torch.Tensor
+    exposure_confidence: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.trajectory.shape[0])
 
 
-def _parse_exposure(exposure: Union[float, str]) -> Optional[float]:
-    """None for 'auto', else the fixed fraction (checked)."""
+@dataclass
+class BlurFrame:
+    """One frame of a streamed blur field: trajectory (2, H, W), confidence (1, H, W), exposure and its
+    confidence, and its index in the stream."""
+
+    index: int
+    trajectory: torch.Tensor
+    confidence: torch.Tensor
+    exposure: float
+    exposure_confidence: float
+
+
+def parse_exposure(exposure: Union[float, str]) -> Optional[float]:
+    """None for 'auto', else the fixed fraction of the frame interval (checked: CPGDInputError outside [0, 1])."""
     if isinstance(exposure, str):
-        if exposure == "auto":
+        if exposure.strip().lower() == "auto":
             return None
         try:
             exposure = float(exposure)
@@ -52,43 +76,177 @@ def _parse_exposure(exposure: Union[float, str]) -> Optional[float]:
     return value
 
 
+@dataclass
+class _Pending:
+    grey: np.ndarray                      # working-size luma
+    init_prev: Optional[np.ndarray]       # codec field on this frame into the previous one, working size
+    init_next: Optional[np.ndarray]       # codec field on this frame into the next one
+    to_prev: Optional[np.ndarray] = None  # DIS fields, working size
+    prev_back: Optional[np.ndarray] = None
+    to_next: Optional[np.ndarray] = None
+    next_back: Optional[np.ndarray] = None
+    velocity: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None
+    curves: Optional[expo.Curves] = None
+
+
+class BlurFieldStream:
+    """Frames in, blur-field frames out, in order, a few frames behind (flat memory).
+
+    ``push`` a frame (with its codec fields, if any) and iterate what it returns; ``finish`` returns the rest.
+    """
+
+    def __init__(self, height: int, width: int, exposure: Union[float, str] = "auto", preset: str = "medium",
+                 scale: Optional[float] = None, codec_start: bool = False) -> None:
+        self.height, self.width = height, width
+        self.fixed = parse_exposure(exposure)
+        self.scale = vel.working_scale(height, width) if scale is None else float(scale)
+        self.size = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
+        self.engine = vel.dis(preset)
+        self.codec_start = codec_start
+        self.frames: deque[_Pending] = deque()   # from the oldest not yet emitted
+        self.first = 0                           # stream index of frames[0]
+        self.count = 0
+        self.half = EXPOSURE_WINDOW // 2
+        self.behind: deque[expo.Curves] = deque(maxlen=self.half)  # curves of the frames just emitted
+
+    def push(self, grey: np.ndarray, flow_to_prev: Optional[np.ndarray] = None,
+             valid_to_prev: Optional[np.ndarray] = None, flow_to_next: Optional[np.ndarray] = None,
+             valid_to_next: Optional[np.ndarray] = None) -> list[BlurFrame]:
+        """Add the next frame: (H, W) uint8 luma, and its codec fields on the codec grid ((2, h, w) px, (1, h, w)
+        bool), or None. Returns the frames that are complete."""
+        if grey.shape != (self.height, self.width):
+            raise CPGDInputError(f"frame {self.count} is {grey.shape[1]}x{grey.shape[0]}, the stream's frames are "
+                                 f"{self.width}x{self.height}")
+        codec = self.codec_start and flow_to_prev is not None
+        cur = _Pending(vel.downscale(grey, self.scale),
+                       vel.codec_init(flow_to_prev, valid_to_prev, self.size, self.scale) if codec else None,
+                       vel.codec_init(flow_to_next, valid_to_next, self.size, self.scale) if codec else None)
+        if self.frames or self.count:
+            prev = self.frames[-1]
+            prev.to_next = vel.refined_flow(self.engine, prev.grey, cur.grey, prev.init_next)
+            cur.prev_back = prev.to_next
+            cur.to_prev = vel.refined_flow(self.engine, cur.grey, prev.grey, cur.init_prev)
+            prev.next_back = cur.to_prev
+            self._measure(prev)
+        self.frames.append(cur)
+        self.count += 1
+        return self._emit(final=False)
+
+    def finish(self) -> list[BlurFrame]:
+        """The frames still held (call once, after the last push)."""
+        if not self.frames:
+            return []
+        if self.count < 2:
+            raise CPGDInputError(f"a blur field needs at least 2 consecutive frames, got {self.count}")
+        self._measure(self.frames[-1])
+        return self._emit(final=True)
+
+    def _measure(self, p: _Pending) -> None:
+        v, conf = vel.frame_velocity(p.to_next, p.next_back, p.to_prev, p.prev_back)
+        p.velocity = vel.smooth_velocity(v, conf)
+        p.confidence = conf
+        if self.fixed is None:
+            p.curves = expo.frame_curves(p.grey, p.velocity, conf, self.scale)
+        p.grey = p.init_prev = p.init_next = None  # (what is no longer needed leaves memory now)
+        p.to_prev = p.prev_back = p.to_next = p.next_back = None
+
+    def _emit(self, final: bool) -> list[BlurFrame]:
+        out = []
+        while self.frames and self.frames[0].velocity is not None:
+            measured = sum(1 for p in self.frames if p.velocity is not None)
+            # An estimated exposure waits for the window's frames ahead of it (fewer at the end of the stream).
+            if not final and self.fixed is None and measured <= self.half:
+                break
+            out.append(self._finish_frame())
+        return out
+
+    def _finish_frame(self) -> BlurFrame:
+        p = self.frames.popleft()
+        index = self.first
+        self.first += 1
+        if self.fixed is not None:
+            e, ec = self.fixed, 1.0
+        else:
+            total = expo.Curves()
+            ahead = [q.curves for q in list(self.frames)[:self.half] if q.curves is not None]
+            for c in [*self.behind, p.curves, *ahead]:
+                total = total + c
+            e, ec = expo.exposure_from_curves(total)
+            self.behind.append(p.curves)
+        traj, conf = self._full_size(p.velocity, p.confidence)
+        return BlurFrame(index, traj * e, conf, float(e), float(ec))
+
+    def _full_size(self, v: np.ndarray, conf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scale != 1.0:
+            v = cv2.resize(v, (self.width, self.height), interpolation=cv2.INTER_LINEAR) / self.scale
+            conf = cv2.resize(conf, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        return (torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))),
+                torch.from_numpy(np.clip(conf, 0, 1)[None].astype(np.float32)))
+
+
+def _stack(frames: list[BlurFrame]) -> BlurField:
+    return BlurField(trajectory=torch.stack([f.trajectory for f in frames]),
+                     exposure=torch.tensor([f.exposure for f in frames], dtype=torch.float32),
+                     confidence=torch.stack([f.confidence for f in frames]),
+                     exposure_confidence=torch.tensor([f.exposure_confidence for f in frames], dtype=torch.float32))
+
+
 def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = None,
                         exposure: Union[float, str] = "auto",
                         progress: Optional[Callable[[int, int], None]] = None,
-                        check_interrupt: Optional[Callable[[], None]] = None) -> BlurField:
+                        check_interrupt: Optional[Callable[[], None]] = None, *,
+                        codec_start: bool = False) -> BlurField:
     """The blur field of decoded frames.
 
     Args:
         frames: (T, 3, H, W) float32 RGB in [0, 1], consecutive decoded frames (T >= 2).
-        priors: codec priors aligned 1:1 with ``frames`` (their vectors start the search), or None.
-        exposure: fraction of the frame interval the shutter was open, or 'auto' to estimate it per clip.
+        priors: codec priors aligned 1:1 with ``frames``, or None; with ``codec_start`` their vectors start the
+            motion search (off by default: no better on real blur, twice the cost; see ``velocity.py``).
+        exposure: fraction of the frame interval the shutter was open, or 'auto' to estimate it (per window of
+            ``EXPOSURE_WINDOW`` frames).
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise CPGDInputError(f"frames must be (T, 3, H, W), got {tuple(frames.shape)}")
-    t_count = frames.shape[0]
+    t_count, _, h, w = frames.shape
     if t_count < 2:
         raise CPGDInputError(f"a blur field needs at least 2 consecutive frames, got {t_count}")
-    fixed = _parse_exposure(exposure)
-    engine = vel.dis("medium")
-    greys = [vel.grey_u8(f) for f in frames]
-    fwd, bwd = [], []  # fwd[i]: on frame i into i+1; bwd[i]: on frame i+1 into i
-    for i in range(t_count - 1):
+    if priors is not None and (len(priors) != t_count or (priors.height, priors.width) != (h, w)):
+        raise CPGDInputError(f"priors ({len(priors)} frames, {priors.width}x{priors.height}) are not aligned with "
+                             f"the frames ({t_count} frames, {w}x{h})")
+    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start)
+    out: list[BlurFrame] = []
+    for t in range(t_count):
         if check_interrupt is not None:
             check_interrupt()
-        fwd.append(vel.dis_flow(engine, greys[i], greys[i + 1]))
-        bwd.append(vel.dis_flow(engine, greys[i + 1], greys[i]))
+        fields = {}
+        if priors is not None and codec_start:
+            fields = dict(flow_to_prev=priors.flow_to_prev[t].float().numpy(),
+                          valid_to_prev=priors.valid_to_prev[t].numpy(),
+                          flow_to_next=priors.flow_to_next[t].float().numpy(),
+                          valid_to_next=priors.valid_to_next[t].numpy())
+        out += stream.push(vel.grey_u8(frames[t]), **fields)
         if progress is not None:
-            progress(i + 1, t_count - 1)
-    velocities, confidences = [], []
-    for t in range(t_count):
-        to_next = fwd[t] if t < t_count - 1 else None
-        to_prev = bwd[t - 1] if t > 0 else None
-        velocities.append(vel.central_velocity(to_next, to_prev))
-        conf = [vel.fb_confidence(to_next, bwd[t])] if to_next is not None else []
-        if to_prev is not None:
-            conf.append(vel.fb_confidence(to_prev, fwd[t - 1]))
-        confidences.append(np.minimum.reduce(conf) if len(conf) > 1 else conf[0])
-    v = torch.from_numpy(np.stack(velocities)).permute(0, 3, 1, 2).contiguous()
-    e = 1.0 if fixed is None else fixed
-    return BlurField(trajectory=v * e, exposure=torch.full((t_count,), e, dtype=torch.float32),
-                     confidence=torch.from_numpy(np.stack(confidences))[:, None].contiguous())
+            progress(t + 1, t_count)
+    out += stream.finish()
+    return _stack(out)
+
+
+def iter_blur_field(path: str, exposure: Union[float, str] = "auto", start: int = 0, cap: int = 0,
+                    every_nth: int = 1, size: Optional[tuple[int, int]] = None,
+                    check_interrupt: Optional[Callable[[], None]] = None,
+                    codec_start: bool = False) -> Iterator[BlurFrame]:
+    """Stream the blur field of a video file frame by frame (flat memory). Frame selection as
+    ``codec.decode.iter_decoded``; ``codec_start`` as in :func:`estimate_blur_field`."""
+    from ..codec.decode import iter_decoded
+
+    stream: Optional[BlurFieldStream] = None
+    for f in iter_decoded(path, start, cap, every_nth, size, export_mvs=codec_start,
+                          check_interrupt=check_interrupt):
+        if stream is None:
+            stream = BlurFieldStream(f.rgb.shape[0], f.rgb.shape[1], exposure, codec_start=codec_start)
+        grey = cv2.cvtColor(np.ascontiguousarray(f.rgb), cv2.COLOR_RGB2GRAY)
+        yield from stream.push(grey, f.flow_to_prev, f.valid_to_prev, f.flow_to_next, f.valid_to_next)
+    if stream is None:
+        raise CPGDInputError(f"no frames in the requested range of {path}")
+    yield from stream.finish()

@@ -1,8 +1,20 @@
-"""Per-pixel velocity between consecutive decoded frames (OpenCV DIS), in the pack's flow convention.
+"""Per-pixel velocity between consecutive decoded frames, in the pack's flow convention.
 
 The velocity of frame t is ``v = (f(t->t+1) - f(t->t-1)) / 2``: the central difference of where each pixel of t
-is found in its neighbours, in pixels per frame interval (one-sided at the ends of a clip). A blurry frame's
-trajectory is that velocity times the exposure (``field.py``).
+is found in its neighbours, in pixels per frame interval. A blurry frame's trajectory is that velocity times the
+exposure (``field.py``).
+
+How it is measured (docs/bench/motion.md has the numbers): OpenCV DIS (medium preset) on frames downscaled to
+half size where they are large enough (motion-blurred frames have little detail to lose, each pyramid level
+covers twice the motion, at a quarter of the cost), both directions. The two neighbours are weighted by their
+forward-backward agreement, so at an occlusion the side that still sees the pixel decides (one-sided where only
+one agrees), and the result is smoothed by a confidence-weighted Gaussian (a blur kernel varies slowly; single
+wrong matches should not make their own).
+
+The codec's vectors can start the search (``refined_flow``: DIS from them and from zero, per pixel the better
+explanation of the frames), but on real blur they did not help: x264's search range cuts fast motion short and
+starting there traps DIS (docs/bench/motion.md; the held-out GoPro evaluation found the same), and it doubles the
+cost. It is off by default (``codec_start``).
 """
 from __future__ import annotations
 
@@ -14,12 +26,26 @@ import torch
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+HALF_SIZE_FROM = 360   # frames at least this many px on their short side are measured at half size
+SMOOTH_SIGMA = 2.0     # px of the working scale
+
+
+def working_scale(height: int, width: int) -> float:
+    """The scale the motion is measured at: 0.5 for frames of 360p and more, else full size."""
+    return 0.5 if min(height, width) >= HALF_SIZE_FROM else 1.0
 
 
 def grey_u8(frame: torch.Tensor) -> np.ndarray:
     """(3, H, W) float RGB in [0, 1] -> (H, W) uint8 luma, the input DIS takes."""
     rgb = (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def downscale(grey: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return grey
+    h, w = grey.shape
+    return cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def dis(preset: str = "medium") -> "cv2.DISOpticalFlow":
@@ -33,12 +59,35 @@ def dis_flow(engine: "cv2.DISOpticalFlow", a: np.ndarray, b: np.ndarray,
              init: Optional[np.ndarray] = None) -> np.ndarray:
     """Field on ``a`` pointing into ``b`` ((H, W, 2) float32, x then y): ``a(p) ~ b(p + flow(p))``.
 
-    ``init`` starts the search from a given field instead of zero (OpenCV's DIS uses a flow argument of the
+    ``init`` starts the search from a given field instead of zero (OpenCV's DIS takes a flow argument of the
     frame's size as its initial flow).
     """
     if init is None:
         return engine.calc(a, b, None)
-    return engine.calc(a, b, np.ascontiguousarray(init, dtype=np.float32).copy())
+    return engine.calc(a, b, np.array(init, dtype=np.float32, order="C"))
+
+
+def photometric_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, window: int = 7) -> np.ndarray:
+    """Local mean of |a(p) - b(p + flow(p))| over a window (H, W) float32: how well a field explains the frames."""
+    xs, ys = _grid(*a.shape[:2])
+    wb = cv2.remap(b, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.blur(cv2.absdiff(a, wb).astype(np.float32), (window, window))
+
+
+def refined_flow(engine: "cv2.DISOpticalFlow", a: np.ndarray, b: np.ndarray,
+                 init: Optional[np.ndarray]) -> np.ndarray:
+    """Field on ``a`` into ``b``: DIS from zero and DIS started from the codec field, per pixel the one that explains
+    the frames better (local photometric error).
+
+    Either start alone loses somewhere: the codec's vectors help where the motion is ambiguous to DIS's coarse
+    levels, and trap it where x264's search range cut them short (fast motion, x264 medium searches +-16 px).
+    """
+    scratch = dis_flow(engine, a, b)
+    if init is None:
+        return scratch
+    started = dis_flow(engine, a, b, init)
+    better = photometric_error(a, b, started) < photometric_error(a, b, scratch)
+    return np.where(better[..., None], started, scratch)
 
 
 def central_velocity(to_next: Optional[np.ndarray], to_prev: Optional[np.ndarray]) -> np.ndarray:
@@ -52,15 +101,96 @@ def central_velocity(to_next: Optional[np.ndarray], to_prev: Optional[np.ndarray
     raise ValueError("a velocity needs at least one neighbouring frame")
 
 
+_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    if (h, w) not in _GRIDS:
+        _GRIDS[(h, w)] = tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+    return _GRIDS[(h, w)]
+
+
 def fb_confidence(f_ab: np.ndarray, f_ba: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Soft forward-backward agreement of a field on a (into b) with the field on b (into a), (H, W) in [0, 1].
 
-    Where a pixel of a does not come back to itself (occlusion, wrong match) the velocity is not to be trusted;
+    Where a pixel of a does not come back to itself (occlusion, wrong match) its motion is not to be trusted;
     the tolerance grows with the motion (Sundaram et al.), since long vectors carry proportionally more error.
     """
-    h, w = f_ab.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = _grid(*f_ab.shape[:2])
     back = cv2.remap(f_ba, xs + f_ab[..., 0], ys + f_ab[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     err = ((f_ab + back) ** 2).sum(-1)
     tol = sigma ** 2 + 0.01 * ((f_ab ** 2).sum(-1) + (back ** 2).sum(-1))
     return np.exp(-err / (2 * tol)).astype(np.float32)
+
+
+def frame_velocity(to_next: Optional[np.ndarray], next_back: Optional[np.ndarray],
+                   to_prev: Optional[np.ndarray], prev_back: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity (H, W, 2) and its confidence (H, W) of one frame from its fields to and from its neighbours.
+
+    ``to_next`` is on t into t+1, ``next_back`` on t+1 into t; ``to_prev`` on t into t-1, ``prev_back`` on t-1
+    into t (None where the neighbour does not exist). Each side is weighted by its forward-backward agreement.
+    """
+    if to_next is not None and to_prev is not None:
+        cn, cp = fb_confidence(to_next, next_back), fb_confidence(to_prev, prev_back)
+        wn, wp = cn + 1e-3, cp + 1e-3
+        v = (wn[..., None] * to_next - wp[..., None] * to_prev) / (wn + wp)[..., None]
+        return v.astype(np.float32), np.maximum(cn, cp)
+    if to_next is not None:
+        return to_next.astype(np.float32), fb_confidence(to_next, next_back)
+    if to_prev is not None:
+        return (-to_prev).astype(np.float32), fb_confidence(to_prev, prev_back)
+    raise ValueError("a velocity needs at least one neighbouring frame")
+
+
+def smooth_velocity(v: np.ndarray, confidence: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
+    """Confidence-weighted Gaussian smoothing of a velocity field (H, W, 2)."""
+    if sigma <= 0:
+        return v
+    w = confidence + 1e-3
+    den = cv2.GaussianBlur(w, (0, 0), sigma)
+    num = cv2.GaussianBlur(v * w[..., None], (0, 0), sigma)
+    return (num / den[..., None]).astype(np.float32)
+
+
+def fill_invalid(flow: torch.Tensor, valid: torch.Tensor, radius: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill cells without a vector (intra, skipped, I-frames) by normalised convolution of their valid neighbours.
+
+    flow (T, 2, h, w), valid (T, 1, h, w) bool on the codec grid. Returns the filled field and the share of valid
+    cells around each one (T, 1, h, w) in [0, 1]: 0 where nothing valid lies within ``radius`` cells (left 0).
+    """
+    v = valid.float()
+    k = torch.ones(1, 1, 2 * radius + 1, 2 * radius + 1) / (2 * radius + 1) ** 2
+    f = flow.float() * v
+    num = torch.nn.functional.conv2d(f.reshape(-1, 1, *f.shape[-2:]), k, padding=radius).reshape(f.shape)
+    den = torch.nn.functional.conv2d(v, k, padding=radius)
+    filled = torch.where(valid, f, num / den.clamp_min(1e-3)) * (den > 1e-3)
+    return filled, den
+
+
+def codec_init(flow: np.ndarray, valid: np.ndarray, size: tuple[int, int], scale: float) -> Optional[np.ndarray]:
+    """A codec field (2, h, w) on its grid, in full-resolution px, as a DIS start at the working size (H, W, 2).
+
+    None where the frame has no valid vector that way (I-frame, first / last frame): DIS then starts from zero.
+    """
+    if valid is None or not bool(np.any(valid)):
+        return None
+    filled, _ = fill_invalid(torch.from_numpy(np.asarray(flow, np.float32))[None],
+                             torch.from_numpy(np.asarray(valid, bool))[None])
+    f = filled[0].permute(1, 2, 0).numpy() * scale
+    return cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def codec_velocity(priors, index: Optional[slice] = None) -> torch.Tensor:
+    """Central velocity (T, 2, H, W) from codec vectors alone, invalid cells filled, at the frames' resolution.
+
+    One-sided where a frame has vectors only one way (first / last frame, I-frames); zero where it has none.
+    (The bench's "codec vectors" row.)
+    """
+    sl = index if index is not None else slice(None)
+    nxt, _ = fill_invalid(priors.flow_to_next[sl], priors.valid_to_next[sl])
+    prv, _ = fill_invalid(priors.flow_to_prev[sl], priors.valid_to_prev[sl])
+    vn = priors.valid_to_next[sl].flatten(1).any(1).view(-1, 1, 1, 1)
+    vp = priors.valid_to_prev[sl].flatten(1).any(1).view(-1, 1, 1, 1)
+    v = torch.where(vn & vp, 0.5 * (nxt - prv), torch.where(vn, nxt, -prv))
+    return torch.nn.functional.interpolate(v, size=(priors.height, priors.width), mode="bilinear",
+                                           align_corners=False)

@@ -1,4 +1,4 @@
-"""The blur field (cpgd_core.blur.field): per-pixel trajectory swept during the exposure."""
+"""The blur field (cpgd_core.blur): per-pixel trajectory swept during the exposure, exposure read from the blur."""
 from __future__ import annotations
 
 import cv2
@@ -6,24 +6,37 @@ import numpy as np
 import pytest
 import torch
 
-from cpgd_core.blur.field import BlurField, estimate_blur_field
+from cpgd_core.blur import exposure as expo
+from cpgd_core.blur.field import BlurField, BlurFieldStream, estimate_blur_field
+from cpgd_core.blur.velocity import grey_u8
 from cpgd_core.errors import CPGDInputError
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Broadband colour texture (octaves of smooth noise, amplitude growing with scale, like a natural image's
+    1/f spectrum), (H + 160, W + 160, 3) in [0, 1]."""
     rng = np.random.default_rng(seed)
-    small = rng.random((h // 6 + 2, w // 6 + 2, 3)).astype(np.float32)
-    return np.clip(cv2.resize(small, (w + 64, h + 64), interpolation=cv2.INTER_CUBIC), 0, 1)
+    acc = np.zeros((h + 160, w + 160, 3), np.float32)
+    for cell in (2, 4, 8, 16, 32):
+        small = rng.random(((h + 160) // cell + 2, (w + 160) // cell + 2, 3)).astype(np.float32) - 0.5
+        acc += cell * cv2.resize(small, (w + 160, h + 160), interpolation=cv2.INTER_CUBIC)
+    return np.clip(0.5 + acc / (4 * acc.std()), 0, 1)
 
 
-def _pan(t: int, h: int, w: int, dx: float, dy: float) -> torch.Tensor:
-    """T frames of a texture translating by (dx, dy) px per frame, (T, 3, H, W)."""
-    tex = _texture(h, w)
+def _at(tex: np.ndarray, x: float, y: float, h: int, w: int) -> np.ndarray:
+    m = np.float32([[1, 0, 80 + x], [0, 1, 80 + y]])
+    return cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+
+
+def _pan(t: int, h: int, w: int, dx: float, dy: float, exposure: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """T frames of a texture translating by (dx, dy) px per frame, each averaged over ``exposure`` of the frame
+    interval (in linear light, as a shutter does), (T, 3, H, W)."""
+    tex = _texture(h, w, seed)
     out = []
     for i in range(t):
-        m = np.float32([[1, 0, 32 + dx * i], [0, 1, 32 + dy * i]])
-        out.append(cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REFLECT))
+        taus = np.linspace(-exposure / 2, exposure / 2, 33) if exposure > 0 else [0.0]
+        lin = np.mean([_at(tex, dx * (i + s), dy * (i + s), h, w) ** 2.2 for s in taus], 0)
+        out.append(lin ** (1 / 2.2))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -35,12 +48,46 @@ def test_pan_gives_velocity_times_exposure():
     assert field.exposure.shape == (4,) and torch.allclose(field.exposure, torch.full((4,), 0.5))
     assert field.confidence.shape == (4, 1, 96, 128)
     inner = field.trajectory[..., 16:-16, 16:-16]
-    # The texture at frame t+1 sits (dx, dy) further along, so each pixel of t is found at p - (dx, dy)... the
-    # sign does not matter to the blur model, the length and direction do.
+    # (the sign does not matter to the blur model: length and direction do)
     med = inner.abs().flatten(2).median(-1).values
     assert torch.allclose(med[:, 0], torch.full((4,), 1.5), atol=0.2)
     assert torch.allclose(med[:, 1], torch.full((4,), 0.75), atol=0.2)
     assert float(field.confidence[..., 16:-16, 16:-16].mean()) > 0.8
+
+
+def test_exposure_is_read_from_the_blur_and_sharp_video_reads_sharp():
+    """A 12 px/frame pan of a broadband texture: a longer exposure reads longer, each within 0.25 of the truth (the
+    reading assumes a natural image's statistics; this texture's are only close); unblurred reads ~0, so its
+    trajectories stay under a pixel (a full exposure assumed would claim 12 px)."""
+    reads = [float(estimate_blur_field(_pan(5, 160, 224, 12.0, 0.0, exposure=e, seed=1)).exposure.median())
+             for e in (0.4, 0.8)]
+    assert reads[0] < reads[1]
+    assert abs(reads[0] - 0.4) < 0.25 and abs(reads[1] - 0.8) < 0.25
+    sharp = estimate_blur_field(_pan(5, 160, 224, 12.0, 0.0, exposure=0.0, seed=1))
+    assert float(sharp.exposure.max()) < 0.1 and float(sharp.exposure_confidence.min()) > 0
+    assert float(sharp.trajectory[..., 16:-16, 16:-16].norm(dim=1).median()) < 1.0
+
+
+def test_still_video_falls_back_with_no_confidence():
+    frames = _pan(3, 64, 64, 0.0, 0.0)
+    field = estimate_blur_field(frames)
+    assert torch.all(field.exposure == expo.FALLBACK) and torch.all(field.exposure_confidence == 0)
+    assert float(field.trajectory.abs().max()) < 0.5
+
+
+def test_stream_matches_the_batch_form_and_holds_few_frames():
+    frames = _pan(12, 64, 96, 4.0, 1.0, exposure=0.5, seed=2)
+    batch = estimate_blur_field(frames)
+    stream = BlurFieldStream(64, 96)
+    out, held = [], 0
+    for f in frames:
+        out += stream.push(grey_u8(f))
+        held = max(held, len(stream.frames))
+    out += stream.finish()
+    assert [f.index for f in out] == list(range(12))
+    assert held <= stream.half + 2  # flat memory: the exposure window ahead, not the clip
+    assert torch.equal(torch.stack([f.trajectory for f in out]), batch.trajectory)
+    assert torch.equal(torch.tensor([f.exposure for f in out]), batch.exposure)
 
 
 def test_bad_input_is_refused():
@@ -50,3 +97,5 @@ def test_bad_input_is_refused():
         estimate_blur_field(torch.zeros(2, 3, 32, 32), exposure=1.5)
     with pytest.raises(CPGDInputError, match="exposure"):
         estimate_blur_field(torch.zeros(2, 3, 32, 32), exposure="long")
+    with pytest.raises(CPGDInputError, match="frames must be"):
+        estimate_blur_field(torch.zeros(2, 1, 32, 32))
