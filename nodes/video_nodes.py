@@ -201,24 +201,37 @@ class VisualizePriors(io.ComfyNode):
                 "Renders codec priors as images: the motion field on a colour wheel (hue = direction, "
                 "saturation = speed, white = still, black = no motion vector) and the signed coding residual "
                 "as a heat map (red/yellow positive, blue/cyan negative), "
-                "both at full frame size, for stock Preview/Save nodes."),
+                "both at full frame size, for stock Preview/Save nodes. With the frames connected it also "
+                "draws each pixel's blur trajectory (the motion swept during the exposure: hue = axis, "
+                "saturation = length, white = sharp) and reports the exposure."),
             inputs=[
                 CodecPriorsSocket.Input("priors", tooltip="Codec priors from a CPGD loader or priors node."),
                 io.Combo.Input("direction", options=["to_prev", "to_next"], default="to_prev",
                                tooltip="Which motion field to draw: pointing into the previous or the next frame."),
                 io.Float.Input("max_motion", default=0.0, min=0.0, max=1024.0, step=0.5,
-                               tooltip="Motion (pixels) drawn at full saturation; 0 = the clip's largest motion."),
+                               tooltip="Motion (pixels) drawn at full saturation; 0 = the clip's largest motion. "
+                                       "Also the trajectory length at full saturation."),
                 io.Float.Input("residual_scale", default=4.0, min=0.1, max=100.0, step=0.1,
                                tooltip="Gain on |residual| before colouring; higher shows weaker residuals."),
+                io.Image.Input("images", optional=True,
+                               tooltip="The frames the priors belong to (same count and size). Connect them to "
+                                       "draw the blur trajectories; left empty, the blur output is black."),
+                io.Float.Input("exposure", default=-1.0, min=-1.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Exposure as a fraction of the frame interval (0 = sharp, 1 = shutter "
+                                       "open the whole interval); -1 = estimate it from the blur in the frames."),
             ],
             outputs=[
                 io.Image.Output(display_name="motion", tooltip="Motion field as colour-wheel images, one per frame."),
                 io.Image.Output(display_name="residual", tooltip="Signed residual heat maps, one per frame."),
+                io.Image.Output(display_name="blur", tooltip="Blur trajectory per pixel: hue = axis of the blur, "
+                                                             "saturation = its length; white = sharp."),
+                io.String.Output(display_name="blur_info", tooltip="Exposure and trajectory lengths, in words."),
             ],
         )
 
     @classmethod
-    def execute(cls, priors: CodecPriors, direction: str, max_motion: float, residual_scale: float) -> io.NodeOutput:
+    def execute(cls, priors: CodecPriors, direction: str, max_motion: float, residual_scale: float,
+                images: Optional[torch.Tensor] = None, exposure: float = -1.0) -> io.NodeOutput:
         from ..cpgd_core.codec.visualize import flow_to_color, residual_heatmap
 
         flow, valid = ((priors.flow_to_prev, priors.valid_to_prev) if direction == "to_prev"
@@ -227,7 +240,32 @@ class VisualizePriors(io.ComfyNode):
         motion = flow_to_color(flow.float(), valid, max_motion if max_motion > 0 else None, size=size)
         # gain g: |residual| = 1/g reaches full intensity
         heat = residual_heatmap(priors.residual, 1.0 / residual_scale, size=size)
-        return io.NodeOutput(frames_to_image(motion), frames_to_image(heat))
+        blur, info = cls._blur(priors, images, exposure, max_motion)
+        return io.NodeOutput(frames_to_image(motion), frames_to_image(heat), frames_to_image(blur), info)
+
+    @staticmethod
+    def _blur(priors: CodecPriors, images: Optional[torch.Tensor], exposure: float,
+              max_motion: float) -> tuple[torch.Tensor, str]:
+        from ..cpgd_core.blur.field import estimate_blur_field
+        from ..cpgd_core.codec.visualize import trajectory_to_color
+
+        if images is None:
+            return torch.zeros(len(priors), 3, priors.height, priors.width), "no frames connected: no blur field"
+        frames = image_to_frames(images)
+        if tuple(frames.shape[-2:]) != (priors.height, priors.width) or len(frames) != len(priors):
+            raise CPGDInputError(f"images ({len(frames)} frames, {frames.shape[-1]}x{frames.shape[-2]}) do not "
+                                 f"match the priors ({len(priors)} frames, {priors.width}x{priors.height})")
+        progress, interrupt = progress_callbacks(len(frames))
+        field = estimate_blur_field(frames, priors, "auto" if exposure < 0 else exposure, progress, interrupt)
+        pic = trajectory_to_color(field.trajectory, max_motion if max_motion > 0 else None)
+        e = field.exposure
+        how = "given" if exposure >= 0 else (
+            f"estimated, confidence {float(field.exposure_confidence.median()):.2f}")
+        length = field.trajectory.norm(dim=1)
+        info = (f"exposure {float(e.median()):.2f} of the frame interval ({how}; per frame "
+                f"{float(e.min()):.2f}-{float(e.max()):.2f}); blur length median {float(length.median()):.1f} px, "
+                f"99th percentile {float(torch.quantile(length.flatten()[::max(1, length.numel() // 1_000_000)], 0.99)):.1f} px")
+        return pic, info
 
 
 NODES: list[type[io.ComfyNode]] = [LoadVideoWithPriors, PriorsFromImages, VisualizePriors]

@@ -3,6 +3,8 @@
 Writes ``DIR/<name>_mv.mp4`` (motion into the previous frame on a colour wheel, black = no vector) and
 ``DIR/<name>_residual.mp4`` (signed residual heat map), streaming in chunks so any length fits in memory,
 and prints a summary. Colour scales are fixed from the first chunk so the videos do not flicker.
+With ``--blur-field`` it also writes ``DIR/<name>_blur_field.npz``: each pixel's blur trajectory and each frame's
+exposure (``cpgd_core.blur.export``), streamed as well.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..errors import CPGDInputError
@@ -83,6 +86,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--every-nth", type=int, default=1)
     ap.add_argument("--size", default=None, help="resize, e.g. 640x360")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--blur-field", action="store_true",
+                    help="also write DIR/<name>_blur_field.npz: per-pixel blur trajectory (T, 2, H, W) and exposure (T,)")
+    ap.add_argument("--exposure", default="auto",
+                    help="with --blur-field: exposure as a fraction of the frame interval (0-1), or auto (estimated)")
     a = ap.parse_args(argv)
-    extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, _size(a.size), overwrite=a.overwrite)
+    if a.blur_field:
+        from ..blur.field import parse_exposure
+
+        parse_exposure(a.exposure)  # (a bad value fails before the first decoding pass, not after it)
+    size = _size(a.size)
+    extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, size, overwrite=a.overwrite)
+    if a.blur_field:
+        from ..blur.export import write_blur_field
+
+        stem = os.path.splitext(os.path.basename(a.input))[0]
+        r = write_blur_field(a.input, os.path.join(a.out, f"{stem}_blur_field.npz"), a.exposure, a.start, a.cap,
+                             a.every_nth, size, overwrite=a.overwrite)
+        e = r["exposure"]
+        print(f"wrote {r['path']}: {r['frames']} frames {r['width']}x{r['height']}, exposure "
+              f"{float(np.median(e)):.2f} of the frame interval (range {float(e.min()):.2f}-{float(e.max()):.2f}, "
+              f"{'given' if a.exposure != 'auto' else 'estimated'}), median |trajectory| "
+              f"{r['median_trajectory']:.2f} px")
     return 0

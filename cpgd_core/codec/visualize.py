@@ -75,3 +75,27 @@ def residual_heatmap(residual: torch.Tensor, scale: Optional[float] = None,
     if size is not None and tuple(rgb.shape[-2:]) != tuple(size):
         rgb = F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
     return rgb
+
+
+def trajectory_to_color(trajectory: torch.Tensor, max_length: Optional[float] = None) -> torch.Tensor:
+    """Picture of a blur field's trajectories (sign-invariant: a blur along +d is the blur along -d).
+
+    Args:
+        trajectory: (T, 2, H, W) displacement in pixels swept during each frame's exposure.
+        max_length: length drawn at full saturation (default: the 99th percentile, shared by all frames).
+    Returns (T, 3, H, W) float32 in [0, 1]: hue = the axis of the blur (horizontal red, vertical cyan, the
+    diagonals green and violet), saturation = its length; white = sharp.
+    """
+    t = trajectory.float()
+    length = t.norm(dim=1, keepdim=True)
+    if max_length is None:
+        a = length.flatten()
+        a = a[:: a.numel() // 1_000_000 + 1]
+        max_length = float(torch.quantile(a, 0.99)) if a.numel() else 1.0
+    max_length = max(float(max_length), 1e-6)
+    # Doubling the angle maps d and -d to the same hue.
+    hue = (2 * torch.atan2(t[:, 1:2], t[:, 0:1]) / (2 * math.pi)) % 1.0
+    sat = (length / max_length).clamp(0, 1)
+    k = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    h6 = (k + hue * 6.0) % 6.0
+    return 1.0 - sat * torch.clamp(torch.minimum(h6, 4.0 - h6), 0, 1)

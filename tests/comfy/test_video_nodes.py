@@ -82,8 +82,9 @@ def test_load_pan_clip_priors_and_visualisation(comfy, clips):
     assert mx == pytest.approx(-media.PAN_DX, abs=0.5) and my == pytest.approx(0.0, abs=0.5)
     assert not bool(priors.valid_to_prev[0].any()), "frame 0 has no previous frame"
 
-    motion, residual = res.raw["2"]
+    motion, residual, blur, blur_info = res.raw["2"]
     assert tuple(motion.shape) == (n, h, w, 3) and tuple(residual.shape) == (n, h, w, 3)
+    assert tuple(blur.shape) == (n, h, w, 3) and float(blur.abs().max()) == 0 and "no frames" in blur_info
     for img in (motion, residual):
         assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and torch.isfinite(img).all()
     # a uniform pan is one colour on P-frames; frame 0 (no motion vectors) differs from it
@@ -272,3 +273,19 @@ def test_load_that_does_not_fit_in_memory_is_refused_before_decoding(comfy, clip
     res = comfy.run({"1": load_node(clips["pan"], frame_load_cap=fit),
                      "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
     assert res.success
+
+
+def test_visualisation_draws_the_blur_trajectory(comfy, clips):
+    """With the frames connected and the exposure given, the pan (PAN_DX px/frame, horizontal) sweeps
+    exposure * PAN_DX px: one colour (the horizontal axis, red) at the saturation that length gives."""
+    vis = vis_node(["1", 1], max_motion=float(media.PAN_DX))
+    vis["inputs"].update(images=["1", 0], exposure=0.5)
+    res = comfy.run({"1": load_node(clips["pan"]), "2": vis,
+                     "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}}})
+    _, _, blur, info = res.raw["2"]
+    n, h, w = media.PAN_FRAMES, media.PAN_H, media.PAN_W
+    assert tuple(blur.shape) == (n, h, w, 3)
+    centre = blur[:, 8:-8, 16:-16].reshape(-1, 3).median(0).values
+    # saturation 0.5 on the red axis: (1, 0.5, 0.5)
+    assert centre.tolist() == pytest.approx([1.0, 0.5, 0.5], abs=0.12)
+    assert "exposure 0.50" in info and "given" in info

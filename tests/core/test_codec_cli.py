@@ -40,3 +40,27 @@ def test_priors_cli_writes_visualisations(tmp_path):
     r3 = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", str(tmp_path / "nope.mp4"), "--out", out],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r3.returncode == 2 and "not found" in r3.stderr
+
+
+def test_priors_cli_exports_the_blur_field(tmp_path):
+    import numpy as np
+
+    img = load_photo("astronaut")
+    frames, _ = render_path(img, pan_zoom_path(img.shape, (160, 96), 10, 3.0, 0.0), (160, 96))
+    src = str(tmp_path / "in.mp4")
+    write_video(src, torch.from_numpy(frames), 20, x264_params="bframes=0:ref=1")
+    out = str(tmp_path / "viz")
+    r = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out, "--cap", "8", "--blur-field",
+                        "--exposure", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "in_blur_field.npz: 8 frames 160x96, exposure 0.50" in r.stdout
+    with np.load(os.path.join(out, "in_blur_field.npz")) as z:
+        assert z["trajectory"].dtype == np.float32 and z["trajectory"].shape == (8, 2, 96, 160)
+        assert z["exposure"].dtype == np.float32 and np.allclose(z["exposure"], 0.5)
+        # the pan moves about 3 px per frame: half an interval sweeps about 1.5 px
+        med = float(np.median(np.linalg.norm(z["trajectory"][:, :, 16:-16, 16:-16], axis=1)))
+        assert 0.8 < med < 2.5
+    assert not [f for f in os.listdir(out) if f.endswith(".part")]
+    r2 = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out, "--blur-field",
+                         "--exposure", "2", "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 2 and "exposure must be" in r2.stderr
