@@ -38,7 +38,7 @@ import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cpgd_core.codec.decode as decode_mod  # noqa: E402
+import cpgd_core.codec.stream as decode_mod  # noqa: E402  (the decoding pipeline: SMOOTH_FLOWS lives there)
 import cpgd_core.codec.reencode as reencode_mod  # noqa: E402
 from cpgd_core.codec.decode import frame_to_rgb, iter_decoded, load_video  # noqa: E402
 from cpgd_core.codec.encode import write_video  # noqa: E402
@@ -85,7 +85,7 @@ def _write_streamed(path: str, img: np.ndarray, size: tuple[int, int], frames: i
 
 @contextlib.contextmanager
 def _smoothing(on: bool):
-    """decode.SMOOTH_FLOWS set to ``on`` for the block (to print the raw block vectors' errors beside)."""
+    """stream.SMOOTH_FLOWS set to ``on`` for the block (to print the raw block vectors' errors beside)."""
     old, decode_mod.SMOOTH_FLOWS = decode_mod.SMOOTH_FLOWS, on
     try:
         yield
@@ -264,7 +264,7 @@ def profile(frames: int, tmp: str) -> list[tuple[str, str, float]]:
 # ------------------------------------------------------------------------------------------ accuracy
 
 def accuracy(tmp: str) -> list[tuple[str, float, float]]:
-    """Rows (what, EPE of the priors, EPE with decode.SMOOTH_FLOWS off: the raw block vectors)."""
+    """Rows (what, EPE of the priors, EPE with stream.SMOOTH_FLOWS off: the raw block vectors)."""
     img = load_photo("astronaut")
     size = (320, 240)
     rows = []

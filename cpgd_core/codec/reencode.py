@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import CPGDInputError
-from .decode import DecodedFrame, frames_to_tensor, prior_stages, priors_from_decoded, raw_frame
+from .stream import DecodedFrame, frames_to_tensor, prior_stages, priors_from_decoded, raw_frame
 from .encode import even_size, frame_rate, pad_to, tag_bt709, to_uint8_hwc, yuv_frame
 from .hdr import hdr_transfer
 from .priors import CodecPriors

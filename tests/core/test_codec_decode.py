@@ -111,16 +111,16 @@ def test_multi_reference_vectors_are_resolved():
 def test_one_reference_stream_stops_the_reference_check(tmp_path, monkeypatch):
     """In a one-reference stream the check mistakes a few blocks per frame (repeating texture); after the
     probe frames find no real share of far references, later frames keep the plain vectors."""
-    from cpgd_core.codec import decode
+    from cpgd_core.codec import container, stream
 
     path, _, _ = _clip(str(tmp_path), "r1.mp4", pan_zoom_path(load_photo("astronaut").shape, SIZE, 30, 2.5, 1.0),
                        params="bframes=0:ref=1:keyint=250:scenecut=0", crf=23)
-    monkeypatch.setattr(decode, "h264_ref_frames", lambda extradata: 0)  # as if the SPS gave no count
+    monkeypatch.setattr(container, "h264_ref_frames", lambda extradata: 0)  # as if the SPS gave no count
     checked = list(iter_decoded(path))
-    monkeypatch.setattr(decode, "MAX_REFS", 1)  # the plain nearest-reference reading
+    monkeypatch.setattr(stream, "MAX_REFS", 1)  # the plain nearest-reference reading
     plain = list(iter_decoded(path))
     changed = [not np.array_equal(a.flow_to_prev, b.flow_to_prev) for a, b in zip(checked, plain)]
-    assert not any(changed[decode.MULTI_REF_PROBE + 2:]), changed
+    assert not any(changed[stream.MULTI_REF_PROBE + 2:]), changed
 
 
 def test_residual_is_motion_compensated(clips):
@@ -530,7 +530,7 @@ def test_one_reference_sps_skips_the_reference_check(clips, tmp_path, monkeypatc
     def fail(*a, **k):
         raise AssertionError("multi-reference check on a one-reference stream")
 
-    monkeypatch.setattr("cpgd_core.codec.decode.pick_references_half", fail)
+    monkeypatch.setattr("cpgd_core.codec.stream.pick_references_half", fail)
     assert len(list(iter_decoded(clips["pan"][0]))) == T
 
 
@@ -539,6 +539,6 @@ def test_fallback_reencode_skips_the_reference_check(clips, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("multi-reference check on a one-reference re-encode")
 
-    monkeypatch.setattr("cpgd_core.codec.decode.pick_references_half", fail)
+    monkeypatch.setattr("cpgd_core.codec.stream.pick_references_half", fail)
     frames = list(iter_decoded(clips["hevc"][0]))
     assert len(frames) == T and all(f.valid_to_prev.any() for f in frames[1:])
