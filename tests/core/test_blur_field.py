@@ -76,7 +76,7 @@ def test_still_video_falls_back_with_no_confidence():
 
 
 def test_stream_matches_the_batch_form_and_holds_few_frames():
-    frames = _pan(12, 64, 96, 4.0, 1.0, exposure=0.5, seed=2)
+    frames = _pan(32, 64, 96, 4.0, 1.0, exposure=0.5, seed=2)
     batch = estimate_blur_field(frames)
     stream = BlurFieldStream(64, 96)
     out, held = [], 0
@@ -84,7 +84,7 @@ def test_stream_matches_the_batch_form_and_holds_few_frames():
         out += stream.push(grey_u8(f))
         held = max(held, len(stream.frames))
     out += stream.finish()
-    assert [f.index for f in out] == list(range(12))
+    assert [f.index for f in out] == list(range(32))
     assert held <= stream.half + 2  # flat memory: the exposure window ahead, not the clip
     assert torch.equal(torch.stack([f.trajectory for f in out]), batch.trajectory)
     assert torch.equal(torch.tensor([f.exposure for f in out]), batch.exposure)
