@@ -8,9 +8,10 @@ included: ``git clone`` of this repository (the committed tree, HEAD: uncommitte
 ``custom_nodes/`` and ``pip install -r requirements.txt`` with that ComfyUI's Python. No dev extras are installed.
 
 It then starts that ComfyUI on 127.0.0.1 with that Python, checks the CPGD nodes and templates, makes the sample
-clip with the Workflows section's commands (with this suite's Python, which has scikit-image; in the plain venv the
-command must refuse with one line naming the package) and runs ``workflows/api/cpgd_stage_one_deblur.json`` over
-HTTP to a video that PyAV decodes with the input's frame count, frame rate and audio.
+clip with the Workflows section's commands (with this suite's Python, which has scikit-image; in the plain venv
+``sample`` must refuse with one line naming scikit-image and ``batch`` likewise for Ray, exit code 2) and runs
+``workflows/api/cpgd_stage_one_deblur.json`` over HTTP to videos that PyAV decodes with the input's frame count,
+frame rate and audio.
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def _ensure_plain_comfy_venv(stamp_inputs: str, timings: dict) -> None:
         f.write(TORCH + "\n")
     for cmd in ([_base_python(), "-m", "venv", VENV],
                 [VPY, "-m", "pip", "install", "-q", TORCH],
-                [VPY, "-m", "pip", "install", "-q", "-c", constraint, "-r", os.path.join(COMFY_SRC, "requirements.txt")]):
+                [VPY, "-m", "pip", "install", "-q", "-c", constraint,
+                 "-r", os.path.join(COMFY_SRC, "requirements.txt")]):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         if p.returncode != 0:
             shutil.rmtree(VENV, ignore_errors=True)
@@ -159,8 +161,8 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
                                               text=True).stdout.strip()
 
         # -- nothing of the dev extras came in -------------------------------------------------------------------
-        found = _sh(f'"$PY" -c "import importlib.util as u; print(*[m for m in {DEV_ONLY_MODULES!r} if u.find_spec(m)])"',
-                    RUN, env).split()
+        probe = f"import importlib.util as u; print(*[m for m in {DEV_ONLY_MODULES!r} if u.find_spec(m)])"
+        found = _sh(f'"$PY" -c "{probe}"', RUN, env).split()
         assert not found, f"dev-only packages in the plain ComfyUI venv: {found}"
 
         # -- an optional package missing: one line that names it and the install command, exit code 2 ------------
@@ -199,7 +201,8 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
         assert nodes == expected_nodes and len(nodes) == 10, (sorted(nodes), sorted(expected_nodes))
         assert all(info[k]["category"].startswith("CPGD") for k in nodes)
         templates = server.get_json("/workflow_templates").get(PACK, [])
-        expected_templates = sorted(f[:-5] for f in os.listdir(os.path.join(pack_dir, "workflows")) if f.endswith(".json"))
+        expected_templates = sorted(f[:-5] for f in os.listdir(os.path.join(pack_dir, "workflows"))
+                                    if f.endswith(".json"))
         assert sorted(templates) == expected_templates and len(templates) == 5, templates
         served = json.loads(server.get(f"/api/workflow_templates/{PACK}/cpgd_stage_one_deblur.json"))
         assert served.get("nodes"), "the template file is served"
