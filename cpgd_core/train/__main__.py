@@ -10,6 +10,7 @@ COMMANDS = {
     "cpfp": ("cpfp", "main", "train the stage-one CPFP network"),
     "make-val": ("cpfp", "make_val_main", "write the fixed CPFP validation set (held-out images)"),
     "prior": ("prior", "main", "pre-train the learned prior (noise-conditioned denoiser) of the non-blind stage one"),
+    "deblur": ("deblur", "main", "train the non-blind stage one (unrolled solver with the learned prior) end to end"),
     "sweep": ("sweep", "main", "short from-scratch runs of candidate stage-one networks (architecture sweep)"),
     "cpcontrolnet": ("cpcontrolnet", "main", "train the stage-two CPControlNet"),
 }

@@ -166,3 +166,36 @@ def load_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str]
                              f"{'...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}"
                              f"{'...' if len(unexpected) > 5 else ''}")
     return model.eval().to(device)
+
+
+def _network_classes(fmt: str):
+    """(model class, config class) of the single-network formats written by :func:`save_network`."""
+    if fmt == "prior_denoiser":
+        from ..models.prior_denoiser import PriorDenoiser, PriorDenoiserConfig
+        return PriorDenoiser, PriorDenoiserConfig
+    if fmt == "unrolled_deblur":
+        from ..blur.solver import UnrolledDeblur, UnrolledDeblurConfig
+        return UnrolledDeblur, UnrolledDeblurConfig
+    raise CPGDInputError(f"no network format {fmt!r}")
+
+
+def load_network(path: str, fmt: str, device: str | torch.device = "cpu"):
+    """Load a network written by :func:`save_network` with format ``fmt`` ('prior_denoiser', 'unrolled_deblur');
+    returns it in eval mode. A file of another kind, or one that does not match its config, is refused with a
+    message naming the file."""
+    from safetensors.torch import load_file
+
+    cls, config_cls = _network_classes(fmt)
+    keys, meta = _read_keys(path)
+    kind = _kind_from_keys(keys, meta)
+    if kind != fmt:
+        raise CPGDInputError(f"{path} is not {fmt} weights (detected: {kind})")
+    try:
+        model = cls(config_cls.from_json(meta["config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CPGDInputError(f"{path}: missing or invalid {fmt} config metadata: {e}") from e
+    try:
+        model.load_state_dict(load_file(path), strict=True)
+    except RuntimeError as e:
+        raise CPGDInputError(f"{path} does not match its {fmt} config: {str(e)[:500]}") from e
+    return model.eval().to(device)
