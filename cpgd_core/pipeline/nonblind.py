@@ -68,6 +68,18 @@ def with_iterations(model: UnrolledDeblur, iterations: int) -> UnrolledDeblur:
     return out.eval()
 
 
+def without_prior(model: UnrolledDeblur) -> UnrolledDeblur:
+    """The same solver and schedule with the prior step removed (the data steps alone): the ablation that
+    shows what the learned prior adds."""
+    from dataclasses import replace
+
+    out = UnrolledDeblur(replace(model.config, prior="none"))
+    with torch.no_grad():
+        out.log_sigma.copy_(model.log_sigma)
+        out.log_mu.copy_(model.log_mu)
+    return out.eval()
+
+
 @torch.no_grad()
 def deblur_frame(model: UnrolledDeblur, frame: torch.Tensor, trajectory: torch.Tensor,
                  check_interrupt: Interrupt = None, tile_pixels: int = TILE_PIXELS) -> torch.Tensor:

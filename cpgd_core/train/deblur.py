@@ -98,11 +98,12 @@ def _single_threaded(_worker: int) -> None:
 def evaluate(model: UnrolledDeblur, examples: list[dict], fields: list[torch.Tensor]) -> dict[str, float]:
     """Mean PSNR over the frames of the examples: input and output (estimated trajectories)."""
     model.eval()
+    dev = model.log_sigma.device
     inp, out = [], []
     for ex, traj in zip(examples, fields):
         y, x = ex["blurry_decoded"].float(), ex["sharp"].float()
         inp.append(psnr(y, x))
-        out.append(psnr(model(y, traj).clamp(0, 1), x))
+        out.append(psnr(model(y.to(dev), traj.to(dev)).clamp(0, 1).cpu(), x))
     model.train()
     return {"val_psnr": round(float(np.mean(out)), 4), "input_psnr": round(float(np.mean(inp)), 4)}
 
@@ -120,7 +121,8 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    model = build_model(args)
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(args).to(dev)
     opt = torch.optim.Adam([{"params": model.denoiser.parameters(), "lr": args.lr},
                             {"params": [model.log_sigma, model.log_mu], "lr": args.lr_schedule}])
     base_lrs = [args.lr, args.lr_schedule]
@@ -129,6 +131,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
+        model.to(dev)
         opt.load_state_dict(state["opt"])
         step = state["step"]
         set_rng_state(state["rng"])
@@ -151,6 +154,7 @@ def train(args: argparse.Namespace) -> dict:
             break
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * cosine_lr(step, args.steps, args.warmup)
+        batch = {k: v.to(dev) for k, v in batch.items()}
         out = model(batch["blurry"], batch["trajectory"])
         loss = charbonnier(out, batch["sharp"])
         if not loss.requires_grad:   # every crop still (zero trajectories): nothing passes through the solver
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     return p
