@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8188
 COMFY   := $(or $(COMFYUI_PATH),$(CURDIR)/.build/ComfyUI)
 
-.PHONY: setup run serve test test-fast browser-deps bench train-stage-one train-prior train-fast sweep-stage-one clean
+.PHONY: setup run serve test test-fast browser-deps bench train-stage-one train-prior train-fast clean
 
 setup:
 	scripts/setup_env.sh
@@ -52,11 +52,6 @@ train-fast: setup
 	    --steps 12000 --batch 4 --crop 128 --frames 5 --crops-per-clip 2 --workers 1 --lr 2e-4 --warmup 50 \
 	    --sharp-share 0.2 --amp --val .devdata/val_real_128.pt --val-every 500 --ckpt-every 100 --log-every 50 --seed 5 --resume \
 	    --out $(FAST_RUN) $(TRAIN_ARGS)
-
-# Architecture sweep (issue 12): each candidate of cpgd_core/train/sweep.py trained from scratch over a short
-# schedule into docs/training/sweep/NAME/ (resumable); bench/stage_one_sweep.py tabulates the logs.
-sweep-stage-one: setup
-	$(PY) -m cpgd_core.train sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf output .pytest_cache

@@ -1,4 +1,4 @@
-"""``python -m cpgd_core.train {cpfp,make-val,cpcontrolnet} [args]``."""
+"""``python -m cpgd_core.train {cpfp,make-val,prior,deblur,cpcontrolnet} [args]``."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +11,6 @@ COMMANDS = {
     "make-val": ("cpfp", "make_val_main", "write the fixed CPFP validation set (held-out images)"),
     "prior": ("prior", "main", "pre-train the learned prior (noise-conditioned denoiser) of the non-blind stage one"),
     "deblur": ("deblur", "main", "train the non-blind stage one (unrolled solver with the learned prior) end to end"),
-    "sweep": ("sweep", "main", "short from-scratch runs of candidate stage-one networks (architecture sweep)"),
     "cpcontrolnet": ("cpcontrolnet", "main", "train the stage-two CPControlNet"),
 }
 

@@ -310,7 +310,7 @@ def train(args: argparse.Namespace) -> dict:
     net.train()
     loss_acc, n_acc = 0.0, 0
     t0 = time.monotonic()
-    cpu0 = time.process_time()  # this process's CPU time (all its threads): the sweep's "per CPU-hour"
+    cpu0 = time.process_time()  # this process's CPU time (all its threads), logged as cpu_s
     done = start
     data_wait = 0.0
     # --stop-at at or before the resumed step only exports the checkpoint's weights (with validation)

@@ -93,17 +93,6 @@ def test_sharp_share_reaches_the_real_footage_sources_only(tmp_path, capsys):
     assert "--sharp-share applies to the real-footage sources" in capsys.readouterr().err
 
 
-def test_sweep_candidates_build_distinct_networks():
-    from cpgd_core.models.cpfp import CPFP, CPFPConfig
-    from cpgd_core.train.cpfp import _config_overrides
-    from cpgd_core.train.sweep import CANDIDATES
-
-    configs = [CPFPConfig.lite(**_config_overrides(overrides)) for overrides, _ in CANDIDATES.values()]
-    assert CPFPConfig.lite() in configs and len(set(c.to_json() for c in configs)) == len(configs)
-    for cfg in configs:
-        CPFP(cfg)
-
-
 def test_amp_on_cpu_trains_in_bf16(tmp_path):
     out = str(tmp_path / "amp")
     assert main(["cpfp", "--steps", "2", "--out", out, "--data", "random", "--amp", *TINY]) == 0
