@@ -125,7 +125,7 @@ class BlurFieldStream:
         cur = _Pending(vel.downscale(grey, self.scale),
                        vel.codec_init(flow_to_prev, valid_to_prev, self.size, self.scale) if codec else None,
                        vel.codec_init(flow_to_next, valid_to_next, self.size, self.scale) if codec else None)
-        if self.frames or self.count:
+        if self.frames:  # (the previous frame is always held: it is measured only now)
             prev = self.frames[-1]
             prev.to_next = vel.refined_flow(self.engine, prev.grey, cur.grey, prev.init_next)
             cur.prev_back = prev.to_next
