@@ -1,23 +1,35 @@
 """Stage-one training curves from the committed run logs (no training here): docs/bench/training*.md.
 
-    python bench/training_curve.py [--log docs/training/cpfp_lite_real/log.jsonl --md docs/bench/training.md]
+    python bench/training_curve.py [--only training|training_prior|training_fast]
 
-Without --log every run of RUNS is written (the shipped lite run, and the deeper network grown from its step-2600
-weights that is trained beside it as an A/B).
+Writes one markdown file per live run:
 
-Validation rows are the run's fixed held-out real-footage set (make-val --data real, seed 0, 16 x 128² x 5);
-one row per validation, plus the training-loss mean between validations and the wall time of each process
-(the run is resumed across sessions, so its time is the sum of several processes).
+- ``training``: the 'quality' mode's end-to-end run (``make train-stage-one``, docs/training/deblur_real/);
+- ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
+- ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
+
+One row per validation, with the mean training loss since the previous row. A run is resumed across sessions, so
+its wall time is the sum of several processes (each log line's ``time_s`` restarts with a process). Two log styles
+are read: lines with an ``"event"`` key (the CPFP trainer), and lines without one (the prior and solver trainers:
+a line with ``loss`` is a training line, one with ``val_psnr`` or ``psnr_s15`` a validation line).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import json
+import math
 import os
+import shlex
+import struct
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
-RUNS = {"training": "cpfp_lite_real", "training_deep": "cpfp_deep_real"}
+RUNS = {"training": "deblur_real", "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -25,57 +37,161 @@ def read_log(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def curve(events: list[dict]) -> tuple[list[list], list[float], int]:
-    """(rows of [step, val PSNR, input PSNR, gain, val SSIM, mean loss since last row], process seconds, last step)."""
+def kind(e: dict) -> str | None:
+    """'train', 'val', another event name ('start', 'resume', ...) or None, whichever style the line has."""
+    if "event" in e:
+        return e["event"]
+    if "loss" in e:
+        return "train"
+    if "val_psnr" in e or "psnr_s15" in e:
+        return "val"
+    return None
+
+
+def curve(events: list[dict]) -> tuple[list[tuple[dict, float, dict | None]], list[float], int]:
+    """(rows of (validation line, mean train loss since the previous row, training line at the same step or None),
+    wall seconds of each process, last step trained)."""
     rows, losses, seconds, last_time, last_step = [], [], [], 0.0, 0
+    train_at: dict[int, dict] = {}
     for e in events:
         t = float(e.get("time_s", 0.0))
         if t < last_time:  # time_s restarts with every process (a resume)
             seconds.append(last_time)
         last_time = t
-        if e["event"] == "train":
-            losses.append(e["loss"])
+        k = kind(e)
+        if k == "train":
+            if e["step"] <= last_step:  # resumed from an earlier checkpoint: those steps are trained again
+                losses = [(s, v) for s, v in losses if s < e["step"]]
+            losses.append((e["step"], e["loss"]))
+            train_at[e["step"]] = e
             last_step = e["step"]
-        if e["event"] == "val":
-            if rows and rows[-1][0] == e["step"]:
+        elif k == "val":
+            if rows and rows[-1][0]["step"] == e["step"]:
                 continue
-            loss = sum(losses) / len(losses) if losses else float("nan")
-            rows.append([e["step"], e["val_psnr"], e["input_psnr"], e["val_psnr"] - e["input_psnr"], e["val_ssim"], loss])
+            loss = sum(v for _, v in losses) / len(losses) if losses else float("nan")
+            rows.append((e, loss, train_at.get(e["step"])))
             losses = []
     if last_time:
         seconds.append(last_time)
     return rows, seconds, last_step
 
 
+def _db(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.2f}"
+
+
+def _loss(x: float) -> str:
+    return "–" if x != x else f"{x:.5f}"
+
+
+def _progress(last_step: int, seconds: list[float]) -> str:
+    return (f"reached step {last_step} in {len(seconds)} process(es), {sum(seconds) / 3600:.2f} h of wall time")
+
+
+def _safetensors_header(path: str) -> tuple[dict, int]:
+    """(metadata, parameter count) of a safetensors file, from its header alone."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    meta = header.pop("__metadata__", {})
+    return meta, sum(math.prod(v["shape"]) for v in header.values())
+
+
+def quality_curve(run: str) -> list[str]:
+    """The unrolled solver trained end to end (cpgd_core.train.deblur); recipe = recipe.txt read by its parser."""
+    from cpgd_core.train import deblur
+
+    with open(os.path.join(run, "recipe.txt")) as f:
+        recipe_text = f.read().strip()
+    args = deblur.build_parser().parse_args(shlex.split(recipe_text) + ["--out", run])
+    rows, seconds, last_step = curve(read_log(os.path.join(run, "log.jsonl")))
+    init = os.path.relpath(os.path.join(ROOT, args.init), ROOT) if args.init else "no pre-trained prior"
+    lines = [f"Run: `make train-stage-one` (`{os.path.relpath(run, ROOT)}/recipe.txt`: `{recipe_text}`): the unrolled "
+             f"solver with {args.iterations} iterations of {args.cg_steps} CG steps, prior initialised from "
+             f"`{init}`, batch {args.batch}, {args.crop}² crops of 3 frames, {args.sharp_share:.0%} sharp examples, "
+             f"schedule of {args.steps} steps; {_progress(last_step, seconds)}.", "",
+             f"Validation: {args.val_count} examples of {args.val_crop}² x 3 frames from the held-out clips "
+             f"(`realblur.VAL_CLIPS`, seed {args.val_seed}), blurred and encoded like the training data; the solver "
+             "uses trajectories estimated from the decoded blurry frames (exposure 'auto'), never the true ones. "
+             "Input PSNR is the blurry decoded frames'. Sigma: the learned per-iteration noise level of the "
+             "half-quadratic splitting (x255), first iteration first, at the row's step.", "",
+             "| step | val PSNR dB | input PSNR dB | gain dB | mean train loss since previous row "
+             "| sigma per iteration (x255) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for v, loss, t in rows:
+        sigma = " / ".join(f"{s:.1f}" for s in t["sigma"]) if t and "sigma" in t else "–"
+        lines.append(f"| {v['step']} | {v['val_psnr']:.2f} | {v['input_psnr']:.2f} | "
+                     f"{v['val_psnr'] - v['input_psnr']:+.2f} | {_loss(loss)} | {sigma} |")
+    return lines
+
+
+def prior_curve(run: str) -> list[str]:
+    """The prior's pre-training as a noise-conditioned denoiser (cpgd_core.train.prior); recipe from the metadata
+    of the run's exported weights (what the process that wrote them ran with)."""
+    from cpgd_core.train import prior
+
+    meta, params = _safetensors_header(os.path.join(run, "prior_denoiser.safetensors"))
+    recipe = ast.literal_eval(meta["recipe"])
+    val = {k: p.default for k, p in inspect.signature(prior.make_val).parameters.items()}
+    levels = [round(s * 255) for s in prior.VAL_SIGMAS]
+    rows, seconds, last_step = curve(read_log(os.path.join(run, "log.jsonl")))
+    lines = [f"Run: `make train-prior` (PriorDenoiser, {params} parameters), batch {recipe['batch']}, "
+             f"{recipe['crop']}² crops of sharp real frames (training clips), noise sigma uniform in "
+             f"[0, {recipe['sigma_max'] * 255:.0f}/255] with {recipe['zero_share']:.0%} of crops noise-free, schedule "
+             f"of {recipe['steps']} steps (recipe from the metadata of `{os.path.relpath(run, ROOT)}/"
+             f"prior_denoiser.safetensors`, exported at step {meta['step']}); {_progress(last_step, seconds)}.", "",
+             f"Validation: {val['count']} fixed {val['crop']}² crops of the held-out clips (`realblur.VAL_CLIPS`, "
+             f"seed {val['seed']}) with fixed Gaussian noise at each sigma, quantised to 8 bits as decoded video is. "
+             "Cells: PSNR of the denoised crops (of the noisy input in brackets); at sigma 0 the input is the clean "
+             "crop itself, so the output's PSNR measures how exactly sharp input comes back.", "",
+             "| step | " + " | ".join(f"sigma {s}/255 dB" for s in levels) + " | mean train loss since previous row |",
+             "| --- | " + " | ".join("---" for _ in levels) + " | --- |"]
+    for v, loss, _ in rows:
+        cells = [_db(v[f"psnr_s{s}"]) + ("" if math.isinf(v[f"input_s{s}"]) else f" ({_db(v[f'input_s{s}'])})")
+                 for s in levels]
+        lines.append(f"| {v['step']} | " + " | ".join(cells) + f" | {_loss(loss)} |")
+    return lines
+
+
+def fast_curve(run: str) -> list[str]:
+    """The CPFP lite run (cpgd_core.train.cpfp, event-style log with a 'start' line per process)."""
+    events = read_log(os.path.join(run, "log.jsonl"))
+    rows, seconds, last_step = curve(events)
+    start = next(e for e in events if kind(e) == "start")
+    lines = [f"Run: `make train-fast`, {start['config']} ({start['params']} parameters), batch {start['batch']}, "
+             f"{start['crop']}² crops, {start['frames']} frames, schedule of {start['steps']} steps; "
+             f"{_progress(last_step, seconds)} on {start['device']}.", "",
+             "Validation: the run's fixed held-out real-footage set (`make-val --data real`, seed 0, 16 x 128² x 5).",
+             "", "| step | val PSNR dB | input PSNR dB | gain dB | val SSIM | mean train loss since previous row |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {v['step']} | {v['val_psnr']:.2f} | {v['input_psnr']:.2f} | {v['val_psnr'] - v['input_psnr']:+.2f} | "
+              f"{v['val_ssim']:.4f} | {_loss(loss)} |" for v, loss, _ in rows]
+    return lines
+
+
+CURVES = {"training": quality_curve, "training_prior": prior_curve, "training_fast": fast_curve}
+TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
+          "training_prior": "Stage one 'quality': pre-training of the learned prior",
+          "training_fast": "Stage one 'fast': CPFP lite training"}
+
+
+def write_curve(name: str) -> None:
+    run = os.path.join(TRAINING, RUNS[name])
+    lines = [f"# {TITLES[name]} (`bench/training_curve.py`, `{os.path.relpath(run, ROOT)}/log.jsonl`)", ""]
+    lines += CURVES[name](run)
+    md = os.path.join(ROOT, "docs", "bench", name + ".md")
+    os.makedirs(os.path.dirname(md), exist_ok=True)
+    with open(md + ".part", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(md + ".part", md)
+    print("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--log", default=None, help="one run's log (default: every run of RUNS)")
-    ap.add_argument("--md", default=os.path.join(ROOT, "docs", "bench", "training.md"))
+    ap.add_argument("--only", choices=sorted(RUNS), action="append", help="write only this curve (repeatable)")
     a = ap.parse_args(argv)
-    if a.log:
-        return write_curve(a.log, a.md)
-    for name, run in RUNS.items():
-        write_curve(os.path.join(ROOT, "docs", "training", run, "log.jsonl"),
-                    os.path.join(ROOT, "docs", "bench", name + ".md"))
-    return 0
-
-
-def write_curve(log: str, md: str) -> int:
-    events = read_log(log)
-    rows, seconds, last_step = curve(events)
-    start = next(e for e in events if e["event"] == "start")
-    lines = [f"# Stage-one training curve (`bench/training_curve.py`, `{os.path.relpath(log, ROOT)}`)", "",
-             f"Run: {start['config']} ({start['params']} parameters), batch {start['batch']}, {start['crop']}² crops, "
-             f"{start['frames']} frames, schedule of {start['steps']} steps; reached step {last_step} in "
-             f"{len(seconds)} process(es), {sum(seconds) / 3600:.2f} h of wall time on {start['device']}.", "",
-             "| step | val PSNR dB | input PSNR dB | gain dB | val SSIM | mean train loss since previous row |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:+.2f} | {r[4]:.4f} | "
-              f"{'–' if r[5] != r[5] else f'{r[5]:.5f}'} |" for r in rows]
-    os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for name in a.only or RUNS:
+        write_curve(name)
     return 0
 
 
