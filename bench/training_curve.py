@@ -105,22 +105,25 @@ def quality_curve(run: str) -> list[str]:
     args = deblur.build_parser().parse_args(shlex.split(recipe_text) + ["--out", run])
     rows, seconds, last_step = curve(read_log(os.path.join(run, "log.jsonl")))
     init = os.path.relpath(os.path.join(ROOT, args.init), ROOT) if args.init else "no pre-trained prior"
-    lines = [f"Run: `make train-stage-one` (`{os.path.relpath(run, ROOT)}/recipe.txt`: `{recipe_text}`): the unrolled "
-             f"solver with {args.iterations} iterations of {args.cg_steps} CG steps, prior initialised from "
+    lines = [f"Run: `make train-stage-one` with the current `{os.path.relpath(run, ROOT)}/recipe.txt` "
+             f"(`{recipe_text}`; where the recipe changed during the run, the file's git history has the earlier "
+             "versions and the lr column shows where): the unrolled solver with "
+             f"{args.iterations} iterations of {args.cg_steps} CG steps, prior initialised from "
              f"`{init}`, batch {args.batch}, {args.crop}² crops of 3 frames, {args.sharp_share:.0%} sharp examples, "
              f"schedule of {args.steps} steps; {_progress(last_step, seconds)}.", "",
              f"Validation: {args.val_count} examples of {args.val_crop}² x 3 frames from the held-out clips "
              f"(`realblur.VAL_CLIPS`, seed {args.val_seed}), blurred and encoded like the training data; the solver "
              "uses trajectories estimated from the decoded blurry frames (exposure 'auto'), never the true ones. "
-             "Input PSNR is the blurry decoded frames'. Sigma: the learned per-iteration noise level of the "
-             "half-quadratic splitting (x255), first iteration first, at the row's step.", "",
-             "| step | val PSNR dB | input PSNR dB | gain dB | mean train loss since previous row "
+             "Input PSNR is the blurry decoded frames'. lr and sigma at the row's step (sigma: "
+             "the learned per-iteration noise level of the half-quadratic splitting, x255, first iteration first).", "",
+             "| step | val PSNR dB | input PSNR dB | gain dB | mean train loss since previous row | lr "
              "| sigma per iteration (x255) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for v, loss, t in rows:
         sigma = " / ".join(f"{s:.1f}" for s in t["sigma"]) if t and "sigma" in t else "–"
+        lr = f"{t['lr']:.2e}" if t and "lr" in t else "–"
         lines.append(f"| {v['step']} | {v['val_psnr']:.2f} | {v['input_psnr']:.2f} | "
-                     f"{v['val_psnr'] - v['input_psnr']:+.2f} | {_loss(loss)} | {sigma} |")
+                     f"{v['val_psnr'] - v['input_psnr']:+.2f} | {_loss(loss)} | {lr} | {sigma} |")
     return lines
 
 
