@@ -1,8 +1,9 @@
-"""Stage one (CPFP) in ComfyUI: the weights loader and the chunked/tiled restore node.
+"""Stage one in ComfyUI: the CPFP weights loader and the restore node with its two modes.
 
-The network is wrapped in a ``ModelPatcher`` so ComfyUI's model management places it (and evicts other
-models for it) like any other model; the restore node only asks for it to be loaded and then runs the core
-driver (``cpgd_core.pipeline.restore.restore_video``) on ``patcher.load_device``.
+'quality' (default): blur field + non-blind solver (``cpgd_core.pipeline.nonblind``, on ComfyUI's torch device
+through ``quality.DeviceSolver``). 'fast': the CPFP network, wrapped in a ``ModelPatcher`` so ComfyUI's model
+management places it (and evicts other models for it) like any other model; the restore node only asks for it to
+be loaded and then runs the core driver (``cpgd_core.pipeline.restore.restore_video``) on ``patcher.load_device``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from ..cpgd_core.models.cpfp_official import OfficialCPFPConfig
 from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype, validated_in_bf16
 from ..cpgd_core.pipeline.cli import OFFICIAL_TILE
 from ..cpgd_core.pipeline.official import OfficialStageOne
+from ..cpgd_core.pipeline.quality import (DEFAULT_MODE, MAX_ITERATIONS, MODES, TRAJECTORY_FULL_PX, check_iterations,
+                                          describe_field, exposure_setting, load_solver, preview_trajectory,
+                                          resolve_mode, trajectory_picture)
 from ..cpgd_core.pipeline.restore import available_memory, plan_memory, restore_video
 from ..cpgd_core.pipeline.schedule import chunk_windows
 from ..cpgd_core.weights import default_cpfp_path, find_raft_weights, inspect_weights, load_cpfp
@@ -36,6 +40,10 @@ SHIPPED = "cpfp_lite (shipped)"
 OOM_FIRST_TILE = 512
 OOM_MIN_TILE = 128
 _CACHE_SIZE = 2
+# GPU memory freed (other models evicted) before quality mode runs there: nonblind's tiles of about 1 MP hold
+# about 1 GiB of solver state, plus the prior network's activations.
+QUALITY_WORKSPACE = 2 << 30
+EXPOSURE_MODES = ("auto", "fixed")
 
 
 @dataclass
@@ -191,52 +199,139 @@ class CPFPLoader(io.ComfyNode):
 class CPFPRestore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        fast = "Fast mode only. "
         return io.Schema(
             node_id="CPGD_CPFPRestore",
             display_name="CPFP Restore (CPGD)",
             category=CATEGORY,
-            description=("Deblurs a clip with the stage-one CPFP network guided by its codec priors (motion "
-                         "vectors and coding residuals). Works in overlapping temporal chunks (memory bounded "
-                         "whatever the clip length) and optional feathered spatial tiles; on out-of-memory the "
-                         "tile size is halved automatically."),
+            description=("Stage-one deblurring of a clip. Mode 'quality' (default) measures each pixel's blur "
+                         "trajectory from the motion between frames and inverts it with an unrolled non-blind solver "
+                         "with a learned prior, frame by frame. Mode 'fast' runs the CPFP network guided by the codec "
+                         "priors (motion vectors and coding residuals) in overlapping temporal chunks and optional "
+                         "feathered spatial tiles (on out-of-memory the tile size is halved automatically). The "
+                         "trajectory output shows the blur that is measured."),
             inputs=[
-                CPFPModelSocket.Input("model", tooltip="CPFP network from 'Load CPFP Model (CPGD)'."),
+                CPFPModelSocket.Input("model", tooltip="CPFP network from 'Load CPFP Model (CPGD)'. Used by fast "
+                                                       "mode (and by quality mode for a single image)."),
                 io.Image.Input("images", tooltip="Blurry frames of one clip, in order."),
                 CodecPriorsSocket.Input("priors",
-                                        tooltip="Codec priors of exactly these frames (same count and size)."),
+                                        tooltip="Codec priors of exactly these frames (same count and size). Used by "
+                                                "fast mode; quality mode measures the motion from the frames."),
                 io.Int.Input("frames_per_chunk", default=16, min=1, max=512,
-                             tooltip="Frames processed together (at most: lowered when they would not fit in "
-                                     "memory); more frames = more temporal context and memory."),
+                             tooltip=fast + "Frames processed together (at most: lowered when they would not fit in "
+                                            "memory); more frames = more temporal context and memory."),
                 io.Int.Input("chunk_overlap", default=4, min=0, max=256,
-                             tooltip="Frames shared by consecutive chunks and cross-faded (must be < frames_per_chunk)."),
+                             tooltip=fast + "Frames shared by consecutive chunks and cross-faded (must be < "
+                                            "frames_per_chunk)."),
                 io.Int.Input("tile_size", default=0, min=0, max=8192, step=4,
-                             tooltip="Spatial tile size in pixels (at most); 0 = whole frames when they fit in "
-                                     "memory (half the free RAM, or 80% of the free GPU memory), else tiles "
-                                     "(official checkpoints: 256 px tiles, as the official test)."),
+                             tooltip=fast + "Spatial tile size in pixels (at most); 0 = whole frames when they fit "
+                                            "in memory (half the free RAM, or 80% of the free GPU memory), else tiles "
+                                            "(official checkpoints: 256 px tiles, as the official test). Quality mode "
+                                            "tiles large frames by itself."),
                 io.Int.Input("tile_overlap", default=32, min=0, max=1024, step=4,
-                             tooltip="Pixels shared by neighbouring tiles, blended with feathered weights."),
+                             tooltip=fast + "Pixels shared by neighbouring tiles, blended with feathered weights."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
-                               tooltip="Compute precision. auto = bf16 (or fp16) on GPU; on CPU fp32, or bf16 where "
-                                       "the CPU has AMX (pack weights only: same quality, about 1.6x faster)."),
+                               tooltip=fast + "Compute precision. auto = bf16 (or fp16) on GPU; on CPU fp32, or bf16 "
+                                              "where the CPU has AMX (pack weights only: same quality, about 1.6x "
+                                              "faster). Quality mode computes in fp32."),
                 io.Boolean.Input("use_priors", default=True,
-                                 tooltip="Off = run with the codec priors zeroed (no motion, no residual), "
-                                         "to compare their effect."),
+                                 tooltip=fast + "Off = run with the codec priors zeroed (no motion, no residual), "
+                                                "to compare their effect."),
+                # The inputs below came later: optional, at the end, so workflows saved before them load with
+                # their widget values in place, and API prompts without them run with these defaults.
+                io.Combo.Input("mode", options=list(MODES), default=DEFAULT_MODE, optional=True,
+                               tooltip="quality = measure each pixel's blur trajectory from the motion between "
+                                       "frames and invert it with the non-blind solver (slower; needs 2 or more "
+                                       "frames: a single image runs fast mode, and info says so). fast = the CPFP "
+                                       "network with the codec priors (the settings marked 'Fast mode only')."),
+                io.Int.Input("iterations", default=0, min=0, max=MAX_ITERATIONS, optional=True,
+                             tooltip="Quality mode: solver iterations; 0 = the shipped solver's own count. Fewer = "
+                                     "faster and softer, more = slower (the last iteration is repeated)."),
+                io.Combo.Input("exposure", options=list(EXPOSURE_MODES), default="auto", optional=True,
+                               tooltip="How long the shutter was open, which turns motion into blur length. auto = "
+                                       "read it from the blur in the frames; fixed = use exposure_value."),
+                io.Float.Input("exposure_value", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Used when exposure is 'fixed': the fraction of the frame interval the "
+                                       "shutter was open, 0..1 (0 = sharp, nothing to invert; 0.5 = a 180 degree "
+                                       "shutter; 1 = open the whole interval)."),
             ],
             outputs=[
                 io.Image.Output(display_name="restored", tooltip="Deblurred frames, same count and size as the input."),
                 io.Image.Output(display_name="side_by_side",
                                 tooltip="Each frame as input | restored, twice as wide, for previews."),
                 io.String.Output(display_name="info",
-                                 tooltip="What ran: the network, whether RAFT refined the flows, chunk and tile."),
+                                 tooltip="What ran: the mode; quality: iterations, exposure, blur lengths; fast: the "
+                                         "network, whether RAFT refined the flows, chunk and tile."),
+                io.Image.Output(display_name="trajectory",
+                                tooltip=f"The blur trajectory measured per pixel (what quality mode inverts; in fast "
+                                        f"mode measured the same way, for reference): hue = axis of the blur "
+                                        f"(horizontal red, vertical cyan, diagonals green and violet), saturation = "
+                                        f"its length, full colour at {TRAJECTORY_FULL_PX:g} px or longer; white = "
+                                        f"sharp. Black for a single image (no motion to measure)."),
             ],
         )
 
     @classmethod
     def execute(cls, model: CPFPModel, images: torch.Tensor, priors: CodecPriors, frames_per_chunk: int,
-                chunk_overlap: int, tile_size: int, tile_overlap: int, dtype: str, use_priors: bool) -> io.NodeOutput:
+                chunk_overlap: int, tile_size: int, tile_overlap: int, dtype: str, use_priors: bool,
+                mode: str = DEFAULT_MODE, iterations: int = 0, exposure: str = "auto",
+                exposure_value: float = 0.5) -> io.NodeOutput:
+        frames = image_to_frames(images)
+        if exposure not in EXPOSURE_MODES:
+            raise CPGDInputError(f"exposure must be one of {', '.join(EXPOSURE_MODES)}, got {exposure!r}")
+        expo = exposure_setting("auto" if exposure == "auto" else exposure_value)
+        check_iterations(iterations)
+        ran, note = resolve_mode(mode, frames.shape[0])
+        if ran == "quality":
+            restored, trajectory, info = cls._quality(frames, iterations, expo)
+        else:
+            # (the picture first: its short progress bar then precedes the network's, which ends the run)
+            trajectory = cls._fast_trajectory(frames, expo)
+            restored, info = cls._fast(model, frames, priors, frames_per_chunk, chunk_overlap, tile_size,
+                                       tile_overlap, dtype, use_priors)
+        if note:
+            info = f"{note}; {info}"
+        picture = (trajectory_picture(trajectory) if trajectory is not None
+                   else torch.zeros(frames.shape[0], 3, *frames.shape[-2:]))
+        side = torch.cat([frames, restored], dim=-1)
+        return io.NodeOutput(frames_to_image(restored), frames_to_image(side), info, frames_to_image(picture))
+
+    @staticmethod
+    def _quality(frames: torch.Tensor, iterations: int, exposure) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Blur field, then the solver frame by frame; progress over both (one step per frame each)."""
+        from ..cpgd_core.blur.field import estimate_blur_field
+        from ..cpgd_core.pipeline.nonblind import deblur_frames
+
+        n = frames.shape[0]
+        device = mm.get_torch_device()
+        if not mm.is_device_cpu(device):
+            mm.free_memory(QUALITY_WORKSPACE, device)  # evict other models when the GPU is full, as loaders do
+        solver = load_solver(iterations, device)
+        progress, check_interrupt = progress_callbacks(2 * n)
+        field = estimate_blur_field(frames, exposure=exposure, progress=lambda done, _: progress(done, 2 * n),
+                                    check_interrupt=check_interrupt)
+        restored, _ = deblur_frames(solver, frames, field=field, progress=lambda done, _: progress(n + done, 2 * n),
+                                    check_interrupt=check_interrupt)
+        info = (f"quality: blur field + non-blind solver, {solver.iterations} iterations"
+                f"{' (shipped count)' if iterations == 0 else ''}, on {device}; "
+                f"{describe_field(field.trajectory, field.exposure, exposure != 'auto')}")
+        return restored, field.trajectory, info
+
+    @staticmethod
+    def _fast_trajectory(frames: torch.Tensor, exposure) -> "torch.Tensor | None":
+        """The trajectory picture's field in fast mode (measured at a small working size: cheap next to CPFP);
+        None for a single image."""
+        if frames.shape[0] < 2:
+            return None
+        progress, check_interrupt = progress_callbacks(frames.shape[0])
+        return preview_trajectory(frames, exposure, progress, check_interrupt)
+
+    @staticmethod
+    def _fast(model: CPFPModel, frames: torch.Tensor, priors: CodecPriors, frames_per_chunk: int, chunk_overlap: int,
+              tile_size: int, tile_overlap: int, dtype: str, use_priors: bool) -> tuple[torch.Tensor, str]:
+        """CPFP in chunks and tiles, planned to fit in memory, with the OOM tile back-off."""
         if not isinstance(model, CPFPModel):
             raise CPGDInputError(f"model must come from 'Load CPFP Model (CPGD)', got {type(model).__name__}")
-        frames = image_to_frames(images)
         if not use_priors:
             priors = zero_priors(priors)
         chunk_windows(frames.shape[0], frames_per_chunk, chunk_overlap)  # validates the request early
@@ -264,11 +359,10 @@ class CPFPRestore(io.ComfyNode):
                                  progress=progress, check_interrupt=check_interrupt)
 
         restored, tile = run_with_tile_backoff(run, tile_size, on_oom=mm.soft_empty_cache)
-        side = torch.cat([frames, restored], dim=-1)
-        info = (f"{model.info}; chunks of {frames_per_chunk} frames (overlap {chunk_overlap}), "
+        info = (f"fast: {model.info}; chunks of {frames_per_chunk} frames (overlap {chunk_overlap}), "
                 f"{f'{tile} px tiles' if tile else 'whole frames'}, {precision}"
                 f"{'' if use_priors else ', priors zeroed'}")
-        return io.NodeOutput(frames_to_image(restored), frames_to_image(side), info)
+        return restored, info
 
 
 NODES: list[type[io.ComfyNode]] = [CPFPLoader, CPFPRestore]

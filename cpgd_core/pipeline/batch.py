@@ -1,5 +1,7 @@
 """``python -m cpgd_core batch INPUT... --out DIR``: stage-one deblurring of many videos with Ray.
 
+The restoration is ``deblur``'s (``cli.py``: ``--mode quality`` by default, or ``fast``), per video or per segment.
+
 ``ray.init()`` starts an embedded cluster on this machine unless ``--address`` names one to join. Every video
 is a Ray task (``--cpus-per-task``, ``--gpus-per-task``, fractions allowed); a long video is split into
 segments (``segments.py``) restored by parallel tasks and joined by one more. Ray is imported only here and
@@ -27,7 +29,9 @@ from typing import Any, Callable, Optional
 
 from ..errors import CPGDInputError
 from ..fileio import write_text
-from .cli import add_restore_options, check_chunk, fill_settings, frames_to_process, plan_sizes, resolve_weights
+from .cli import (add_restore_options, check_chunk, check_mode_options, fill_settings, frames_to_process, plan_sizes,
+                  resolve_weights)
+from .quality import resolve_mode
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
               ".flv", ".3gp", ".ogv"}
@@ -38,7 +42,7 @@ Event = Callable[[dict], None]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core batch",
-                                description="stage-one (CPFP) deblurring of many videos on Ray, resumable")
+                                description="stage-one deblurring of many videos on Ray, resumable")
     p.add_argument("inputs", nargs="+", help="video files, folders (searched recursively) or glob patterns")
     p.add_argument("--out", required=True, help="output folder (sub-folders of folder inputs are kept)")
     add_restore_options(p)
@@ -142,14 +146,24 @@ def output_state(dst: str, tag: str, total: int) -> str:
         return "stale"
 
 
-def restore_options(args: argparse.Namespace, weights: str) -> dict:
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def restore_options(args: argparse.Namespace, weights: str, mode: str = "fast") -> dict:
     """What decides an output's content (the tag compares these; device and segmenting change it only within
-    floating-point rounding)."""
-    with open(weights, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return {"weights": digest, "raft": args.raft, "chunk": args.chunk, "overlap": args.overlap, "tile": args.tile,
-            "tile_overlap": args.tile_overlap, "memory_budget": args.memory_budget, "max_frames": args.max_frames,
-            "dtype": args.dtype, "crf": args.crf}
+    floating-point rounding). Fast mode's keys are the ones batches wrote before there were modes, so its
+    finished outputs stay finished; quality mode adds its own."""
+    options = {"weights": _digest(weights), "raft": args.raft, "chunk": args.chunk, "overlap": args.overlap,
+               "tile": args.tile, "tile_overlap": args.tile_overlap, "memory_budget": args.memory_budget,
+               "max_frames": args.max_frames, "dtype": args.dtype, "crf": args.crf}
+    if mode == "quality":
+        from .nonblind import default_deblur_path
+
+        options.update(mode="quality", solver=_digest(default_deblur_path()), iterations=args.iterations,
+                       exposure=args.exposure)
+    return options
 
 
 @dataclass
@@ -175,19 +189,25 @@ class _Job:
     parts_dir: str = ""
     pending: dict = field(default_factory=dict)   # ObjectRef -> task key
     started: float = 0.0
+    args: Any = None                              # the options its tasks run with (the mode may be this video's own)
 
 
 # -- the Ray tasks (plain functions, wrapped with ray.remote when a batch starts) --------------------
 _MODELS: dict = {}
 
 
-def _model(weights: str, device: str, raft: str = "auto"):
+def _model(args: argparse.Namespace, device: str):
+    """This worker's stage-one model for ``args.mode`` (kept for its next task)."""
     from ..weights import load_cpfp
+    from .cli import load_quality
 
-    if (weights, device, raft) not in _MODELS:
+    key = (args.mode, args.iterations, device) if args.mode == "quality" else (args.mode, args.weights, device,
+                                                                                args.raft)
+    if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[(weights, device, raft)] = load_cpfp(weights, device, raft=raft)
-    return _MODELS[(weights, device, raft)]
+        _MODELS[key] = (load_quality(args, device) if args.mode == "quality"
+                        else load_cpfp(args.weights, device, raft=args.raft))
+    return _MODELS[key]
 
 
 def _task_setup(key: tuple, args: argparse.Namespace, tracker) -> tuple[Any, Callable[[int], None]]:
@@ -195,7 +215,7 @@ def _task_setup(key: tuple, args: argparse.Namespace, tracker) -> tuple[Any, Cal
 
     tracker.started.remote(key, os.getpid())
     device = args.device or ("cuda" if ray.get_gpu_ids() else "cpu")
-    return _model(args.weights, device, args.raft), (lambda done: tracker.progress.remote(key, done))
+    return _model(args, device), (lambda done: tracker.progress.remote(key, done))
 
 
 def _whole_task(key: tuple, info, dst: str, tag: str, plan: tuple, args: argparse.Namespace, tracker) -> int:
@@ -331,7 +351,8 @@ def _clean(job: _Job) -> None:
 def _planner(args: argparse.Namespace):
     """The model loaded here on the CPU (only to fill the chunk/tile defaults and plan sizes per video, as
     ``deblur`` does) and the device the plan is made for: ``--device``, else the CPU (a conservative plan for
-    GPU workers: the host budget then bounds the activations too)."""
+    GPU workers: the host budget then bounds the activations too). In quality mode the plan only sets the grid
+    segments are cut on, and serves a one-frame video's fast-mode fallback."""
     import torch
 
     from ..weights import load_cpfp
@@ -355,9 +376,10 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
     t0 = time.time()
     pairs = collect_inputs(args.inputs, args.out)
     check_chunk(args)
+    check_mode_options(args)
     args.weights = os.path.abspath(resolve_weights(args.weights))
     planner, device = _planner(args)
-    options = restore_options(args, args.weights)
+    options = restore_options(args, args.weights, args.mode)
     results: list[FileResult] = []
     jobs: list[_Job] = []
     work_root = os.path.abspath(os.path.join(args.out, WORK_DIR))
@@ -372,7 +394,11 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
             if total == 0:
                 raise CPGDInputError(f"no frames in {src}")
             plan = tuple(plan_sizes(args, planner, info.height, info.width, device))
-            tag = output_tag(res.input, total, {**options, "plan": list(plan)})
+            # a one-frame video runs fast mode (quality.resolve_mode): its tag and tasks say so
+            mode, _ = resolve_mode(args.mode, total)
+            job_args = args if mode == args.mode else argparse.Namespace(**{**vars(args), "mode": mode})
+            tag = output_tag(res.input, total, {**(options if mode == args.mode else restore_options(
+                job_args, args.weights, mode)), "plan": list(plan)})
             state = output_state(res.output, tag, total)
             if state == "finished":
                 res.status, res.frames = "skipped", total
@@ -384,10 +410,11 @@ def run_batch(args: argparse.Namespace, on_event: Optional[Event] = None) -> dic
             res.status, res.error = "failed", str(e)
             continue
         # segments follow the chunk windows this video is actually restored with (the plan, not --chunk)
-        segs = plan_segments(total, plan[0], plan[1], args.segment_frames,
+        # (quality mode restores each frame on its own, from context decoded around the segment: no shared frames)
+        segs = plan_segments(total, plan[0], plan[1] if mode == "fast" else 0, args.segment_frames,
                              [k for k, _ in info.keyframes], splittable=info.exports_mvs)
         parts = os.path.join(work_root, f"{len(jobs):05d}-{os.path.basename(dst)}") if len(segs) > 1 else ""
-        jobs.append(_Job(res, info, tag, total, plan, segs, parts))
+        jobs.append(_Job(res, info, tag, total, plan, segs, parts, args=job_args))
         res.segments = len(segs)
     report_path = args.report or os.path.join(args.out, "batch_report.json")
     if not args.no_progress:
@@ -461,12 +488,12 @@ def _run_jobs(args: argparse.Namespace, jobs: list[_Job], on_event: Optional[Eve
         for n, job in enumerate(jobs):
             job.started = time.time()
             if len(job.segments) == 1:
-                submit(job, (n, "video"), whole.remote((n, "video"), job.info, job.result.output, job.tag, job.plan, args,
-                                                       tracker))
+                submit(job, (n, "video"), whole.remote((n, "video"), job.info, job.result.output, job.tag, job.plan,
+                                                       job.args, tracker))
             else:
                 for seg in job.segments:
                     key = (n, f"segment {seg.index}")
-                    submit(job, key, segment.remote(key, job.info, seg, job.parts_dir, job.plan, args,
+                    submit(job, key, segment.remote(key, job.info, seg, job.parts_dir, job.plan, job.args,
                                                           tracker))
         bar = _Bar(len(jobs), sum(j.total for j in jobs), not args.no_progress)
         try:
