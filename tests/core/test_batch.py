@@ -104,8 +104,9 @@ def ray_cluster():
 
 
 def _args(inputs, out, weights, *extra) -> list[str]:
-    return ["batch", *inputs, "--out", str(out), "--weights", weights, "--chunk", "4", "--overlap", "1",
-            "--no-progress", *extra]
+    """Fast mode (CPFP with tiny weights): the batch machinery at little cost; quality mode has its own tests."""
+    return ["batch", *inputs, "--out", str(out), "--mode", "fast", "--weights", weights, "--chunk", "4",
+            "--overlap", "1", "--no-progress", *extra]
 
 
 def _report(out) -> dict:
@@ -208,7 +209,8 @@ def test_segmented_long_clip_equals_single_process_run(tmp_path, ray_cluster, on
     rep = _report(out)
     assert rep["files"][0]["segments"] >= 3
     ref = tmp_path / "single.mp4"
-    assert main(["deblur", src, str(ref), "--weights", weights, "--chunk", "4", "--overlap", "1"]) == 0
+    assert main(["deblur", src, str(ref), "--mode", "fast", "--weights", weights, "--chunk", "4",
+                 "--overlap", "1"]) == 0
     a, b = _decoded(ref), _decoded(out / "long.mp4")
     assert a.shape == b.shape == (60, 48, 64, 3)
     diff = np.abs(a - b)
@@ -257,6 +259,45 @@ def test_segments_join_exactly(tmp_path, one_thread):
     joined = [torch.as_tensor(b) for b in joined_frames(segs, str(tmp_path / "parts"))]
     to_u8 = lambda t: t if t.dtype == torch.uint8 else (t.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
     assert torch.equal(torch.cat([to_u8(b) for b in joined]), to_u8(single))
+
+
+@pytest.mark.parametrize("exposure", ["auto", 0.7])
+def test_quality_mode_segments_equal_the_single_pass(tmp_path, one_thread, exposure):
+    """Quality mode on segments (each decoding the frames its blur field needs around it: the exposure window
+    when the exposure is estimated, the neighbours when given) gives the single-pass frames bit for bit."""
+    from cpgd_core.pipeline.quality import load_solver, quality_blocks
+
+    src = _clip(tmp_path / "long.mp4", 30, 24, w=48, h=32, keyint=8)
+    solver = load_solver(1)
+    single = torch.cat(list(quality_blocks(solver, src, exposure)))
+    assert single.shape == (30, 3, 32, 48)
+    parts = [torch.cat(list(quality_blocks(solver, src, exposure, start=a, cap=b - a)))
+             for a, b in ((0, 9), (9, 17), (17, 30))]
+    assert [len(p) for p in parts] == [9, 8, 13]
+    assert torch.equal(torch.cat(parts), single)
+
+
+def test_quality_mode_batch(tmp_path, ray_cluster):
+    """batch in quality mode (the default): frames, fps and audio kept; the tag names the mode, so the same
+    outputs are skipped on a re-run and redone in fast mode; a one-frame video runs fast mode."""
+    src = [_clip(tmp_path / "q.mp4", 8, 12, audio=True), _clip(tmp_path / "one.mp4", 1, 12, seed=1)]
+    out = tmp_path / "out"
+    args = ["batch", *src, "--out", str(out), "--no-progress", "--iterations", "1"]
+    assert main(args) == 0
+    rep = _report(out)
+    assert rep["summary"]["done"] == 2 and rep["options"]["mode"] == "quality" and rep["options"]["iterations"] == 1
+    got, ref = probe(str(out / "q.mp4")), probe(src[0])
+    assert (got.frame_count, got.fps, got.width, got.height, got.has_audio) == (8, ref.fps, 64, 48, True)
+    assert probe(str(out / "one.mp4")).frame_count == 1
+    tags = {}
+    for name in ("q.mp4", "one.mp4"):
+        with av.open(str(out / name)) as c:
+            tags[name] = json.loads(c.metadata["comment"][len("cpgd-batch "):])["options"]
+    assert tags["q.mp4"]["mode"] == "quality" and "mode" not in tags["one.mp4"]  # (fast mode's keys as before)
+    assert main(args) == 0 and _report(out)["summary"]["skipped"] == 2
+    assert main(args[:-2] + ["--mode", "fast"]) == 0
+    statuses = {os.path.basename(r["input"]): r["status"] for r in _report(out)["files"]}
+    assert statuses == {"q.mp4": "done", "one.mp4": "skipped"}
 
 
 def test_collect_inputs(tmp_path):

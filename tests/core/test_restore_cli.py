@@ -1,4 +1,5 @@
-"""``python -m cpgd_core deblur``: real encode -> streamed CPFP -> real encode, overwrite refusal."""
+"""``python -m cpgd_core deblur``: real encode -> streamed stage one (fast: CPFP; quality: blur field + non-blind
+solver) -> real encode, overwrite refusal, option checks."""
 from __future__ import annotations
 
 import io
@@ -38,26 +39,27 @@ def weights(tmp_path):
 
 def test_deblur_cli_streams_and_keeps_fps(clip, weights, tmp_path, capsys):
     out = str(tmp_path / "out.mp4")
-    rc = main(["deblur", clip, out, "--weights", weights, "--chunk", "4", "--overlap", "1", "--tile", "32",
-               "--tile-overlap", "8", "--json"])
+    rc = main(["deblur", clip, out, "--weights", weights, "--mode", "fast", "--chunk", "4", "--overlap", "1",
+               "--tile", "32", "--tile-overlap", "8", "--json"])
     assert rc == 0
     info, src = probe(out), probe(clip)
     assert (info.width, info.height, info.frame_count) == (src.width, src.height, src.frame_count)
     assert info.fps == src.fps
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == {"event": "plan", "chunk": 4, "overlap": 1, "tile": 32, "width": 56, "height": 40}
+    assert lines[0] == {"event": "plan", "mode": "fast", "chunk": 4, "overlap": 1, "tile": 32, "width": 56,
+                        "height": 40}
     assert [e["frames"] for e in lines if e["event"] == "progress"][-1] == 11 and lines[-1]["event"] == "done"
     # refuses to overwrite, then does with --overwrite and --max-frames
-    assert main(["deblur", clip, out, "--weights", weights]) == 2
+    assert main(["deblur", clip, out, "--weights", weights, "--mode", "fast"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["deblur", clip, out, "--weights", weights, "--overwrite", "--max-frames", "5"]) == 0
+    assert main(["deblur", clip, out, "--weights", weights, "--mode", "fast", "--overwrite", "--max-frames", "5"]) == 0
     assert probe(out).frame_count == 5
 
 
 def test_deblur_cli_bad_weights(clip, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"nonsense")
-    assert main(["deblur", clip, str(tmp_path / "o.mp4"), "--weights", str(bad)]) == 2
+    assert main(["deblur", clip, str(tmp_path / "o.mp4"), "--weights", str(bad), "--mode", "fast"]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.mp4")
 
@@ -79,8 +81,8 @@ def test_kill_during_write_leaves_no_final_file_and_rerun_succeeds(tmp_path, wei
     out = str(tmp_path / "out.mp4")
     part = temporary_path(out)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cmd = [sys.executable, "-m", "cpgd_core", "deblur", src, out, "--weights", weights, "--chunk", "4",
-           "--overlap", "1", "--json"]
+    cmd = [sys.executable, "-m", "cpgd_core", "deblur", src, out, "--weights", weights, "--mode", "fast",
+           "--chunk", "4", "--overlap", "1", "--json"]
     env = dict(os.environ, PYTHONPATH=root, OMP_WAIT_POLICY="PASSIVE")
 
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -118,7 +120,7 @@ def test_deblur_cli_keeps_odd_sizes(size, weights, tmp_path):
     write_video(src, frames, Fraction(12), crf=20, preset="ultrafast")
     assert (probe(src).width, probe(src).height) == (w, h)
     out = str(tmp_path / "odd_out.mp4")
-    assert main(["deblur", src, out, "--weights", weights, "--chunk", "3", "--overlap", "1"]) == 0
+    assert main(["deblur", src, out, "--weights", weights, "--mode", "fast", "--chunk", "3", "--overlap", "1"]) == 0
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (w, h, 4)
     from cpgd_core.codec.decode import load_video
@@ -128,7 +130,7 @@ def test_deblur_cli_keeps_odd_sizes(size, weights, tmp_path):
 
 def test_deblur_cli_without_json_prints_a_summary_not_json(clip, weights, tmp_path, capsys):
     out = str(tmp_path / "out.mp4")
-    assert main(["deblur", clip, out, "--weights", weights, "--chunk", "4", "--overlap", "1"]) == 0
+    assert main(["deblur", clip, out, "--weights", weights, "--mode", "fast", "--chunk", "4", "--overlap", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == f"wrote {out}: 11 frames in " + captured.out.split(" in ")[-1].strip()
     assert "{" not in captured.out and "{" not in captured.err  # capsys is no terminal: no bar either
@@ -157,8 +159,81 @@ def test_deblur_cli_memory_budget_lowers_chunk_and_tiles(clip, weights, tmp_path
     out = str(tmp_path / "out.mp4")
     # 40x56 frames (no tile is smaller): a 0.0006 GiB budget (0.64 MB) cannot hold 8 frames' buffers and
     # activations, so the chunk (and its overlap) shrink
-    assert main(["deblur", clip, out, "--weights", weights, "--chunk", "8", "--overlap", "2",
+    assert main(["deblur", clip, out, "--weights", weights, "--mode", "fast", "--chunk", "8", "--overlap", "2",
                  "--memory-budget", "0.0006", "--json", "--tile-overlap", "8"]) == 0
     plan = json.loads(capsys.readouterr().out.splitlines()[0])
     assert plan["event"] == "plan" and plan["chunk"] < 8 and plan["overlap"] < plan["chunk"]
     assert probe(out).frame_count == 11
+
+
+# -- quality mode (the default) ----------------------------------------------------------------------------------
+@pytest.fixture()
+def shaky(tmp_path):
+    """8 frames of 64x48 shaking blur (a photo moved along a camera path) with a sine tone, 12 fps."""
+    from cpgd_core.data.synth import load_photo, make_blur_clip
+
+    clip = make_blur_clip(load_photo("chelsea"), 8, (64, 48), subframes=9, seed=1, motion=2.5)
+    t = torch.arange(int(48000 * 8 / 12)) / 48000
+    sound = {"waveform": (0.3 * torch.sin(2 * torch.pi * 440 * t)).view(1, 1, -1), "sample_rate": 48000}
+    path = str(tmp_path / "shaky.mp4")
+    write_video(path, clip["blurry"], Fraction(12), audio=sound, crf=20, preset="ultrafast")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["quality", "fast"])
+def test_deblur_cli_modes_keep_frames_fps_and_audio(shaky, tmp_path, capsys, mode):
+    from cpgd_core.codec.decode import load_video
+
+    out = str(tmp_path / f"{mode}.mp4")
+    args = ["deblur", shaky, out, "--json"] + (["--mode", mode] if mode == "fast" else [])  # quality: the default
+    assert main(args + ["--iterations", "1"]) == 0
+    info, src = probe(out), probe(shaky)
+    assert (info.width, info.height, info.frame_count, info.fps) == (src.width, src.height, 8, src.fps)
+    assert info.has_audio and src.has_audio
+    x, _, audio, _ = load_video(out, export_mvs=False)
+    y, _, _, _ = load_video(shaky, export_mvs=False)
+    assert x.shape == y.shape == (8, 3, 48, 64) and audio is not None
+    assert float((x - y).abs().mean()) > 1e-3, "the frames must be deblurred"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["event"] == "plan" and lines[0]["mode"] == mode
+    progress = [e["frames"] for e in lines if e["event"] == "progress"]
+    assert progress[-1] == 8
+    if mode == "quality":
+        assert lines[0]["iterations"] == 1 and lines[0]["exposure"] == "auto"
+        assert progress == list(range(1, 9))  # one event per frame
+    assert lines[-1]["event"] == "done" and lines[-1]["mode"] == mode and lines[-1]["frames"] == 8
+
+
+def test_deblur_cli_quality_with_fixed_exposure_and_summary(shaky, tmp_path, capsys):
+    out = str(tmp_path / "out.mp4")
+    assert main(["deblur", shaky, out, "--exposure", "0.6", "--iterations", "1", "--max-frames", "5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {out}: 5 frames in ") and captured.out.strip().endswith("(quality mode)")
+    assert "quality mode: blur field + non-blind solver, 1 iterations, exposure 0.6" in captured.err
+    assert probe(out).frame_count == 5
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "often"])
+def test_deblur_cli_rejects_a_bad_exposure(shaky, tmp_path, capsys, value):
+    out = tmp_path / "o.mp4"
+    assert main(["deblur", shaky, str(out), f"--exposure={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: exposure must be") and "[0, 1]" in err and value in err, err
+    assert not out.exists()
+
+
+def test_deblur_cli_rejects_bad_iterations_and_mode(shaky, tmp_path, capsys):
+    assert main(["deblur", shaky, str(tmp_path / "o.mp4"), "--iterations", "-2"]) == 2
+    assert "iterations must be in [0, 64]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main(["deblur", shaky, str(tmp_path / "o.mp4"), "--mode", "slow"])
+    assert "invalid choice: 'slow'" in capsys.readouterr().err
+
+
+def test_deblur_cli_quality_on_one_frame_runs_fast_mode(shaky, tmp_path, capsys):
+    out = str(tmp_path / "one.mp4")
+    assert main(["deblur", shaky, out, "--max-frames", "1", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["event"] == "note" and "ran fast mode" in lines[0]["message"]
+    assert lines[1]["event"] == "plan" and lines[1]["mode"] == "fast" and lines[-1]["mode"] == "fast"
+    assert probe(out).frame_count == 1
