@@ -8,7 +8,8 @@ SaveVideo/SaveImage results land in ./output/ (git-ignored).
 
 When the clip has a sharp ground truth next to it (the generated sample's ``sample_sharp.mkv``), the PSNR of
 the decoded input and of every video saved from a ``CPGD_CPFPRestore`` output (read back from the written
-file, i.e. after SaveVideo's H.264 encode) against it is printed, averaged over frames.
+file, i.e. after SaveVideo's H.264 encode) against it is printed, averaged over frames. Each restore node's
+``info`` output is printed too: it starts with the stage-one mode that ran ('quality: ...' or 'fast: ...').
 """
 from __future__ import annotations
 
@@ -97,6 +98,15 @@ def _restored_videos(prompt: dict, ui: dict, output_dir: str) -> list[str]:
     return paths
 
 
+def _mode(outputs) -> str:
+    """The stage-one mode a restore node ran: the first word of its info output ('quality: ...', 'fast: ...';
+    a single image in quality mode says it ran fast mode)."""
+    info = outputs[2] if len(outputs) > 2 else ""
+    if "ran fast mode" in info:
+        return "fast"
+    return info.split(":", 1)[0] if info.startswith(("quality:", "fast:")) else "unknown"
+
+
 def report_psnr(prompt: dict, result, video: str, output_dir: str) -> None:
     """Print PSNR vs the sharp ground truth for the input frames and each restored video."""
     sharp_path = os.path.join(os.path.dirname(video), SHARP_NAME)
@@ -117,8 +127,8 @@ def report_psnr(prompt: dict, result, video: str, output_dir: str) -> None:
         if node.get("class_type") == RESTORE and node_id in result.raw:
             restored = result.raw[node_id][0].movedim(-1, 1)
             if restored.shape == blurry.shape:
-                print(f"  restored (node {node_id} output, before SaveVideo's encode) "
-                      f"{_mean_psnr(restored, sharp):6.2f} dB")
+                print(f"  restored (node {node_id} output, {_mode(result.raw[node_id])} mode, before SaveVideo's "
+                      f"encode) {_mean_psnr(restored, sharp):6.2f} dB")
     for path in _restored_videos(prompt, result.ui, output_dir):
         restored = _read_frames(path, list(range(len(indices))))
         print(f"  restored ({os.path.basename(path)}) {_mean_psnr(restored, sharp):6.2f} dB")
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     for node_id, outs in result.raw.items():
         if prompt[node_id]["class_type"] == LOADER:
             print(f"  {outs[4]}")
+        if prompt[node_id]["class_type"] == RESTORE:
+            print(f"  stage one (node {node_id}), {_mode(outs)} mode: {outs[2]}")
     for path in _saved_files(result.ui, os.path.abspath(args.output)):
         print(f"wrote {path}")
     report_psnr(prompt, result, video, os.path.abspath(args.output))

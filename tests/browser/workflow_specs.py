@@ -94,16 +94,21 @@ def _stage_one_workflow() -> dict:
     nodes["ba_save"]["title"] = "Before | after"
     nodes["ba_preview"] = {"type": "PreviewImage", "pos": (480, 640), "size": (380, 300),
                            "title": "Before | after (frames)"}
+    nodes["traj_preview"] = {"type": "PreviewImage", "pos": (480, 980), "size": (380, 300),
+                             "title": "Blur trajectory (what quality mode inverts)"}
     nodes["note"] = _note((-440, 120), (
-        "## Stage one: CPFP deblurring\n\n"
-        "Deblurs a video with the CPFP network guided by the codec's motion vectors and residuals. "
-        "Runs on a CPU with the shipped `cpfp_lite` weights.\n\n"
+        "## Stage one: deblurring\n\n"
+        "Runs on a CPU with the shipped weights.\n\n"
         "- **Load Video with Codec Priors** decodes the clip and reads its H.264 priors.\n"
-        "- **CPFP Restore** deblurs in overlapping temporal chunks (and tiles for large frames).\n"
+        "- **CPFP Restore**, mode *quality* (default): measures each pixel's blur trajectory from the motion "
+        "between frames and inverts it with the non-blind solver, frame by frame (slow on a CPU: seconds per "
+        "frame). Mode *fast*: the CPFP network guided by the codec priors, in overlapping temporal chunks.\n"
         "- **Create Video → Save Video** keep the source fps and audio.\n"
-        "- The second video shows the input and the result side by side.\n\n"
-        f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder."))
-    links += [("restore", "side_by_side", "ba_preview", "images")]
+        "- The second video shows the input and the result side by side; the trajectory preview shows the "
+        "measured blur (hue = axis, saturation = length, white = sharp).\n\n"
+        f"Put `{SAMPLE}` (or any clip) in ComfyUI's `input/` folder."), size=(380, 300))
+    links += [("restore", "side_by_side", "ba_preview", "images"),
+              ("restore", "trajectory", "traj_preview", "images")]
     return {"nodes": nodes, "links": links}
 
 
@@ -190,7 +195,9 @@ def _official_weights() -> dict:
     wf = _stage_two("ksampler")
     nodes = wf["nodes"]
     nodes["cpfp"]["widgets"] = {"@file": OFFICIAL_CPFP_FILE}
-    nodes["restore"]["widgets"] = {"frames_per_chunk": 48, "chunk_overlap": 4, "tile_size": 256, "tile_overlap": 64}
+    # the official network is fast mode's (quality mode would not use it)
+    nodes["restore"]["widgets"] = {"frames_per_chunk": 48, "chunk_overlap": 4, "tile_size": 256, "tile_overlap": 64,
+                                   "mode": "fast"}
     nodes["note"] = _note((-480, 120), (
         "## Full CPGD with the authors' weights\n\n"
         "Stage one runs the **official CPFP network** at the official test settings (48-frame windows, "

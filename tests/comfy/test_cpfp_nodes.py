@@ -220,6 +220,8 @@ def test_main_job_workflow_validates(comfy, media):
         prompt = json.load(f)
     classes = {n["class_type"] for n in prompt.values()}
     assert {"CPGD_CPFPLoader", "CPGD_CPFPRestore", "SaveVideo", "SaveImage"} <= classes
+    restore_node = next(n for n in prompt.values() if n["class_type"] == "CPGD_CPFPRestore")
+    assert restore_node["inputs"]["mode"] == "quality"  # make run runs the default stage one
     for node in prompt.values():
         if node["class_type"] == "CPGD_LoadVideoWithPriors":
             node["inputs"]["video"] = media["blurry"]

@@ -35,7 +35,7 @@ SOAK_DEADLINE_S = 170
 
 
 def restore_graph(video: str, cap: int, skip: int = 0, prefix: str = "cpgd_live/restored", chunk: int = 64) -> dict:
-    """Load with priors -> CPFP Restore (shipped weights, one chunk, no tiles) -> Save Image."""
+    """Load with priors -> CPFP Restore (fast mode: shipped CPFP weights, one chunk, no tiles) -> Save Image."""
     return {
         "1": {"class_type": "CPGD_LoadVideoWithPriors",
               "inputs": {"video": video, "skip_first_frames": skip, "frame_load_cap": cap, "select_every_nth": 1,
@@ -44,7 +44,7 @@ def restore_graph(video: str, cap: int, skip: int = 0, prefix: str = "cpgd_live/
         RESTORE: {"class_type": "CPGD_CPFPRestore",
                   "inputs": {"model": ["2", 0], "images": ["1", 0], "priors": ["1", 1], "frames_per_chunk": chunk,
                              "chunk_overlap": 4, "tile_size": 0, "tile_overlap": 32, "dtype": "auto",
-                             "use_priors": True}},
+                             "use_priors": True, "mode": "fast"}},
         SAVE: {"class_type": "SaveImage", "inputs": {"images": [RESTORE, 0], "filename_prefix": prefix}},
     }
 
