@@ -220,7 +220,9 @@ def test_readme_install_into_plain_comfyui(start_comfy_server):
         assert src_frames > 0 and src_audio == 1
 
         t0 = time.monotonic()
-        hist = server.run(prompt, timeout=1200)
+        # the whole 72-frame sample in quality mode (the default stage one): about 10 s per 640x360 frame on a
+        # loaded 2-core CPU
+        hist = server.run(prompt, timeout=3600)
         timings["workflow"] = f"{time.monotonic() - t0:.0f} s"
         assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:3000]
         restore = next(k for k, n in prompt.items() if n["class_type"] == "CPGD_CPFPRestore")
