@@ -293,7 +293,7 @@ class CPFPRestore(io.ComfyNode):
             info = f"{note}; {info}"
         picture = (trajectory_picture(trajectory) if trajectory is not None
                    else torch.zeros(frames.shape[0], 3, *frames.shape[-2:]))
-        side = torch.cat([frames, restored], dim=-1)
+        side = torch.cat([frames, restored.to(frames.device)], dim=-1)
         return io.NodeOutput(frames_to_image(restored), frames_to_image(side), info, frames_to_image(picture))
 
     @staticmethod
@@ -303,6 +303,7 @@ class CPFPRestore(io.ComfyNode):
         from ..cpgd_core.pipeline.nonblind import deblur_frames
 
         n = frames.shape[0]
+        frames = frames.cpu()  # the blur field measures motion with OpenCV; the solver moves what it needs
         device = mm.get_torch_device()
         if not mm.is_device_cpu(device):
             mm.free_memory(QUALITY_WORKSPACE, device)  # evict other models when the GPU is full, as loaders do
@@ -324,7 +325,7 @@ class CPFPRestore(io.ComfyNode):
         if frames.shape[0] < 2:
             return None
         progress, check_interrupt = progress_callbacks(frames.shape[0])
-        return preview_trajectory(frames, exposure, progress, check_interrupt)
+        return preview_trajectory(frames.cpu(), exposure, progress, check_interrupt)
 
     @staticmethod
     def _fast(model: CPFPModel, frames: torch.Tensor, priors: CodecPriors, frames_per_chunk: int, chunk_overlap: int,
