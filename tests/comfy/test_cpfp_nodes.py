@@ -287,7 +287,7 @@ def test_quality_mode_graph_outputs_progress_and_trajectory(media, quality_run):
     assert progress[-1] == (2 * N, 2 * N) and (N, 2 * N) in progress and (N + 1, 2 * N) in progress, progress
     before, after = psnr(images.movedim(-1, 1), media["sharp"]), psnr(restored.movedim(-1, 1), media["sharp"])
     print(f"quality mode PSNR vs sharp: blurry {before:.2f} dB, restored {after:.2f} dB")
-    assert after > before - 1.0  # (the shipped solver weights are interim; this guards against a broken path)
+    assert after > before  # (+0.97 dB with the interim shipped solver weights of 610d0b9)
 
 
 def test_fast_mode_trajectory_output_matches_quality_mode(comfy, media, quality_run):
