@@ -125,8 +125,8 @@ def test_deblur_cli_with_official_checkpoint(official_pth, tmp_path, capsys):
     clip = str(tmp_path / "in.mp4")
     write_video(clip, frames, Fraction(12), crf=20, preset="ultrafast")
     out = str(tmp_path / "out.mp4")
-    rc = main(["deblur", clip, out, "--weights", path, "--raft", "none", "--chunk", "4", "--overlap", "1",
-               "--tile", "64", "--tile-overlap", "16", "--json"])
+    rc = main(["deblur", clip, out, "--mode", "fast", "--weights", path, "--raft", "none", "--chunk", "4",
+               "--overlap", "1", "--tile", "64", "--tile-overlap", "16", "--json"])
     assert rc == 0
     text = capsys.readouterr().out
     assert '"event": "model"' in text and "no RAFT" in text and '"event": "done"' in text
