@@ -51,16 +51,19 @@ def load_deblur(path: Optional[str] = None) -> UnrolledDeblur:
     return _load_cached(os.path.abspath(path), os.path.getmtime(path))
 
 
-def with_iterations(model: UnrolledDeblur, iterations: int) -> UnrolledDeblur:
-    """The same solver run for ``iterations`` HQS iterations (0 or its own count: unchanged). Fewer keep the
-    first iterations' schedule and end on the last one's noise level; more repeat the last iteration."""
+def with_iterations(model: UnrolledDeblur, iterations: int, cg_steps: int = 0) -> UnrolledDeblur:
+    """The same solver run for ``iterations`` HQS iterations of ``cg_steps`` CG steps each (0: its own count).
+    Fewer iterations keep the first iterations' schedule and end on the last one's noise level; more repeat the
+    last iteration."""
     n = model.config.iterations
-    if iterations <= 0 or iterations == n:
+    iterations = iterations if iterations > 0 else n
+    cg_steps = cg_steps if cg_steps > 0 else model.config.cg_steps
+    if iterations == n and cg_steps == model.config.cg_steps:
         return model
     from dataclasses import replace
 
     idx = [min(round(i * (n - 1) / max(iterations - 1, 1)), n - 1) for i in range(iterations)]
-    out = UnrolledDeblur(replace(model.config, iterations=iterations))
+    out = UnrolledDeblur(replace(model.config, iterations=iterations, cg_steps=cg_steps))
     out.denoiser = model.denoiser
     with torch.no_grad():
         out.log_sigma.copy_(model.log_sigma[idx])

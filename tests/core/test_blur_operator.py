@@ -71,7 +71,7 @@ def test_zero_trajectory_is_the_identity():
 def test_sample_count_follows_the_longest_paths():
     traj = torch.zeros(1, 2, 50, 50)
     traj[:, 0, :, :25] = 20.0
-    assert sample_count(traj, spacing=2.0) == 10
+    assert sample_count(traj, spacing=2.0) == 16   # 20 px / 2 px = 10, rounded up to a power of two
     assert sample_count(torch.zeros(1, 2, 8, 8)) == 1
     assert sample_count(torch.full((1, 2, 8, 8), 1000.0), max_samples=32) == 32
 
