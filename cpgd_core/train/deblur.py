@@ -136,6 +136,8 @@ def train(args: argparse.Namespace) -> dict:
         step = state["step"]
         set_rng_state(state["rng"])
     log = JsonLogger(os.path.join(args.out, "log.jsonl"))
+    if step:
+        log.log(event="resume", step=step)
     val = real_examples(args.val_seed, args.val_count, args.val_crop, 3)
     val_fields = [trajectories(ex) for ex in val]
     data = DataLoader(BlurCrops(args.crop, args.size, 3, args.seed, step, args.crops_per_example, args.sharp_share),
@@ -145,7 +147,7 @@ def train(args: argparse.Namespace) -> dict:
                       # deadlocked on the parent's codec / OpenCV thread pools
                       multiprocessing_context="spawn" if args.workers else None)
     if step == 0:
-        log.log(step=0, **evaluate(model, val, val_fields))
+        log.log(event="val", step=0, **evaluate(model, val, val_fields))
     t_start, cpu_start = time.time(), time.process_time()
     losses = []
     for batch in data:
@@ -166,13 +168,13 @@ def train(args: argparse.Namespace) -> dict:
         losses.append(loss.item())
         step += 1
         if step % args.log_every == 0:
-            log.log(step=step, loss=round(float(np.mean(losses)), 6), lr=opt.param_groups[0]["lr"],
+            log.log(event="train", step=step, loss=round(float(np.mean(losses)), 6), lr=opt.param_groups[0]["lr"],
                     sigma=[round(float(s) * 255, 2) for s in model.log_sigma.detach().exp()],
                     mu=[round(float(m), 5) for m in model.log_mu.detach().exp()],
                     cpu_s=round(time.process_time() - cpu_start, 1))
             losses = []
         if step % args.val_every == 0:
-            log.log(step=step, **evaluate(model, val, val_fields))
+            log.log(event="val", step=step, **evaluate(model, val, val_fields))
         if step % args.ckpt_every == 0:
             _save(model, opt, step, args, ckpt_path)
     _save(model, opt, step, args, ckpt_path)

@@ -97,11 +97,13 @@ def train(args: argparse.Namespace) -> dict:
         set_rng_state(state["rng"])
     rng = np.random.default_rng([args.seed, step])
     log = JsonLogger(os.path.join(args.out, "log.jsonl"))
+    if step:
+        log.log(event="resume", step=step)
     clips = _frames("train")
     val = make_val()
     t_start, cpu_start = time.time(), time.process_time()
     if step == 0:
-        log.log(step=0, **evaluate(model, val))
+        log.log(event="val", step=0, **evaluate(model, val))
     losses = []
     while step < args.steps:
         if args.time_limit and time.time() - t_start > args.time_limit:
@@ -122,11 +124,11 @@ def train(args: argparse.Namespace) -> dict:
         losses.append(loss.item())
         step += 1
         if step % args.log_every == 0:
-            log.log(step=step, loss=round(float(np.mean(losses)), 6), lr=opt.param_groups[0]["lr"],
+            log.log(event="train", step=step, loss=round(float(np.mean(losses)), 6), lr=opt.param_groups[0]["lr"],
                     cpu_s=round(time.process_time() - cpu_start, 1))
             losses = []
         if step % args.val_every == 0 or step == args.steps:
-            log.log(step=step, **evaluate(model, val))
+            log.log(event="val", step=step, **evaluate(model, val))
         if step % args.ckpt_every == 0 or step == args.steps:
             save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), step=step, rng=rng_state())
             save_network(model, os.path.join(args.out, FINAL_NAME), "prior_denoiser",
