@@ -149,6 +149,26 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+# -- command line ------------------------------------------------------------------------------------
+def add_run_args(p, out_files: str, steps: int, batch: int, crop: int, lr: float, warmup: int, log_every: int,
+                 val_every: int, ckpt_every: int) -> None:
+    """The options of a step-based, resumable training run (the prior and solver trainers), with its defaults."""
+    p.add_argument("--out", required=True, help=f"run folder ({out_files})")
+    p.add_argument("--steps", type=int, default=steps, help="length of the cosine schedule")
+    p.add_argument("--stop-at", type=int, default=0, help="stop at this step (the schedule is unchanged)")
+    p.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--crop", type=int, default=crop)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--val-every", type=int, default=val_every)
+    p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
+
+
 # -- logging -----------------------------------------------------------------------------------------
 class JsonLogger:
     """One JSON object per line, to stdout and (optionally) ``DIR/log.jsonl``; silent on non-main ranks."""

@@ -26,8 +26,8 @@ from ..blur.field import estimate_blur_field
 from ..blur.solver import UnrolledDeblur, UnrolledDeblurConfig
 from ..data.synth import CRF_RANGE
 from ..weights import load_network, save_network
-from .common import (JsonLogger, charbonnier, cosine_lr, load_checkpoint, psnr, rng_state, save_checkpoint,
-                     seed_everything, set_rng_state)
+from .common import (JsonLogger, add_run_args, charbonnier, cosine_lr, load_checkpoint, psnr, rng_state,
+                     save_checkpoint, seed_everything, set_rng_state)
 
 CKPT_NAME = "checkpoint.pt"
 FINAL_NAME = "deblur_final.safetensors"
@@ -189,32 +189,20 @@ def _save(model: UnrolledDeblur, opt, step: int, args: argparse.Namespace, ckpt_
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core.train deblur", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, deblur_final.safetensors)")
+    add_run_args(p, "checkpoint.pt, log.jsonl, deblur_final.safetensors", steps=4000, batch=4, crop=96, lr=1e-4,
+                 warmup=50, log_every=25, val_every=250, ckpt_every=50)
     p.add_argument("--init", default="", help="pre-trained prior (prior_denoiser.safetensors)")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--cg-steps", type=int, default=3)
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--stop-at", type=int, default=0)
-    p.add_argument("--time-limit", type=float, default=0)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--crop", type=int, default=96)
     p.add_argument("--size", type=int, default=256, help="side of each generated example (crops are cut from it)")
     p.add_argument("--crops-per-example", type=int, default=6)
     p.add_argument("--sharp-share", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-schedule", type=float, default=1e-2, help="lr of the per-iteration sigma / mu")
-    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--val-seed", type=int, default=11)
     p.add_argument("--val-count", type=int, default=6)
     p.add_argument("--val-crop", type=int, default=192)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
     return p
 
 

@@ -18,8 +18,8 @@ import torch
 
 from ..models.prior_denoiser import PriorDenoiser, PriorDenoiserConfig
 from ..weights import save_network
-from .common import (JsonLogger, charbonnier, cosine_lr, load_checkpoint, psnr, rng_state, save_checkpoint,
-                     seed_everything, set_rng_state)
+from .common import (JsonLogger, add_run_args, charbonnier, cosine_lr, load_checkpoint, psnr, rng_state,
+                     save_checkpoint, seed_everything, set_rng_state)
 
 CKPT_NAME = "checkpoint.pt"
 FINAL_NAME = "prior_denoiser.safetensors"
@@ -141,22 +141,10 @@ def train(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core.train prior", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl, prior_denoiser.safetensors)")
-    p.add_argument("--steps", type=int, default=20000, help="length of the cosine schedule")
-    p.add_argument("--stop-at", type=int, default=0, help="stop at this step (the schedule is unchanged)")
-    p.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=96)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    add_run_args(p, "checkpoint.pt, log.jsonl, prior_denoiser.safetensors", steps=20000, batch=8, crop=96, lr=1e-3,
+                 warmup=100, log_every=50, val_every=500, ckpt_every=250)
     p.add_argument("--sigma-max", type=float, default=50 / 255)
     p.add_argument("--zero-share", type=float, default=0.1, help="share of crops with no noise (identity)")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
     return p
 
 

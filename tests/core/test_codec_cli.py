@@ -14,11 +14,17 @@ from cpgd_core.data.synth import load_photo, pan_zoom_path, render_path
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_priors_cli_writes_visualisations(tmp_path):
+def _pan_clip(tmp_path) -> str:
+    """A 160x96 H.264 clip of 10 frames panning about 3 px per frame."""
     img = load_photo("astronaut")
     frames, _ = render_path(img, pan_zoom_path(img.shape, (160, 96), 10, 3.0, 0.0), (160, 96))
     src = str(tmp_path / "in.mp4")
     write_video(src, torch.from_numpy(frames), 20, x264_params="bframes=0:ref=1")
+    return src
+
+
+def test_priors_cli_writes_visualisations(tmp_path):
+    src = _pan_clip(tmp_path)
     out = str(tmp_path / "viz")
     r = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out, "--cap", "8"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -45,10 +51,7 @@ def test_priors_cli_writes_visualisations(tmp_path):
 def test_priors_cli_exports_the_blur_field(tmp_path):
     import numpy as np
 
-    img = load_photo("astronaut")
-    frames, _ = render_path(img, pan_zoom_path(img.shape, (160, 96), 10, 3.0, 0.0), (160, 96))
-    src = str(tmp_path / "in.mp4")
-    write_video(src, torch.from_numpy(frames), 20, x264_params="bframes=0:ref=1")
+    src = _pan_clip(tmp_path)
     out = str(tmp_path / "viz")
     r = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out, "--cap", "8", "--blur-field",
                         "--exposure", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
