@@ -201,7 +201,7 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
                         exposure: Union[float, str] = "auto",
                         progress: Optional[Callable[[int, int], None]] = None,
                         check_interrupt: Optional[Callable[[], None]] = None, *,
-                        codec_start: bool = False) -> BlurField:
+                        codec_start: bool = False, scale: Optional[float] = None) -> BlurField:
     """The blur field of decoded frames.
 
     Args:
@@ -219,7 +219,7 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
     if priors is not None and (len(priors) != t_count or (priors.height, priors.width) != (h, w)):
         raise CPGDInputError(f"priors ({len(priors)} frames, {priors.width}x{priors.height}) are not aligned with "
                              f"the frames ({t_count} frames, {w}x{h})")
-    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start)
+    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start, scale=scale)
     out: list[BlurFrame] = []
     for t in range(t_count):
         if check_interrupt is not None:

@@ -113,6 +113,26 @@ def _check_match(frames: torch.Tensor, priors: CodecPriors, what: str = "") -> N
 
 
 # -- core: one chunk ---------------------------------------------------------------------------------
+# Fast mode leaves alone what did not move during the exposure: CPFP, trained on blur, also smooths sharp frames
+# (0.8 dB under the input on sharp clips encoded at crf 12-16, docs/bench/eval_quality.md). Whether a pixel is
+# blurred is read from the blur field measured at a coarse working size (short side GATE_SHORT_SIDE px), a small
+# cost next to the network; the weight is quality mode's (blur.solver.gate).
+GATE_SHORT_SIDE = 180
+
+
+def blur_gate(frames: torch.Tensor) -> Optional[torch.Tensor]:
+    """(T, 1, H, W) weight in [0, 1] of the restored frames (0 where the frames are sharp), or None for a single
+    frame (no motion to measure: the network's output is kept)."""
+    from ..blur.field import estimate_blur_field
+    from ..blur.solver import gate
+
+    t, _, h, w = frames.shape
+    if t < 2:
+        return None
+    scale = min(1.0, GATE_SHORT_SIDE / max(min(h, w), 1))
+    return gate(estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale).trajectory)
+
+
 @torch.no_grad()
 def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPriors, tile_size: int = 0,
                   tile_overlap: int = 32, dtype: str = "auto", device: Optional[torch.device | str] = None,
@@ -123,7 +143,8 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
     cut into tiles of about that size (multiples of 4) overlapping by ``tile_overlap`` px and blended with
     feathered weights that sum to 1. ``check_interrupt()`` is called before each tile and, inside the
     network, between frames. A model with ``size_multiple`` / ``min_size`` attributes (the official
-    network: 16, and 256 px with RAFT) gets frames and tiles padded / enlarged to those instead.
+    network: 16, and 256 px with RAFT) gets frames and tiles padded / enlarged to those instead. For the pack's
+    CPFP, pixels that the blur field finds sharp keep their input value (:func:`blur_gate`).
     """
     _check_match(frames, priors)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -162,7 +183,12 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
                 else:
                     weight = (wgt_y.view(-1, 1) * wgt_x.view(1, -1))
                     out[..., y0:y1, x0:x1] += pred * weight.float()
-    return out[..., :h, :w].float().clamp_(0, 1)
+    out = out[..., :h, :w].float().clamp_(0, 1)
+    weight = blur_gate(frames) if isinstance(model, CPFP) else None
+    if weight is not None:
+        inp = frames.float().cpu()
+        out = inp + weight * (out - inp)
+    return out
 
 
 # -- drivers -----------------------------------------------------------------------------------------
