@@ -11,6 +11,7 @@ COMMANDS = {
     "make-val": ("cpfp", "make_val_main", "write the fixed CPFP validation set (held-out images)"),
     "prior": ("prior", "main", "pre-train the learned prior (noise-conditioned denoiser) of the non-blind stage one"),
     "deblur": ("deblur", "main", "train the non-blind stage one (unrolled solver with the learned prior) end to end"),
+    "export-deblur": ("deblur", "export_main", "write the shipped solver at a chosen iteration count"),
     "cpcontrolnet": ("cpcontrolnet", "main", "train the stage-two CPControlNet"),
 }
 

@@ -209,3 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     train(build_parser().parse_args(argv))
     return 0
+
+
+def export_main(argv: list[str]) -> int:
+    """Write the shipped solver: a trained one run at the (iterations, CG steps) chosen by measured gain per second
+    (``bench/eval_quality.py``'s table), with where it came from in its metadata."""
+    from ..pipeline.nonblind import load_deblur, with_iterations
+    from ..weights import read_cpfp_metadata
+
+    p = argparse.ArgumentParser(prog="python -m cpgd_core.train export-deblur", description=export_main.__doc__)
+    p.add_argument("trained", help="the run's deblur_final.safetensors")
+    p.add_argument("out", help="where to write the shipped file (e.g. cpgd_core/weights/deblur.safetensors)")
+    p.add_argument("--iterations", type=int, required=True)
+    p.add_argument("--cg-steps", type=int, required=True)
+    a = p.parse_args(argv)
+    meta = read_cpfp_metadata(a.trained)
+    model = with_iterations(load_deblur(a.trained), a.iterations, a.cg_steps)
+    save_network(model, a.out, FORMAT, {"step": meta.get("step", ""), "recipe": meta.get("recipe", ""),
+                                        "exported_from": os.path.basename(a.trained),
+                                        "trained_setting": f"{meta_config(meta)}"})
+    print(f"wrote {a.out}: {a.iterations} iterations x {a.cg_steps} CG steps from step {meta.get('step', '?')}")
+    return 0
+
+
+def meta_config(meta: dict) -> str:
+    """'iterations x cg_steps' of a solver file's config metadata."""
+    import json
+
+    cfg = json.loads(meta["config"])
+    return f"{cfg['iterations']} x {cfg['cg_steps']}"

@@ -63,6 +63,12 @@ def test_solver_trains_end_to_end_from_the_prior(tmp_path):
     assert vals[-1]["step"] == 2 and {"val_psnr", "input_psnr"} <= set(vals[-1])
     model = load_network(os.path.join(out, "deblur_final.safetensors"), "unrolled_deblur")
     assert isinstance(model, UnrolledDeblur) and model.config.iterations == 2
+    shipped = str(tmp_path / "deblur.safetensors")
+    assert main(["export-deblur", os.path.join(out, "deblur_final.safetensors"), shipped, "--iterations", "1",
+                 "--cg-steps", "2"]) == 0
+    small = load_network(shipped, "unrolled_deblur")
+    assert (small.config.iterations, small.config.cg_steps) == (1, 2)
+    assert torch.equal(small.log_sigma, model.log_sigma[:1])
     prior = load_network(init, "prior_denoiser")
     # the solver's prior started from the pre-trained one and moved with training
     assert any(not torch.equal(a, b) for a, b in zip(model.denoiser.state_dict().values(),
