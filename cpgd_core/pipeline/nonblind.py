@@ -107,6 +107,14 @@ def deblur_frame(model: UnrolledDeblur, frame: torch.Tensor, trajectory: torch.T
     return out.clamp_(0, 1)
 
 
+def measured(trajectory: torch.Tensor, exposure_confidence: Optional[float]) -> torch.Tensor:
+    """The trajectory to invert: none where the exposure could not be read (confidence 0: the field's fallback
+    exposure is a guess, and inverting a guessed blur damages sharp frames, 3 dB on a sharp held-out clip)."""
+    if exposure_confidence is not None and float(exposure_confidence) <= 0:
+        return torch.zeros_like(trajectory)
+    return trajectory
+
+
 def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[BlurField] = None,
                   exposure: Union[float, str] = "auto", progress: Progress = None,
                   check_interrupt: Interrupt = None) -> tuple[torch.Tensor, BlurField]:
@@ -118,8 +126,10 @@ def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[B
         raise CPGDInputError(f"blur field ({len(field)} frames, {tuple(field.trajectory.shape[-2:])}) does not match "
                              f"the frames ({len(frames)} frames, {tuple(frames.shape[-2:])})")
     out = torch.empty_like(frames, dtype=torch.float32)
+    confidence = field.exposure_confidence
     for t in range(len(frames)):
-        out[t] = deblur_frame(model, frames[t], field.trajectory[t], check_interrupt)
+        traj = measured(field.trajectory[t], None if confidence is None else confidence[t])
+        out[t] = deblur_frame(model, frames[t], traj, check_interrupt)
         if progress is not None:
             progress(t + 1, len(frames))
     return out, field
@@ -137,7 +147,8 @@ def deblur_stream(model: UnrolledDeblur, frames: Iterable[torch.Tensor], height:
     def emit(ready) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         for bf in ready:
             frame = pending.popleft()
-            yield deblur_frame(model, frame, bf.trajectory, check_interrupt), bf.trajectory, float(bf.exposure)
+            traj = measured(bf.trajectory, bf.exposure_confidence)
+            yield deblur_frame(model, frame, traj, check_interrupt), traj, float(bf.exposure)
 
     for frame in frames:
         if check_interrupt is not None:

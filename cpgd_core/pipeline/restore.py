@@ -130,7 +130,11 @@ def blur_gate(frames: torch.Tensor) -> Optional[torch.Tensor]:
     if t < 2:
         return None
     scale = min(1.0, GATE_SHORT_SIDE / max(min(h, w), 1))
-    return gate(estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale).trajectory)
+    field = estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale)
+    from .nonblind import measured
+
+    conf = field.exposure_confidence
+    return gate(torch.stack([measured(field.trajectory[i], None if conf is None else conf[i]) for i in range(t)]))
 
 
 @torch.no_grad()

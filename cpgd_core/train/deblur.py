@@ -109,9 +109,17 @@ def evaluate(model: UnrolledDeblur, examples: list[dict], fields: list[torch.Ten
 
 
 def build_model(args: argparse.Namespace) -> UnrolledDeblur:
+    """The solver of ``args``' iterations x CG steps, its prior from ``--init``: a pre-trained prior, or a trained
+    solver (its prior and its schedule, resampled to this run's iteration count by ``with_iterations``)."""
+    from ..pipeline.nonblind import with_iterations
+    from ..weights import inspect_weights
+
     config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps)
     model = UnrolledDeblur(config)
-    if args.init:
+    if args.init and inspect_weights(args.init) == FORMAT:
+        trained = with_iterations(load_network(args.init, FORMAT), args.iterations, args.cg_steps)
+        model.load_state_dict(trained.state_dict())
+    elif args.init:
         prior = load_network(args.init, "prior_denoiser")
         model.denoiser.load_state_dict(prior.state_dict())
     return model
@@ -191,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cpgd_core.train deblur", description=__doc__.split("\n\n")[0])
     add_run_args(p, "checkpoint.pt, log.jsonl, deblur_final.safetensors", steps=4000, batch=4, crop=96, lr=1e-4,
                  warmup=50, log_every=25, val_every=250, ckpt_every=50)
-    p.add_argument("--init", default="", help="pre-trained prior (prior_denoiser.safetensors)")
+    p.add_argument("--init", default="", help="pre-trained prior (prior_denoiser.safetensors) or a trained solver "
+                                              "(deblur_final.safetensors: fine-tuned at this run's iterations)")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--cg-steps", type=int, default=3)
     p.add_argument("--size", type=int, default=256, help="side of each generated example (crops are cut from it)")

@@ -100,3 +100,14 @@ def test_wrong_weights_file_is_refused(tmp_path):
         nonblind.load_deblur(default_cpfp_path())
     with pytest.raises(CPGDInputError, match="not found"):
         nonblind.load_deblur(str(tmp_path / "missing.safetensors"))
+
+
+def test_a_guessed_exposure_is_not_inverted():
+    clip = _panning_clip(4, 40, 56, speed=3)
+    _, field = nonblind.deblur_frames(_model(), clip, exposure=0.5)
+    assert float(field.trajectory.norm(dim=1).median()) > 1.0
+    field.exposure_confidence = torch.zeros(len(clip))   # the exposure reader's fallback: a guess
+    out, _ = nonblind.deblur_frames(_model(), clip, field)
+    assert torch.equal(out, clip)
+    assert torch.equal(nonblind.measured(field.trajectory[0], 0.0), torch.zeros_like(field.trajectory[0]))
+    assert torch.equal(nonblind.measured(field.trajectory[0], 0.7), field.trajectory[0])
