@@ -4,7 +4,9 @@
 
 Writes one markdown file per live run:
 
-- ``training``: the 'quality' mode's end-to-end run (``make train-stage-one``, docs/training/deblur_real/);
+- ``training``: the 'quality' mode's first end-to-end run (4 iterations x 3 CG steps, docs/training/deblur_real/);
+- ``training_3x2``: that solver fine-tuned at the shipped 3 x 2 setting (``make train-stage-one``,
+  docs/training/deblur_3x2/);
 - ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
 - ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
 
@@ -29,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
-RUNS = {"training": "deblur_real", "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
+RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_prior": "prior_denoiser",
+        "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -105,10 +108,10 @@ def quality_curve(run: str) -> list[str]:
     args = deblur.build_parser().parse_args(shlex.split(recipe_text) + ["--out", run])
     rows, seconds, last_step = curve(read_log(os.path.join(run, "log.jsonl")))
     init = os.path.relpath(os.path.join(ROOT, args.init), ROOT) if args.init else "no pre-trained prior"
-    lines = [f"Run: `make train-stage-one` with the current `{os.path.relpath(run, ROOT)}/recipe.txt` "
+    lines = [f"Run: `python -m cpgd_core.train deblur` with the current `{os.path.relpath(run, ROOT)}/recipe.txt` "
              f"(`{recipe_text}`; where the recipe changed during the run, the file's git history has the earlier "
              "versions and the lr column shows where): the unrolled solver with "
-             f"{args.iterations} iterations of {args.cg_steps} CG steps, prior initialised from "
+             f"{args.iterations} iterations of {args.cg_steps} CG steps, initialised from "
              f"`{init}`, batch {args.batch}, {args.crop}² crops of 3 frames, {args.sharp_share:.0%} sharp examples, "
              f"schedule of {args.steps} steps; {_progress(last_step, seconds)}.", "",
              f"Validation: {args.val_count} examples of {args.val_crop}² x 3 frames from the held-out clips "
@@ -171,8 +174,10 @@ def fast_curve(run: str) -> list[str]:
     return lines
 
 
-CURVES = {"training": quality_curve, "training_prior": prior_curve, "training_fast": fast_curve}
+CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_prior": prior_curve,
+          "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
+          "training_3x2": "Stage one 'quality': the solver fine-tuned at the shipped setting (make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_fast": "Stage one 'fast': CPFP lite training"}
 
