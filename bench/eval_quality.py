@@ -372,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                    [[k, f"{v['gain_db']:+.2f}", v.get("s_per_720p_frame", "")] for k, v in its.items()]), "",
                f"The trained solver (`{os.path.relpath(TRAINED, ROOT)}`) at other settings: fewer iterations keep "
                "the first iterations' learned schedule and end on the last one's noise level "
-               "(`nonblind.with_iterations`). The shipped weights are the trained ones exported at the setting "
-               "chosen from this table; the node's and the CLI's `iterations` override the count.", ""]
+               "(`nonblind.with_iterations`). The shipped weights are this solver at the setting chosen from this "
+               "table, then fine-tuned at that setting (`docs/training/deblur_3x2`, see the model card); the node's "
+               "and the CLI's `iterations` override the count.", ""]
         print(f"[{time.time() - t0:.0f}s] iterations done", flush=True)
 
     for key, label, seed, crf in (("identity_train_crf", "training CRFs 18-30", 2, CRF_RANGE),
