@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import torch
 
-from ..blur.field import EXPOSURE_WINDOW, BlurFieldStream, parse_exposure
+from ..blur.field import EXPOSURE_WINDOW, estimate_blur_field, parse_exposure
 from ..blur import velocity
 from ..errors import CPGDInputError
 
@@ -151,18 +151,11 @@ def preview_trajectory(frames: torch.Tensor, exposure: Union[str, float] = "auto
     """(T, 2, H, W) blur trajectories of (T >= 2, 3, H, W) frames for the picture only (fast mode): the blur field
     estimated as quality mode does, with the motion measured at a working size whose short side is at most
     ``PREVIEW_SHORT_SIDE`` (the default size up to 720p)."""
-    t_count, _, h, w = frames.shape
+
+    h, w = frames.shape[-2:]
     scale = min(velocity.working_scale(h, w), PREVIEW_SHORT_SIDE / max(min(h, w), 1))
-    stream = BlurFieldStream(h, w, exposure, scale=scale)
-    out = []
-    for t in range(t_count):
-        if check_interrupt is not None:
-            check_interrupt()
-        out += [f.trajectory for f in stream.push(velocity.grey_u8(frames[t]))]
-        if progress is not None:
-            progress(t + 1, t_count)
-    out += [f.trajectory for f in stream.finish()]
-    return torch.stack(out)
+    return estimate_blur_field(frames, exposure=exposure, progress=progress, check_interrupt=check_interrupt,
+                               scale=scale).trajectory
 
 
 def trajectory_picture(trajectory: torch.Tensor) -> torch.Tensor:
