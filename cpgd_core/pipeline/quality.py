@@ -151,7 +151,6 @@ def preview_trajectory(frames: torch.Tensor, exposure: Union[str, float] = "auto
     """(T, 2, H, W) blur trajectories of (T >= 2, 3, H, W) frames for the picture only (fast mode): the blur field
     estimated as quality mode does, with the motion measured at a working size whose short side is at most
     ``PREVIEW_SHORT_SIDE`` (the default size up to 720p)."""
-
     h, w = frames.shape[-2:]
     scale = min(velocity.working_scale(h, w), PREVIEW_SHORT_SIDE / max(min(h, w), 1))
     return estimate_blur_field(frames, exposure=exposure, progress=progress, check_interrupt=check_interrupt,
