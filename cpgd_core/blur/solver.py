@@ -15,19 +15,21 @@ a sharp frame must come back as it went in.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from ..models.config import JsonConfig
 from ..models.prior_denoiser import PriorDenoiser, PriorDenoiserConfig
 from .operator import TrajectoryBlur
 
 # Trajectory length (px) below which a pixel is left as it came in, and the ramp over which deblurring fades in.
 GATE_PX = (0.75, 1.5)
+# Trajectory (px) that the guided prior reads as 1: the guide stays of order one for blur of tens of pixels.
+GUIDE_TRAJECTORY_PX = 16.0
 Interrupt = Optional[Callable[[], None]]
 
 
@@ -91,7 +93,7 @@ def tv_prox(x: torch.Tensor, weight: torch.Tensor | float, iterations: int = 20)
 
 
 @dataclass
-class UnrolledDeblurConfig:
+class UnrolledDeblurConfig(JsonConfig):
     """iterations: HQS iterations; cg_steps: CG iterations per data step; sigma_start / sigma_end: the prior's noise
     level at the first and last iteration ([0, 1] units); noise: assumed error of the blur model and the codec in
     y, sets mu_k = (noise / sigma_k)^2; prior: 'learned', 'tv', or 'none' (the data steps alone: the ablation);
@@ -111,18 +113,10 @@ class UnrolledDeblurConfig:
         if self.denoiser is None:
             self.denoiser = PriorDenoiserConfig()
         elif isinstance(self.denoiser, dict):
-            self.denoiser = PriorDenoiserConfig(**{k: tuple(v) for k, v in self.denoiser.items()})
+            self.denoiser = PriorDenoiserConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in self.denoiser.items()})
         if self.prior not in ("learned", "tv", "none"):
             raise ValueError(f"prior must be 'learned', 'tv' or 'none', got {self.prior!r}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "UnrolledDeblurConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def gate(trajectory: torch.Tensor) -> torch.Tensor:
@@ -152,12 +146,12 @@ class UnrolledDeblur(nn.Module):
         self.log_mu = nn.Parameter(2 * (math.log(c.noise) - sig))
         self.denoiser = PriorDenoiser(c.denoiser) if c.prior == "learned" else None
 
-    def prior_step(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def prior_step(self, x: torch.Tensor, sigma: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.prior == "none":
             return x
         if self.denoiser is None:
             return tv_prox(x, self.config.tv_scale * sigma, self.config.tv_iterations)
-        return self.denoiser(x, sigma.expand(x.shape[0]))
+        return self.denoiser(x, sigma.expand(x.shape[0]), guide)
 
     def forward(self, y: torch.Tensor, trajectory: torch.Tensor, check_interrupt: Interrupt = None,
                 blur: TrajectoryBlur | None = None) -> torch.Tensor:
@@ -165,6 +159,8 @@ class UnrolledDeblur(nn.Module):
         if blur.identity:
             return y
         bty = blur.adjoint(y)
+        guided = self.denoiser is not None and self.config.denoiser.guide > 0
+        guide = torch.cat([y, trajectory / GUIDE_TRAJECTORY_PX], 1) if guided else None
         z = y
         for k in range(self.config.iterations):
             if check_interrupt is not None:
@@ -173,6 +169,6 @@ class UnrolledDeblur(nn.Module):
             x = conjugate_gradient(lambda v: blur.normal(v) + mu * v, bty + mu * z, z, self.config.cg_steps)
             if check_interrupt is not None:
                 check_interrupt()
-            z = self.prior_step(x, self.log_sigma[k].exp())
+            z = self.prior_step(x, self.log_sigma[k].exp(), guide)
         g = gate(trajectory)
         return y + g * (z - y)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..codec.flow import compose, warp
 from ..codec.priors import CodecPriors
 from ..errors import CPGDInputError
+from .config import JsonConfig
 from .cpfp_official import CAB1
 
 # |residual| (in [0,1]-luma units) -> [0, 1) guidance map. A fixed curve instead of the official per-clip
@@ -65,7 +66,7 @@ def poll_before_convs(module: nn.Module, check_interrupt: Interrupt) -> Iterator
 
 
 @dataclass
-class CPFPConfig:
+class CPFPConfig(JsonConfig):
     """Hyper-parameters of :class:`CPFP`. ``lite()`` is sized for CPUs, ``base()`` follows the official widths."""
 
     enc_channels: int = 16        # full and 1/2 resolution
@@ -106,18 +107,6 @@ class CPFPConfig:
         if self.deform_groups % 2 or self.mid_channels % (self.deform_groups // 2):
             raise CPGDInputError(f"CPFPConfig.deform_groups={self.deform_groups} must be even and divide "
                                  f"mid_channels={self.mid_channels} in halves")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "CPFPConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CPGDInputError(f"CPFP config has unknown fields {sorted(unknown)}")
-        return cls(**data)
 
     @property
     def branch_names(self) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..codec.flow import warp
 from ..errors import CPGDInputError
 from ..ops.deform_conv import deform_conv2d
+from .config import JsonConfig
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 # Official modules that exist in the checkpoint but never run in forward (spec §1.4).
@@ -38,7 +39,7 @@ UNUSED_PREFIXES = ("feat_extract.", "decoder_level1_2.", "decoder_level2.", "dec
 
 
 @dataclass
-class OfficialCPFPConfig:
+class OfficialCPFPConfig(JsonConfig):
     """Hyper-parameters of :class:`OfficialCPFP`; the defaults are the official constructor's."""
 
     channels: int = 64            # full and 1/2 resolution
@@ -52,19 +53,6 @@ class OfficialCPFPConfig:
     deform_groups: int = 16
     max_residue_magnitude: float = 5.0
     shift_pixels: int = 4         # spatial shift of the decoder's shift blocks (1/2-res pixels)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "OfficialCPFPConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise CPGDInputError(f"official CPFP config has unknown fields {sorted(set(data) - known)}")
-        if "window_size" in data:
-            data["window_size"] = tuple(data["window_size"])
-        return cls(**data)
 
 
 def _lrelu() -> nn.LeakyReLU:

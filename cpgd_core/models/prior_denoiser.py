@@ -11,29 +11,24 @@ unrolled solver with estimated blur trajectories, so it also learns the deconvol
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import JsonConfig
+
 
 @dataclass
-class PriorDenoiserConfig:
-    """Widths of the three U-Net levels (1/2, 1/4, 1/8 of the input), residual blocks per level."""
+class PriorDenoiserConfig(JsonConfig):
+    """Widths of the three U-Net levels (1/2, 1/4, 1/8 of the input), residual blocks per level; guide: channels
+    of side information read beside the image (0: a plain denoiser; inside the solver 5, the blurry frame and
+    its trajectory, so the prior knows where the inversion rings or its kernel is wrong)."""
 
     channels: tuple[int, int, int] = (32, 64, 96)
     blocks: tuple[int, int, int] = (1, 1, 2)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "PriorDenoiserConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) for k, v in data.items() if k in known})
+    guide: int = 0
 
 
 class _ResBlock(nn.Module):
@@ -47,10 +42,11 @@ class _ResBlock(nn.Module):
 
 
 class PriorDenoiser(nn.Module):
-    """x_hat = x + net(x, sigma).
+    """x_hat = x + net(x, sigma, guide).
 
-    forward(x, sigma): x (B, 3, H, W) in [0, 1] (any H, W: padded internally to a multiple of 8);
-    sigma (B,) or a float, the noise standard deviation in [0, 1] units. Returns (B, 3, H, W).
+    forward(x, sigma, guide): x (B, 3, H, W) in [0, 1] (any H, W: padded internally to a multiple of 8);
+    sigma (B,) or a float, the noise standard deviation in [0, 1] units; guide (B, config.guide, H, W) or None
+    when config.guide is 0. Returns (B, 3, H, W).
     """
 
     MULTIPLE = 8
@@ -60,7 +56,7 @@ class PriorDenoiser(nn.Module):
         self.config = config or PriorDenoiserConfig()
         c1, c2, c3 = self.config.channels
         b1, b2, b3 = self.config.blocks
-        self.head = nn.Conv2d(4 * 4, c1, 3, padding=1)
+        self.head = nn.Conv2d(4 * (4 + self.config.guide), c1, 3, padding=1)
         self.enc1 = nn.Sequential(*[_ResBlock(c1) for _ in range(b1)])
         self.down1 = nn.Conv2d(c1, c2, 2, stride=2)
         self.enc2 = nn.Sequential(*[_ResBlock(c2) for _ in range(b2)])
@@ -74,14 +70,19 @@ class PriorDenoiser(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                guide: torch.Tensor | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
+        if (guide.shape[1] if guide is not None else 0) != self.config.guide:
+            raise ValueError(f"this prior reads {self.config.guide} guide channels, got "
+                             f"{None if guide is None else guide.shape[1]}")
         m = self.MULTIPLE
         ph, pw = (-h) % m, (-w) % m
-        xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+        pad = (lambda t: F.pad(t, (0, pw, 0, ph), mode="replicate")) if (ph or pw) else (lambda t: t)
+        xp = pad(x)
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         s = s.expand(b, 1, xp.shape[2], xp.shape[3])
-        z = F.pixel_unshuffle(torch.cat([xp, s], 1), 2)
+        z = F.pixel_unshuffle(torch.cat([xp, s] + ([pad(guide)] if guide is not None else []), 1), 2)
         e1 = self.enc1(self.head(z))
         e2 = self.enc2(self.down1(F.relu(e1)))
         m3 = self.mid(self.down2(F.relu(e2)))
@@ -89,3 +90,14 @@ class PriorDenoiser(nn.Module):
         d1 = self.dec1(self.up1(d2) + e1)
         out = xp + F.pixel_shuffle(self.tail(F.relu(d1)), 2)
         return out[..., :h, :w]
+
+    def load_unguided(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a trained prior with fewer (or no) guide channels: its weights, the new guide inputs at zero,
+        so this network begins as exactly that prior. (pixel_unshuffle keeps each input channel's four phases
+        together, so the old inputs are the head's leading columns.)"""
+        state = dict(state)
+        old = state["head.weight"]
+        head = torch.zeros_like(self.head.weight)
+        head[:, : old.shape[1]] = old
+        state["head.weight"] = head
+        self.load_state_dict(state)

@@ -32,6 +32,7 @@ from .common import (JsonLogger, add_run_args, charbonnier, cosine_lr, load_chec
 CKPT_NAME = "checkpoint.pt"
 FINAL_NAME = "deblur_final.safetensors"
 FORMAT = "unrolled_deblur"
+GUIDE_CHANNELS = 5   # the guided prior reads the blurry frame (3) and the trajectory (2): UnrolledDeblur.forward
 
 
 def real_examples(seed: int, count: int, crop: int, frames: int, split: str = "val", sharp: bool = False,
@@ -110,18 +111,25 @@ def evaluate(model: UnrolledDeblur, examples: list[dict], fields: list[torch.Ten
 
 def build_model(args: argparse.Namespace) -> UnrolledDeblur:
     """The solver of ``args``' iterations x CG steps, its prior from ``--init``: a pre-trained prior, or a trained
-    solver (its prior and its schedule, resampled to this run's iteration count by ``with_iterations``)."""
+    solver (its prior and its schedule, resampled to this run's iteration count by ``with_iterations``). With
+    ``--guide`` the prior also reads the blurry frame and the trajectory; started from an unguided prior, it
+    begins as exactly that prior (the new inputs at zero)."""
+    from dataclasses import replace
+
     from ..pipeline.nonblind import with_iterations
     from ..weights import inspect_weights
 
     config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps)
+    config.denoiser = replace(config.denoiser, guide=GUIDE_CHANNELS if args.guide else 0)
     model = UnrolledDeblur(config)
     if args.init and inspect_weights(args.init) == FORMAT:
         trained = with_iterations(load_network(args.init, FORMAT), args.iterations, args.cg_steps)
-        model.load_state_dict(trained.state_dict())
+        with torch.no_grad():
+            model.log_sigma.copy_(trained.log_sigma)
+            model.log_mu.copy_(trained.log_mu)
+        model.denoiser.load_unguided(trained.denoiser.state_dict())
     elif args.init:
-        prior = load_network(args.init, "prior_denoiser")
-        model.denoiser.load_state_dict(prior.state_dict())
+        model.denoiser.load_unguided(load_network(args.init, "prior_denoiser").state_dict())
     return model
 
 
@@ -201,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                  warmup=50, log_every=25, val_every=250, ckpt_every=50)
     p.add_argument("--init", default="", help="pre-trained prior (prior_denoiser.safetensors) or a trained solver "
                                               "(deblur_final.safetensors: fine-tuned at this run's iterations)")
+    p.add_argument("--guide", action="store_true", help="the prior also reads the blurry frame and the trajectory")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--cg-steps", type=int, default=3)
     p.add_argument("--size", type=int, default=256, help="side of each generated example (crops are cut from it)")

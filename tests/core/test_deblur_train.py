@@ -92,3 +92,30 @@ def test_load_network_refuses_another_format(tmp_path):
     save_network(PriorDenoiser(), path, "prior_denoiser")
     with pytest.raises(CPGDInputError, match="is not unrolled_deblur weights"):
         load_network(path, "unrolled_deblur")
+
+
+def test_guided_prior_starts_as_the_trained_unguided_solver(tmp_path):
+    """--guide adds the blurry frame and the trajectory as inputs of the prior; started from a trained solver it
+    gives that solver's output exactly, and the guide then changes the output once its weights move."""
+    from cpgd_core.train.deblur import build_model, build_parser
+    from cpgd_core.weights import save_network
+
+    torch.manual_seed(0)
+    plain = UnrolledDeblur()
+    for p in plain.denoiser.tail.parameters():   # a prior that does something (the zero tail is the identity)
+        p.data.normal_(0, 0.01)
+    init = str(tmp_path / "plain.safetensors")
+    save_network(plain, init, "unrolled_deblur")
+    guided = build_model(build_parser().parse_args(["--init", init, "--guide", "--out", str(tmp_path)])).eval()
+    assert guided.config.denoiser.guide == 5
+    y, traj = torch.rand(1, 3, 40, 48), torch.randn(1, 2, 40, 48) * 4
+    with torch.no_grad():
+        assert torch.allclose(guided(y, traj), plain.eval()(y, traj), atol=1e-5)
+        guided.denoiser.head.weight[:, 16:].normal_(0, 0.05)
+        assert not torch.allclose(guided(y, traj), plain(y, traj), atol=1e-3)
+    path = str(tmp_path / "guided.safetensors")
+    save_network(guided, path, "unrolled_deblur")
+    with torch.no_grad():
+        assert torch.equal(load_network(path, "unrolled_deblur")(y, traj), guided(y, traj))
+    with pytest.raises(ValueError, match="guide channels"):
+        guided.denoiser(y, 0.1)
