@@ -29,7 +29,7 @@ from safetensors.torch import load_file  # noqa: E402
 from cpgd_core.models.cpcontrolnet import CPControlNet, CPControlNetConfig  # noqa: E402
 from cpgd_core.models.cpfp_official import OfficialCPFP, config_from_state_dict  # noqa: E402
 from cpgd_core.models.raft import RAFT  # noqa: E402
-from cpgd_core.pipeline.official import backward_flows, official_stage_one, quarter_grid_mvs  # noqa: E402
+from cpgd_core.models.official_stage_one import backward_flows, official_stage_one, quarter_grid_mvs  # noqa: E402
 
 GOLDEN = os.path.normpath(os.path.join(ROOT, os.pardir, "shared", "reference", "golden"))
 

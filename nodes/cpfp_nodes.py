@@ -25,7 +25,7 @@ from ..cpgd_core.models.cpfp import CPFPConfig
 from ..cpgd_core.models.cpfp_official import OfficialCPFPConfig
 from ..cpgd_core.precision import DTYPE_CHOICES, element_bytes, resolve_dtype, validated_in_bf16
 from ..cpgd_core.pipeline.cli import OFFICIAL_TILE
-from ..cpgd_core.pipeline.official import OfficialStageOne
+from ..cpgd_core.models.official_stage_one import OfficialStageOne
 from ..cpgd_core.pipeline.quality import (DEFAULT_MODE, MAX_ITERATIONS, MODES, TRAJECTORY_FULL_PX, check_iterations,
                                           describe_field, exposure_setting, load_solver, preview_trajectory,
                                           resolve_mode, trajectory_picture)

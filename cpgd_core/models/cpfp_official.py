@@ -567,7 +567,7 @@ class OfficialCPFP(nn.Module):
 
         Args:
             lqs: (N, T, 3, H, W) RGB in [0, 1], H and W multiples of 4 (16 for the RAFT path, see
-                :mod:`cpgd_core.pipeline.official`).
+                :mod:`cpgd_core.models.official_stage_one`).
             flows_forwards: (N, T-1, 2, H/4, W/4); entry k is defined on frame k+1 and points into frame k
                 (the codec MV), in 1/4-grid pixels, channel 0 = x.
             flows_backwards: (N, T-1, 2, H/4, W/4); entry k is defined on frame k and points into frame k+1.

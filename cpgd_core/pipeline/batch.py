@@ -356,7 +356,7 @@ def _planner(args: argparse.Namespace):
     import torch
 
     from ..weights import load_cpfp
-    from .official import OfficialStageOne
+    from ..models.official_stage_one import OfficialStageOne
 
     device = torch.device(args.device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available() and args.memory_budget != 0:

@@ -136,7 +136,7 @@ def fill_settings(args: argparse.Namespace, official: bool) -> None:
 def plan_sizes(args: argparse.Namespace, model, height: int, width: int, device: torch.device) -> Plan:
     """The (chunk, overlap, tile) a video of ``height`` x ``width`` is restored with under ``--memory-budget``
     (after ``fill_settings``)."""
-    from .official import OfficialStageOne
+    from ..models.official_stage_one import OfficialStageOne
     from .restore import GiB, default_budget, plan_memory
 
     if args.memory_budget == 0 or isinstance(model, OfficialStageOne):
@@ -259,7 +259,7 @@ def _load_fast(args: argparse.Namespace, info, device: torch.device, log: Callab
                ) -> tuple[torch.nn.Module, Plan]:
     """Fast mode: the CPFP network of --weights and the (chunk, overlap, tile) it restores ``info`` with."""
     from ..weights import load_cpfp
-    from .official import OfficialStageOne
+    from ..models.official_stage_one import OfficialStageOne
 
     weights = resolve_weights(args.weights)
     model = load_cpfp(weights, device, raft=args.raft)

@@ -112,13 +112,13 @@ def load_raft(path: str, device: str | torch.device = "cpu"):
 
 def load_official_cpfp(path: str, device: str | torch.device = "cpu", raft: Optional[str] = "auto",
                        raft_dirs: Sequence[str] = ()):
-    """Load an official CPGD-Net stage-one checkpoint as an :class:`~cpgd_core.pipeline.official.OfficialStageOne`.
+    """Load an official CPGD-Net stage-one checkpoint as an :class:`~cpgd_core.models.official_stage_one.OfficialStageOne`.
 
     ``raft``: 'auto' (raft-things weights beside the checkpoint or in ``raft_dirs``, if present), None /
     'none' (no refinement: the backward flows are the inverted MVs), or a path to the RAFT weights.
     """
     from ..models.cpfp_official import OfficialCPFP, config_from_state_dict
-    from ..pipeline.official import OfficialStageOne
+    from ..models.official_stage_one import OfficialStageOne
 
     sd = read_state_dict(path)[0]
     try:

@@ -98,3 +98,27 @@ def test_ci_entry_point_runs_make_test():
     with open(path) as f:
         text = f.read()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text and "make test" in text
+
+
+def _relative_imports(path: str) -> set[str]:
+    """Top-level cpgd_core packages a module imports relatively (``from ..pipeline.x import`` -> 'pipeline')."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    pkg = os.path.relpath(os.path.dirname(path), os.path.join(ROOT, "cpgd_core")).split(os.sep)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = pkg[: len(pkg) - (node.level - 1)] if pkg != ["."] else []
+            parts = [p for p in base if p != "."] + (node.module.split(".") if node.module else [])
+            if parts:
+                names.add(parts[0])
+    return names
+
+
+def test_lower_layers_never_import_the_drivers():
+    """models, weights, codec, blur, ops and data are what pipeline and train are built from: importing a driver
+    back would make a cycle (weights -> pipeline was one)."""
+    for layer in ("models", "weights", "codec", "blur", "ops", "data"):
+        for path in _py_files(os.path.join("cpgd_core", layer)):
+            bad = _relative_imports(path) & {"pipeline", "train", "cli"}
+            assert not bad, f"{os.path.relpath(path, ROOT)} imports {sorted(bad)}"

@@ -124,7 +124,7 @@ def test_raft_matches_golden(golden_raft):
 def test_official_path_matches_golden_wrapper(golden_cpfp, golden_raft):
     """MVs -> 1/4 grid, crude inverse, RAFT refinement, frame-0 residual, network: the official
     ``test_by_patch`` on one 256x256 patch, intermediates and output."""
-    from cpgd_core.pipeline.official import RAFT_ITERS, official_stage_one, quarter_grid_mvs
+    from cpgd_core.models.official_stage_one import RAFT_ITERS, official_stage_one, quarter_grid_mvs
     net, _ = golden_cpfp
     inp, want, inter = _golden_set("wrapper")
     record: dict = {}

@@ -14,7 +14,7 @@ from cpgd_core.codec.priors import CodecPriors
 from cpgd_core.errors import CPGDInputError
 from cpgd_core.models.cpfp_official import OfficialCPFP, OfficialCPFPConfig
 from cpgd_core.models.raft import RAFT
-from cpgd_core.pipeline.official import OfficialStageOne
+from cpgd_core.models.official_stage_one import OfficialStageOne
 from cpgd_core.pipeline.restore import restore_video
 from cpgd_core.weights import inspect_weights, load_cpfp, load_raft
 
