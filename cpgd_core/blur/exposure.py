@@ -11,7 +11,8 @@ exposure in docs/bench/motion.md). Lags are scaled per pixel by its own speed, s
 the exposure directly and one pair of curves sums a frame, or a window of frames (``Curves``), whatever the
 motion in it.
 
-Sharp video has equal widths both ways and reads 0. Where too little moves (fewer than ``MIN_VOTES`` of the
+Sharp video has equal widths both ways and reads 0; readings under ``SHARP_BELOW`` are taken as 0 (what sharp
+footage with directional texture reads). Where too little moves (fewer than ``MIN_VOTES`` of the
 pixels faster than ``MIN_SPEED``) the exposure cannot be read and the trajectories are too short to matter:
 ``FALLBACK`` with confidence 0.
 """
@@ -30,6 +31,10 @@ MIN_SPEED = 4.0        # px per frame (full size): slower pixels say little, a 1
 MAX_SAMPLES = 40000    # voting pixels per frame (random, fixed seed: a stable curve at a few ms)
 MIN_VOTES = 0.05       # share of the pixels that must vote (move >= MIN_SPEED) for a stable reading
 FALLBACK = 0.5         # exposure where it cannot be read (then the motion is too small for it to matter)
+# Readings below this are read as sharp (0): sharp training clips read 0.00-0.20 at full confidence (scene
+# anisotropy, codec), blurred ones 0.33 and above (the blur generator's exposures are 0.3-1.0), and inverting a
+# blur that short gains little where a wrong one costs up to 0.8 dB on sharp frames.
+SHARP_BELOW = 0.25
 
 
 @dataclass
@@ -141,6 +146,7 @@ def exposure_from_curves(curves: Curves) -> tuple[float, float]:
     if w_perp is None:  # the scene is smooth across the motion: no reference width to compare with
         return FALLBACK, 0.0
     e = float(np.sqrt(max(w_par ** 2 - w_perp ** 2, 0.0)))
+    e = 0.0 if e < SHARP_BELOW else e
     # Confident when many pixels voted and the answer is inside the physical range.
     share = min(1.0, curves.votes / (0.1 * curves.pixels))
     return float(np.clip(e, 0.0, 1.0)), float(share * (1.0 if e <= 1.1 else 0.5))

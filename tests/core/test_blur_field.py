@@ -99,3 +99,20 @@ def test_bad_input_is_refused():
         estimate_blur_field(torch.zeros(2, 3, 32, 32), exposure="long")
     with pytest.raises(CPGDInputError, match="frames must be"):
         estimate_blur_field(torch.zeros(2, 1, 32, 32))
+
+
+def _curves(exposure: float, scene_width: float = 0.4) -> expo.Curves:
+    """Correlation curves whose along-motion width exceeds the across one by an exposure of ``exposure``."""
+    lags = expo.LAG_STEP * np.arange(1, int(expo.MAX_LAG / expo.LAG_STEP) + 1)
+    line = lambda width: 1 - (1 - expo.LEVEL) * lags / (width / 2)  # noqa: E731  falls to LEVEL at width / 2
+    along = line(np.sqrt(scene_width ** 2 + exposure ** 2))
+    return expo.Curves(along * 100, line(scene_width) * 100, 100.0, 100.0, votes=100, pixels=100)
+
+
+def test_readings_below_the_sharp_threshold_read_sharp():
+    """What sharp footage with directional texture reads (under SHARP_BELOW) is taken as no blur, with the
+    reading's confidence; a reading above it is kept."""
+    e, conf = expo.exposure_from_curves(_curves(0.8 * expo.SHARP_BELOW))
+    assert e == 0.0 and conf == 1.0
+    e, conf = expo.exposure_from_curves(_curves(1.2 * expo.SHARP_BELOW))
+    assert abs(e - 1.2 * expo.SHARP_BELOW) < 0.02 and conf == 1.0
