@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from ..codec.flow import warp
 from ..errors import CPGDInputError
-from ..models.cpfp import Interrupt, poll_before_convs
-from ..models.cpfp_official import OfficialCPFP
-from ..models.raft import RAFT
+from .cpfp import Interrupt, poll_before_convs
+from .cpfp_official import OfficialCPFP
+from .raft import RAFT
 
 RAFT_ITERS = 4  # with MVs as initialisation (the official value)
 
