@@ -5,8 +5,9 @@
 Writes one markdown file per live run:
 
 - ``training``: the 'quality' mode's first end-to-end run (4 iterations x 3 CG steps, docs/training/deblur_real/);
-- ``training_3x2``: that solver fine-tuned at the shipped 3 x 2 setting (``make train-stage-one``,
-  docs/training/deblur_3x2/);
+- ``training_3x2``: that solver fine-tuned at the 3 x 2 setting (docs/training/deblur_3x2/);
+- ``training_guided``: that solver with a prior that also reads the blurry frame and the trajectory
+  (``make train-stage-one``, docs/training/deblur_guided/);
 - ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
 - ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
 
@@ -31,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
-RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_prior": "prior_denoiser",
-        "training_fast": "cpfp_lite_real"}
+RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
+        "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -111,7 +112,9 @@ def quality_curve(run: str) -> list[str]:
     lines = [f"Run: `python -m cpgd_core.train deblur` with the current `{os.path.relpath(run, ROOT)}/recipe.txt` "
              f"(`{recipe_text}`; where the recipe changed during the run, the file's git history has the earlier "
              "versions and the lr column shows where): the unrolled solver with "
-             f"{args.iterations} iterations of {args.cg_steps} CG steps, initialised from "
+             f"{args.iterations} iterations of {args.cg_steps} CG steps"
+             f"{', its prior reading the blurry frame and the trajectory beside the estimate' if args.guide else ''}, "
+             "initialised from "
              f"`{init}`, batch {args.batch}, {args.crop}² crops of 3 frames, {args.sharp_share:.0%} sharp examples, "
              f"schedule of {args.steps} steps; {_progress(last_step, seconds)}.", "",
              f"Validation: {args.val_count} examples of {args.val_crop}² x 3 frames from the held-out clips "
@@ -174,10 +177,11 @@ def fast_curve(run: str) -> list[str]:
     return lines
 
 
-CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_prior": prior_curve,
-          "training_fast": fast_curve}
+CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
+          "training_prior": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
-          "training_3x2": "Stage one 'quality': the solver fine-tuned at the shipped setting (make train-stage-one)",
+          "training_3x2": "Stage one 'quality': the solver fine-tuned at the 3 x 2 setting",
+          "training_guided": "Stage one 'quality': the guided prior (make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_fast": "Stage one 'fast': CPFP lite training"}
 
