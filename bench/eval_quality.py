@@ -178,23 +178,39 @@ def held_out_rows(modes: Modes, examples: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def identity_rows(modes: Modes, examples: list[dict]) -> dict:
+def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
     """Sharp (unblurred, encoded) clips in: per mode, PSNR of input and output against the unencoded original, and
-    how many clips come back bit for bit unchanged."""
-    res = {}
-    runs = {"quality": lambda ex: modes.solve(modes.quality, ex, modes.field(ex)),
-            "fast": lambda ex: modes.run_fast(ex["blurry_decoded"].float(), ex["priors"])}
+    how many clips come back bit for bit unchanged; per clip, what the blur field read. With ``image``, the middle
+    frame of the clip quality mode changes most is written there (original, input, quality) to look at."""
+    res: dict = {}
+    fields = [modes.field(ex) for ex in examples]
+    runs = {"quality": lambda ex, f: modes.solve(modes.quality, ex, f),
+            "fast": lambda ex, f: modes.run_fast(ex["blurry_decoded"].float(), ex["priors"])}
+    per_clip = [{"clip": ex["clip"], "exposure read": round(float(f.exposure.mean()), 2),
+                 "exposure confidence": round(float(f.exposure_confidence.mean()), 2),
+                 "median |trajectory| px": round(float(nonblind.measured_field(f).trajectory.norm(dim=1).median()), 2)}
+                for ex, f in zip(examples, fields)]
     for name, run in runs.items():
         p_in, p_out, p_io = [], [], []
-        for ex in examples:
+        for ex, f, row in zip(examples, fields, per_clip):
             x, orig = ex["blurry_decoded"].float(), ex["sharp"].float()
-            y = run(ex)
+            y = run(ex, f)
             p_in.append(metrics.psnr(x, orig))
             p_out.append(metrics.psnr(y, orig))
             p_io.append(metrics.psnr(y, x))
+            row[f"{name} change dB"] = round(p_out[-1] - p_in[-1], 2)
         res[name] = {"input_vs_original": float(np.mean(p_in)), "output_vs_original": float(np.mean(p_out)),
                      "change": float(np.mean(p_out) - np.mean(p_in)), "worst_clip_change": float(np.min(
                          np.array(p_out) - np.array(p_in))), "unchanged": f"{sum(np.isinf(p_io))}/{len(p_io)}"}
+    res["per_clip"] = per_clip
+    worst = int(np.argmin([row["quality change dB"] for row in per_clip]))
+    if image and per_clip[worst]["quality change dB"] < 0:
+        ex = examples[worst]
+        t = len(ex["sharp"]) // 2
+        out = modes.solve(modes.quality, ex, fields[worst])
+        side_by_side(image, [("original", ex["sharp"][t].float()), ("input (encoded)", ex["blurry_decoded"][t].float()),
+                             ("quality", out[t])], zoom=0.5)
+        res["image"] = os.path.relpath(image, ROOT)
     return res
 
 
@@ -308,6 +324,8 @@ def summary_md(report: dict) -> str:
             ["same, fast mode (CPFP lite)", f"{r[FAST]['psnr'] - inp:+.2f} dB", "", ""]]
     for key, label in (("identity_train_crf", "crf 18-30"), ("identity_high_quality", "crf 12-16")):
         for mode, v in report[key].items():
+            if mode in ("per_clip", "image"):
+                continue
             rows.append([f"sharp clips in ({label}), {mode} mode: PSNR against the unencoded original",
                          f"{v['input_vs_original']:.2f} → {v['output_vs_original']:.2f} dB ({v['change']:+.2f})",
                          ">= -0.1 dB", "yes" if v["change"] >= -0.1 else "no"])
@@ -379,13 +397,21 @@ def main(argv: list[str] | None = None) -> int:
 
     for key, label, seed, crf in (("identity_train_crf", "training CRFs 18-30", 2, CRF_RANGE),
                                   ("identity_high_quality", "high quality, crf 12-16", 3, (12, 16))):
-        ident = identity_rows(modes, real_examples(seed, min(8, a.clips), 256, 7, sharp=True, crf_range=crf))
+        ident = identity_rows(modes, real_examples(seed, min(8, a.clips), 256, 7, sharp=True, crf_range=crf),
+                              os.path.join(a.images, f"{key}_worst.jpg"))
         report[key] = ident
         md += [f"## Identity: sharp held-out real clips in, {label} (seed {seed}: 8 clips of 256x256, 7 frames)", "",
                _md(["mode", "PSNR(input, original) dB", "PSNR(output, original) dB", "change dB",
                     "worst clip change dB", "clips returned unchanged"],
                    [[k, v["input_vs_original"], v["output_vs_original"], f"{v['change']:+.2f}",
-                     f"{v['worst_clip_change']:+.2f}", v["unchanged"]] for k, v in ident.items()]), ""]
+                     f"{v['worst_clip_change']:+.2f}", v["unchanged"]] for k, v in ident.items()
+                    if k not in ("per_clip", "image")]), "",
+               "Per clip (exposure as read by the blur field, median length of the trajectory quality mode "
+               "inverts):", "",
+               _md(list(ident["per_clip"][0]), [list(row.values()) for row in ident["per_clip"]]), ""]
+        if "image" in ident:
+            md += ["The clip quality mode changes most, middle frame (original, encoded input, quality):", "",
+                   f"![{key}](../../{ident['image']})", ""]
         print(f"[{time.time() - t0:.0f}s] {key} done", flush=True)
     md += ["\"original\" is the unencoded real frame: an output further from it than the input is damage.", ""]
 

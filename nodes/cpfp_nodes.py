@@ -300,7 +300,7 @@ class CPFPRestore(io.ComfyNode):
     def _quality(frames: torch.Tensor, iterations: int, exposure) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Blur field, then the solver frame by frame; progress over both (one step per frame each)."""
         from ..cpgd_core.blur.field import estimate_blur_field
-        from ..cpgd_core.pipeline.nonblind import deblur_frames
+        from ..cpgd_core.pipeline.nonblind import deblur_frames, measured_field
 
         n = frames.shape[0]
         frames = frames.cpu()  # the blur field measures motion with OpenCV; the solver moves what it needs
@@ -309,13 +309,14 @@ class CPFPRestore(io.ComfyNode):
             mm.free_memory(QUALITY_WORKSPACE, device)  # evict other models when the GPU is full, as loaders do
         solver = load_solver(iterations, device)
         progress, check_interrupt = progress_callbacks(2 * n)
-        field = estimate_blur_field(frames, exposure=exposure, progress=lambda done, _: progress(done, 2 * n),
-                                    check_interrupt=check_interrupt)
+        field = measured_field(estimate_blur_field(frames, exposure=exposure,
+                                                   progress=lambda done, _: progress(done, 2 * n),
+                                                   check_interrupt=check_interrupt))
         restored, _ = deblur_frames(solver, frames, field=field, progress=lambda done, _: progress(n + done, 2 * n),
                                     check_interrupt=check_interrupt)
         info = (f"quality: blur field + non-blind solver, {solver.iterations} iterations"
                 f"{' (shipped count)' if iterations == 0 else ''}, on {device}; "
-                f"{describe_field(field.trajectory, field.exposure, exposure != 'auto')}")
+                f"{describe_field(field, exposure != 'auto')}")
         return restored, field.trajectory, info
 
     @staticmethod

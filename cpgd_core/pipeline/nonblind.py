@@ -115,6 +115,18 @@ def measured(trajectory: torch.Tensor, exposure_confidence: Optional[float]) -> 
     return trajectory
 
 
+def measured_field(field: BlurField) -> BlurField:
+    """The field as it is inverted: zero trajectories on the frames whose exposure could not be read
+    (:func:`measured`), the rest unchanged."""
+    from dataclasses import replace
+
+    confidence = field.exposure_confidence
+    if confidence is None:
+        return field
+    keep = (confidence > 0).to(field.trajectory.dtype).view(-1, 1, 1, 1)
+    return replace(field, trajectory=field.trajectory * keep)
+
+
 def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[BlurField] = None,
                   exposure: Union[float, str] = "auto", progress: Progress = None,
                   check_interrupt: Interrupt = None) -> tuple[torch.Tensor, BlurField]:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import torch
 
-from ..blur.field import EXPOSURE_WINDOW, estimate_blur_field, parse_exposure
+from ..blur.field import EXPOSURE_WINDOW, BlurField, estimate_blur_field, parse_exposure
 from ..blur import velocity
 from ..errors import CPGDInputError
 
@@ -165,11 +165,18 @@ def trajectory_picture(trajectory: torch.Tensor) -> torch.Tensor:
     return trajectory_to_color(trajectory, TRAJECTORY_FULL_PX)
 
 
-def describe_field(trajectory: torch.Tensor, exposure: torch.Tensor, given: bool) -> str:
-    """Exposure and blur lengths of a field, in words (the node's info)."""
-    e = exposure.float()
-    length = trajectory.norm(dim=1).flatten()
+def describe_field(field: BlurField, given: bool) -> str:
+    """Exposure and blur lengths of a field as it is inverted (``nonblind.measured_field``), in words (the node's
+    info), naming the frames left as they came in because their exposure could not be read."""
+    e = field.exposure.float()
+    length = field.trajectory.norm(dim=1).flatten()
     length = length[:: max(1, length.numel() // 1_000_000)]
     how = "given" if given else f"estimated, per frame {float(e.min()):.2f}-{float(e.max()):.2f}"
-    return (f"exposure {float(e.median()):.2f} ({how}), blur length median {float(length.median()):.1f} px, "
+    text = (f"exposure {float(e.median()):.2f} ({how}), blur length median {float(length.median()):.1f} px, "
             f"99th percentile {float(torch.quantile(length, 0.99)):.1f} px")
+    conf = field.exposure_confidence
+    unread = 0 if conf is None else int((conf <= 0).sum())
+    if unread:
+        text += (f"; the exposure could not be read on {unread} of {len(field)} frames (too little moves): they are "
+                 f"returned as they came in (set exposure to a value to deblur them)")
+    return text

@@ -130,11 +130,9 @@ def blur_gate(frames: torch.Tensor) -> Optional[torch.Tensor]:
     if t < 2:
         return None
     scale = min(1.0, GATE_SHORT_SIDE / max(min(h, w), 1))
-    field = estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale)
-    from .nonblind import measured
+    from .nonblind import measured_field
 
-    conf = field.exposure_confidence
-    return gate(torch.stack([measured(field.trajectory[i], None if conf is None else conf[i]) for i in range(t)]))
+    return gate(measured_field(estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale)).trajectory)
 
 
 @torch.no_grad()

@@ -307,8 +307,9 @@ def test_quality_mode_fixed_exposure_and_iterations(comfy, media, quality_run):
     torch.testing.assert_close(restored, images)
     assert float(trajectory.min()) == 1.0
     strong = comfy.run(quality_graph(media["blurry"], exposure="fixed", exposure_value=1.0)).raw["3"]
-    assert "exposure 1.00 (given)" in strong[2]
-    assert float((strong[3] - quality_run[0].raw["3"][3]).abs().max()) > 1e-3, "the exposure must scale the blur"
+    half = comfy.run(quality_graph(media["blurry"], exposure="fixed", exposure_value=0.5)).raw["3"]
+    assert "exposure 1.00 (given)" in strong[2] and "exposure 0.50 (given)" in half[2]
+    assert float((strong[3] - half[3]).abs().max()) > 1e-3, "the exposure must scale the blur"
 
 
 def test_quality_mode_on_a_single_image_runs_fast_mode(comfy, media):
@@ -345,10 +346,10 @@ def test_cancel_lands_inside_a_quality_mode_iteration(comfy, media, monkeypatch)
     calls = []
     original = solver_mod.UnrolledDeblur.prior_step
 
-    def prior_step_then_cancel(self, x, sigma):
+    def prior_step_then_cancel(self, x, sigma, guide=None):
         calls.append(float(sigma))
         comfy.mm.interrupt_current_processing(True)  # what POST /interrupt does
-        return original(self, x, sigma)
+        return original(self, x, sigma, guide)
 
     monkeypatch.setattr(solver_mod.UnrolledDeblur, "prior_step", prior_step_then_cancel)
     try:

@@ -111,3 +111,19 @@ def test_a_guessed_exposure_is_not_inverted():
     assert torch.equal(out, clip)
     assert torch.equal(nonblind.measured(field.trajectory[0], 0.0), torch.zeros_like(field.trajectory[0]))
     assert torch.equal(nonblind.measured(field.trajectory[0], 0.7), field.trajectory[0])
+
+
+def test_frames_whose_exposure_was_not_read_are_named_and_shown_unblurred():
+    """The field as inverted (measured_field) has zero trajectories exactly on the unread frames, and the node's
+    info says how many frames come back unchanged and how to deblur them."""
+    from cpgd_core.pipeline.quality import describe_field
+
+    clip = _panning_clip(4, 40, 56, speed=3)
+    _, field = nonblind.deblur_frames(_model(), clip, exposure=0.5)
+    field.exposure_confidence = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    shown = nonblind.measured_field(field)
+    assert torch.equal(shown.trajectory[[0, 2]], field.trajectory[[0, 2]])
+    assert not shown.trajectory[[1, 3]].any()
+    assert "could not be read on 2 of 4 frames" in describe_field(shown, given=False)
+    field.exposure_confidence = torch.ones(4)
+    assert "could not be read" not in describe_field(nonblind.measured_field(field), given=False)
