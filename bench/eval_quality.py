@@ -408,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                     if k not in ("per_clip", "image")]), "",
                "Per clip (exposure as read by the blur field, median length of the trajectory quality mode "
                "inverts):", "",
-               _md(list(ident["per_clip"][0]), [list(row.values()) for row in ident["per_clip"]]), ""]
+               _md(list(ident["per_clip"][0]), [[f"{v:.2f}" if isinstance(v, float) else v for v in row.values()]
+                                                 for row in ident["per_clip"]]), ""]
         if "image" in ident:
             md += ["The clip quality mode changes most, middle frame (original, encoded input, quality):", "",
                    f"![{key}](../../{ident['image']})", ""]
