@@ -13,6 +13,16 @@ import os
 from typing import Iterator
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not safe once threads write files.
+_UMASK = _process_umask()
+
+
 def temporary_path(path: str) -> str:
     """The hidden sibling ``path`` is written to before it is renamed into place: ``dir/.name.part``."""
     folder, name = os.path.split(os.fspath(path))
@@ -27,6 +37,9 @@ def atomic_write(path: str) -> Iterator[str]:
     tmp = temporary_path(path)
     try:
         yield tmp
+        # Some writers (safetensors) create their file private (0600); the result gets the permissions any new
+        # file of the user gets.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -20,3 +20,15 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     assert open(path).read() == "old" and os.listdir(tmp_path) == ["clip.json"]
     write_text(path, "new")
     assert open(path).read() == "new" and os.listdir(tmp_path) == ["clip.json"]
+
+
+def test_written_files_get_the_users_usual_permissions(tmp_path):
+    """safetensors writes its file private (0600); what the pack writes is readable as any new file of the user."""
+    from cpgd_core.models.prior_denoiser import PriorDenoiser
+    from cpgd_core.weights import save_network
+
+    path = str(tmp_path / "prior.safetensors")
+    save_network(PriorDenoiser(), path, "prior_denoiser")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
