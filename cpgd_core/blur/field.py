@@ -176,7 +176,7 @@ class BlurFieldStream:
             ahead = [q.curves for q in list(self.frames)[:self.half] if q.curves is not None]
             for c in [*self.behind, p.curves, *ahead]:
                 total = total + c
-            e, ec = expo.exposure_from_curves(total, self.scale)
+            e, ec = expo.exposure_from_curves(total)
             self.behind.append(p.curves)
         traj, conf = self._full_size(p.velocity, p.confidence)
         return BlurFrame(index, traj * e, conf, float(e), float(ec))
