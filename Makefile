@@ -36,11 +36,11 @@ bench: setup
 # Stage-one training (docs/MODEL_CARD.md), step-based and resumable from the checkpoints committed in docs/training/;
 # stop any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"): the schedule does not depend on where it stops.
 # train-stage-one: the default 'quality' mode, the unrolled non-blind solver trained end to end on real-footage blur
-# with estimated trajectories (the current run: docs/training/deblur_guided, the shipped 3 x 2 solver of
-# docs/training/deblur_3x2 whose prior now also reads the blurry frame and the trajectory; its recipe.txt is shared
-# with bench/gpu_session.sh),
+# with estimated trajectories (the current run: docs/training/deblur_guided_ft, the shipped guided-prior solver of
+# docs/training/deblur_guided fine-tuned on the blur field as inference reads it, without the exposure calibration
+# its last 3950 steps saw; its recipe.txt is shared with bench/gpu_session.sh),
 # starting from the prior pre-trained by train-prior. train-fast: the 'fast' mode's CPFP lite network.
-STAGE_ONE_RUN := docs/training/deblur_guided
+STAGE_ONE_RUN := docs/training/deblur_guided_ft
 train-stage-one: setup
 	$(PY) -m cpgd_core.train deblur $$(cat $(STAGE_ONE_RUN)/recipe.txt) --resume --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
 

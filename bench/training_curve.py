@@ -7,7 +7,9 @@ Writes one markdown file per live run:
 - ``training``: the 'quality' mode's first end-to-end run (4 iterations x 3 CG steps, docs/training/deblur_real/);
 - ``training_3x2``: that solver fine-tuned at the 3 x 2 setting (docs/training/deblur_3x2/);
 - ``training_guided``: that solver with a prior that also reads the blurry frame and the trajectory
-  (``make train-stage-one``, docs/training/deblur_guided/);
+  (docs/training/deblur_guided/);
+- ``training_guided_ft``: that solver fine-tuned on the blur field as inference reads it (``make train-stage-one``,
+  docs/training/deblur_guided_ft/);
 - ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
 - ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
 
@@ -33,7 +35,7 @@ sys.path.insert(0, ROOT)
 TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
 RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
-        "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
+        "training_guided_ft": "deblur_guided_ft", "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -178,10 +180,12 @@ def fast_curve(run: str) -> list[str]:
 
 
 CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
-          "training_prior": prior_curve, "training_fast": fast_curve}
+          "training_guided_ft": quality_curve, "training_prior": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
           "training_3x2": "Stage one 'quality': the solver fine-tuned at the 3 x 2 setting",
-          "training_guided": "Stage one 'quality': the guided prior (make train-stage-one)",
+          "training_guided": "Stage one 'quality': the guided prior",
+          "training_guided_ft": "Stage one 'quality': the guided prior fine-tuned on the blur field as shipped "
+                                "(make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_fast": "Stage one 'fast': CPFP lite training"}
 
