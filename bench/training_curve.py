@@ -193,7 +193,10 @@ TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled 
 def write_curve(name: str) -> None:
     run = os.path.join(TRAINING, RUNS[name])
     lines = [f"# {TITLES[name]} (`bench/training_curve.py`, `{os.path.relpath(run, ROOT)}/log.jsonl`)", ""]
-    lines += CURVES[name](run)
+    if os.path.isfile(os.path.join(run, "log.jsonl")):
+        lines += CURVES[name](run)
+    else:
+        lines += [f"Not started yet (no `{os.path.relpath(run, ROOT)}/log.jsonl`)."]
     md = os.path.join(ROOT, "docs", "bench", name + ".md")
     os.makedirs(os.path.dirname(md), exist_ok=True)
     with open(md + ".part", "w") as f:
