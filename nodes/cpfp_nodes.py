@@ -249,7 +249,9 @@ class CPFPRestore(io.ComfyNode):
                                      "faster and softer, more = slower (the last iteration is repeated)."),
                 io.Combo.Input("exposure", options=list(EXPOSURE_MODES), default="auto", optional=True,
                                tooltip="How long the shutter was open, which turns motion into blur length. auto = "
-                                       "read it from the blur in the frames; fixed = use exposure_value."),
+                                       "read it from the blur in the frames (frames that read as sharp, or where "
+                                       "too little moves to read it, are returned as they came; info says so); "
+                                       "fixed = use exposure_value."),
                 io.Float.Input("exposure_value", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Used when exposure is 'fixed': the fraction of the frame interval the "
                                        "shutter was open, 0..1 (0 = sharp, nothing to invert; 0.5 = a 180 degree "
