@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8188
 COMFY   := $(or $(COMFYUI_PATH),$(CURDIR)/.build/ComfyUI)
 
-.PHONY: setup run serve test test-fast browser-deps bench train-stage-one train-prior train-fast clean
+.PHONY: setup run serve test test-fast browser-deps bench train-stage-one train-prior train-prior-wide train-fast clean
 
 setup:
 	scripts/setup_env.sh
@@ -46,6 +46,12 @@ train-stage-one: setup
 
 train-prior: setup
 	$(PY) -m cpgd_core.train prior --out docs/training/prior_denoiser --steps 20000 --resume $(TRAIN_ARGS)
+
+# The next prior: 4x the parameters, mostly at 1/4 and 1/8 resolution (1.5x the time of the shipped one at 720p:
+# 0.58 s against 0.38 s per call on 2 cores), pre-trained as a denoiser before it enters the solver.
+train-prior-wide: setup
+	$(PY) -m cpgd_core.train prior --out docs/training/prior_wide --channels 32,80,160 --blocks 1,2,4 --steps 20000 \
+	    --resume $(TRAIN_ARGS)
 
 FAST_RUN := docs/training/cpfp_lite_real
 train-fast: setup

@@ -119,17 +119,23 @@ def build_model(args: argparse.Namespace) -> UnrolledDeblur:
     from ..pipeline.nonblind import with_iterations
     from ..weights import inspect_weights
 
-    config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps)
-    config.denoiser = replace(config.denoiser, guide=GUIDE_CHANNELS if args.guide else 0)
-    model = UnrolledDeblur(config)
+    trained = prior = None
     if args.init and inspect_weights(args.init) == FORMAT:
         trained = with_iterations(load_network(args.init, FORMAT), args.iterations, args.cg_steps)
+        prior = trained.denoiser
+    elif args.init:
+        prior = load_network(args.init, "prior_denoiser")
+    config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps)
+    # the prior's widths and depths are the initialising network's (the pre-trained prior decides the size)
+    base = prior.config if prior is not None else config.denoiser
+    config.denoiser = replace(base, guide=GUIDE_CHANNELS if args.guide else 0)
+    model = UnrolledDeblur(config)
+    if trained is not None:
         with torch.no_grad():
             model.log_sigma.copy_(trained.log_sigma)
             model.log_mu.copy_(trained.log_mu)
-        model.denoiser.load_unguided(trained.denoiser.state_dict())
-    elif args.init:
-        model.denoiser.load_unguided(load_network(args.init, "prior_denoiser").state_dict())
+    if prior is not None:
+        model.denoiser.load_unguided(prior.state_dict())
     return model
 
 

@@ -85,7 +85,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    model = PriorDenoiser(PriorDenoiserConfig())
+    model = PriorDenoiser(PriorDenoiserConfig(channels=args.channels, blocks=args.blocks))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     ckpt_path = os.path.join(args.out, CKPT_NAME)
@@ -145,7 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
                  warmup=100, log_every=50, val_every=500, ckpt_every=250)
     p.add_argument("--sigma-max", type=float, default=50 / 255)
     p.add_argument("--zero-share", type=float, default=0.1, help="share of crops with no noise (identity)")
+    default = PriorDenoiserConfig()
+    p.add_argument("--channels", type=_triple, default=default.channels,
+                   help="widths of the three U-Net levels, e.g. 32,80,160")
+    p.add_argument("--blocks", type=_triple, default=default.blocks, help="residual blocks per level, e.g. 1,2,4")
     return p
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in text.split(","))
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 32,64,96, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 def main(argv: list[str]) -> int:

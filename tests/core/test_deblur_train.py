@@ -119,3 +119,19 @@ def test_guided_prior_starts_as_the_trained_unguided_solver(tmp_path):
         assert torch.equal(load_network(path, "unrolled_deblur")(y, traj), guided(y, traj))
     with pytest.raises(ValueError, match="guide channels"):
         guided.denoiser(y, 0.1)
+
+
+@needs_real
+def test_a_wider_prior_is_pretrained_and_sets_the_solver_prior_size(tmp_path):
+    prior_out, out = str(tmp_path / "prior"), str(tmp_path / "solver")
+    assert main(["prior", "--out", prior_out, "--steps", "1", "--batch", "1", "--crop", "32", "--val-every", "100",
+                 "--channels", "8,16,24", "--blocks", "1,2,1"]) == 0
+    init = os.path.join(prior_out, "prior_denoiser.safetensors")
+    assert load_network(init, "prior_denoiser").config.channels == (8, 16, 24)
+    assert main(["deblur", "--out", out, "--init", init, "--guide", "--steps", "1", "--batch", "1", "--crop", "48",
+                 "--size", "64", "--workers", "0", "--val-count", "1", "--val-crop", "64", "--val-every", "100",
+                 "--iterations", "1", "--cg-steps", "1"]) == 0
+    cfg = load_network(os.path.join(out, "deblur_final.safetensors"), "unrolled_deblur").config.denoiser
+    assert (cfg.channels, cfg.blocks, cfg.guide) == ((8, 16, 24), (1, 2, 1), 5)
+    with pytest.raises(SystemExit):
+        main(["prior", "--out", prior_out, "--channels", "8,16"])
