@@ -5,7 +5,7 @@ This measures the reading on clips of the real-footage generator (``realblur``, 
 never enter), 256x256 and 7 frames as the training and held-out benches use them, so read at full resolution:
 
 - blurred clips (two disjoint draws): mean relative error, median estimated / true, and the least-squares factor
-  that would map the readings onto the truth (not applied: see ``exposure.calibrate``);
+  that would map the readings onto the truth (not applied: see ``exposure.exposure_from_reading``);
 - sharp clips (no blur added; some sources carry their own motion blur): what they read, the reason for
   ``exposure.SHARP_BELOW``; and the blurred clips that read under it (left as they are).
 
@@ -30,7 +30,7 @@ from cpgd_core.train.deblur import real_examples  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, FRAMES = 256, 7
-FIT_SEED, CHECK_SEED, SHARP_SEED = 21, 22, 23   # two draws of blurred clips, one of sharp ones
+DRAW_SEEDS, SHARP_SEED = (21, 22), 23   # two draws of blurred clips, one of sharp ones
 
 
 def raw_reading(ex: dict) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def usable(rows: list[dict]) -> list[dict]:
 
 
 def errors(rows: list[dict]) -> dict:
-    est = np.array([expo.calibrate(r["raw"]) for r in rows])
+    est = np.array([expo.exposure_from_reading(r["raw"]) for r in rows])
     true = np.array([r["true"] for r in rows])
     rel = np.abs(est - true) / true
     return {"mean_relative_error": float(rel.mean()), "median_ratio": float(np.median(est / true)),
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "bench", "exposure_reader.md"))
     a = ap.parse_args(argv)
     t0 = time.time()
-    draws = {seed: readings(seed, a.count) for seed in (FIT_SEED, CHECK_SEED)}
+    draws = {seed: readings(seed, a.count) for seed in DRAW_SEEDS}
     sharp_rows = readings(SHARP_SEED, a.count // 2, sharp=True)
     blurred = [r for rows in draws.values() for r in usable(rows)]
     x, y = np.array([r["raw"] for r in blurred]), np.array([r["true"] for r in blurred])
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
           *[f"| seed {seed} | {e['clips']} | {100 * e['mean_relative_error']:.0f} % | {e['median_ratio']:.2f} |"
             for seed, e in report["draws"].items()], "",
           f"Strong blur reads short at full resolution: the least-squares factor from reading to truth over both "
-          f"draws is {factor:.2f}. It is not applied (`exposure.calibrate`): the learned solver was trained on these "
+          f"draws is {factor:.2f}. It is not applied (`exposure.exposure_from_reading`): the learned solver was trained on these "
           "readings, and a kernel too long rings where one too short only leaves blur.", "",
           f"Sharp clips (seed {SHARP_SEED}, no blur added; some sources carry their own motion blur): "
           f"{len(sharp_read)} of {len(sharp_rows)} could be read; readings "

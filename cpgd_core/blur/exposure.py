@@ -137,7 +137,7 @@ def _width(curve: np.ndarray) -> Optional[float]:
 
 def read_curves(curves: Curves) -> tuple[float, float]:
     """The raw reading: ``sqrt(W_along^2 - W_across^2)`` (exposure units, may exceed 1) and its confidence in
-    [0, 1], before the sharp threshold of :func:`calibrate`."""
+    [0, 1], before the sharp threshold of :func:`exposure_from_reading`."""
     if curves.votes < MIN_VOTES * max(curves.pixels, 1) or curves.energy_along <= 0:
         return FALLBACK, 0.0
     w_par = _width(curves.along / curves.energy_along)
@@ -152,7 +152,7 @@ def read_curves(curves: Curves) -> tuple[float, float]:
     return e, float(share * (1.0 if e <= 1.1 else 0.5))
 
 
-def calibrate(raw: float) -> float:
+def exposure_from_reading(raw: float) -> float:
     """Exposure in [0, 1] from a raw reading: 0 under ``SHARP_BELOW``.
 
     Read at full resolution (frames under 360p) strong blur reads about three quarters of its length
@@ -169,4 +169,4 @@ def exposure_from_curves(curves: Curves) -> tuple[float, float]:
     raw, confidence = read_curves(curves)
     if confidence <= 0:
         return raw, confidence
-    return calibrate(raw), confidence
+    return exposure_from_reading(raw), confidence

@@ -30,6 +30,8 @@ from .operator import TrajectoryBlur
 GATE_PX = (0.75, 1.5)
 # Trajectory (px) that the guided prior reads as 1: the guide stays of order one for blur of tens of pixels.
 GUIDE_TRAJECTORY_PX = 16.0
+# Channels of that guide: the blurry frame (3) and its trajectory (2).
+GUIDE_CHANNELS = 5
 Interrupt = Optional[Callable[[], None]]
 
 

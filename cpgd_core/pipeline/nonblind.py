@@ -116,15 +116,13 @@ def measured(trajectory: torch.Tensor, exposure_confidence: Optional[float]) -> 
 
 
 def measured_field(field: BlurField) -> BlurField:
-    """The field as it is inverted: zero trajectories on the frames whose exposure could not be read
-    (:func:`measured`), the rest unchanged."""
+    """The field as it is inverted: :func:`measured` on each frame."""
     from dataclasses import replace
 
     confidence = field.exposure_confidence
     if confidence is None:
         return field
-    keep = (confidence > 0).to(field.trajectory.dtype).view(-1, 1, 1, 1)
-    return replace(field, trajectory=field.trajectory * keep)
+    return replace(field, trajectory=torch.stack([measured(traj, c) for traj, c in zip(field.trajectory, confidence)]))
 
 
 def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[BlurField] = None,
@@ -138,10 +136,9 @@ def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[B
         raise CPGDInputError(f"blur field ({len(field)} frames, {tuple(field.trajectory.shape[-2:])}) does not match "
                              f"the frames ({len(frames)} frames, {tuple(frames.shape[-2:])})")
     out = torch.empty_like(frames, dtype=torch.float32)
-    confidence = field.exposure_confidence
+    inverted = measured_field(field).trajectory
     for t in range(len(frames)):
-        traj = measured(field.trajectory[t], None if confidence is None else confidence[t])
-        out[t] = deblur_frame(model, frames[t], traj, check_interrupt)
+        out[t] = deblur_frame(model, frames[t], inverted[t], check_interrupt)
         if progress is not None:
             progress(t + 1, len(frames))
     return out, field

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..blur.field import estimate_blur_field
-from ..blur.solver import UnrolledDeblur, UnrolledDeblurConfig
+from ..blur.solver import GUIDE_CHANNELS, UnrolledDeblur, UnrolledDeblurConfig
 from ..data.synth import CRF_RANGE
 from ..weights import load_network, save_network
 from .common import (JsonLogger, add_run_args, charbonnier, cosine_lr, load_checkpoint, psnr, rng_state,
@@ -32,7 +32,6 @@ from .common import (JsonLogger, add_run_args, charbonnier, cosine_lr, load_chec
 CKPT_NAME = "checkpoint.pt"
 FINAL_NAME = "deblur_final.safetensors"
 FORMAT = "unrolled_deblur"
-GUIDE_CHANNELS = 5   # the guided prior reads the blurry frame (3) and the trajectory (2): UnrolledDeblur.forward
 
 
 def real_examples(seed: int, count: int, crop: int, frames: int, split: str = "val", sharp: bool = False,

@@ -117,4 +117,4 @@ def test_readings_below_the_sharp_threshold_read_sharp():
     raw = 1.2 * expo.SHARP_BELOW
     e, conf = expo.exposure_from_curves(_curves(raw))
     assert abs(e - raw) < 0.02 and conf == 1.0
-    assert expo.calibrate(1.3) == 1.0
+    assert expo.exposure_from_reading(1.3) == 1.0
