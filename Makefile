@@ -36,19 +36,19 @@ bench: setup
 # Stage-one training (docs/MODEL_CARD.md), step-based and resumable from the checkpoints committed in docs/training/;
 # stop any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"): the schedule does not depend on where it stops.
 # train-stage-one: the default 'quality' mode, the unrolled non-blind solver trained end to end on real-footage blur
-# with estimated trajectories (the current run: docs/training/deblur_guided_ft, the shipped guided-prior solver of
-# docs/training/deblur_guided fine-tuned on the blur field as inference reads it, without the exposure calibration
-# its last 3950 steps saw; its recipe.txt is shared with bench/gpu_session.sh),
-# starting from the prior pre-trained by train-prior. train-fast: the 'fast' mode's CPFP lite network.
-STAGE_ONE_RUN := docs/training/deblur_guided_ft
+# with estimated trajectories (the current run: docs/training/deblur_wide, the guided 3 x 2 solver with the wide
+# prior of train-prior-wide; its recipe.txt is shared with bench/gpu_session.sh). train-fast: the 'fast' mode's CPFP
+# lite network.
+STAGE_ONE_RUN := docs/training/deblur_wide
 train-stage-one: setup
 	$(PY) -m cpgd_core.train deblur $$(cat $(STAGE_ONE_RUN)/recipe.txt) --resume --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
 
+# Priors: pre-trained as denoisers before they enter the solver; both runs were stopped at step 9500 of their
+# 20000-step schedules. The wide one has 4x the parameters, mostly at 1/4 and 1/8 resolution (1.5x the time of the
+# shipped one at 720p: 0.58 s against 0.38 s per call on 2 cores).
 train-prior: setup
 	$(PY) -m cpgd_core.train prior --out docs/training/prior_denoiser --steps 20000 --resume $(TRAIN_ARGS)
 
-# The next prior: 4x the parameters, mostly at 1/4 and 1/8 resolution (1.5x the time of the shipped one at 720p:
-# 0.58 s against 0.38 s per call on 2 cores), pre-trained as a denoiser before it enters the solver.
 train-prior-wide: setup
 	$(PY) -m cpgd_core.train prior --out docs/training/prior_wide --channels 32,80,160 --blocks 1,2,4 --steps 20000 \
 	    --resume $(TRAIN_ARGS)

@@ -186,10 +186,18 @@ def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
     fields = [modes.field(ex) for ex in examples]
     runs = {"quality": lambda ex, f: modes.solve(modes.quality, ex, f),
             "fast": lambda ex, f: modes.run_fast(ex["blurry_decoded"].float(), ex["priors"])}
+    def median_length(f: BlurField) -> float:
+        return round(float(nonblind.measured_field(f).trajectory.norm(dim=1).median()), 2)
+
+    # The same reading on the unencoded original says whether the source itself carries motion blur (DAVIS is
+    # 24 fps footage): there, removing blur counts against the output, so those clips are also reported apart.
     per_clip = [{"clip": ex["clip"], "exposure read": round(float(f.exposure.mean()), 2),
                  "exposure confidence": round(float(f.exposure_confidence.mean()), 2),
-                 "median |trajectory| px": round(float(nonblind.measured_field(f).trajectory.norm(dim=1).median()), 2)}
+                 "median |trajectory| px": median_length(f),
+                 "original: median |trajectory| px": median_length(estimate_blur_field(ex["sharp"].float(), None,
+                                                                                       "auto"))}
                 for ex, f in zip(examples, fields)]
+    sharp_source = np.array([row["original: median |trajectory| px"] == 0 for row in per_clip])
     for name, run in runs.items():
         p_in, p_out, p_io = [], [], []
         for ex, f, row in zip(examples, fields, per_clip):
@@ -199,9 +207,12 @@ def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
             p_out.append(metrics.psnr(y, orig))
             p_io.append(metrics.psnr(y, x))
             row[f"{name} change dB"] = round(p_out[-1] - p_in[-1], 2)
+        change = np.array(p_out) - np.array(p_in)
         res[name] = {"input_vs_original": float(np.mean(p_in)), "output_vs_original": float(np.mean(p_out)),
-                     "change": float(np.mean(p_out) - np.mean(p_in)), "worst_clip_change": float(np.min(
-                         np.array(p_out) - np.array(p_in))), "unchanged": f"{sum(np.isinf(p_io))}/{len(p_io)}"}
+                     "change": float(change.mean()), "worst_clip_change": float(change.min()),
+                     "unchanged": f"{sum(np.isinf(p_io))}/{len(p_io)}",
+                     "sharp_source": {"clips": f"{int(sharp_source.sum())}/{len(p_in)}",
+                                      "change": float(change[sharp_source].mean()) if sharp_source.any() else None}}
     res["per_clip"] = per_clip
     worst = int(np.argmin([row["quality change dB"] for row in per_clip]))
     if image and per_clip[worst]["quality change dB"] < 0:
@@ -212,6 +223,12 @@ def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
                              ("quality", out[t])], zoom=0.5)
         res["image"] = os.path.relpath(image, ROOT)
     return res
+
+
+def _sharp_source(v: dict) -> str:
+    """An identity set's change over the clips whose unencoded original reads sharp, with their count."""
+    src = v["sharp_source"]
+    return "none" if src["change"] is None else f"{src['change']:+.2f} ({src['clips']} clips)"
 
 
 def identity_notes(ident: dict) -> list[str]:
@@ -348,9 +365,13 @@ def summary_md(report: dict) -> str:
         for mode, v in report[key].items():
             if mode in ("per_clip", "image"):
                 continue
+            src = v["sharp_source"]
             rows.append([f"sharp clips in ({label}), {mode} mode: PSNR against the unencoded original",
                          f"{v['input_vs_original']:.2f} → {v['output_vs_original']:.2f} dB ({v['change']:+.2f})",
                          ">= -0.1 dB", "yes" if v["change"] >= -0.1 else "no"])
+            rows.append([f"same, only the clips whose unencoded original reads sharp (the others carry the "
+                         f"source's own motion blur)", _sharp_source(v), ">= -0.1 dB",
+                         "" if src["change"] is None else ("yes" if src["change"] >= -0.1 else "no")])
     sp = report.get("speed")
     if isinstance(sp, dict):
         for mode, bar in (("quality", 0.25), ("fast", 1.0)):
@@ -425,12 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         report[key] = ident
         md += [f"## Identity: sharp held-out real clips in, {label} (seed {seed}: 8 clips of 256x256, 7 frames)", "",
                _md(["mode", "PSNR(input, original) dB", "PSNR(output, original) dB", "change dB",
-                    "worst clip change dB", "clips returned unchanged"],
+                    "worst clip change dB", "clips returned unchanged", "change dB, clips whose original reads sharp"],
                    [[k, v["input_vs_original"], v["output_vs_original"], f"{v['change']:+.2f}",
-                     f"{v['worst_clip_change']:+.2f}", v["unchanged"]] for k, v in ident.items()
-                    if k not in ("per_clip", "image")]), "",
+                     f"{v['worst_clip_change']:+.2f}", v["unchanged"], _sharp_source(v)]
+                    for k, v in ident.items() if k not in ("per_clip", "image")]), "",
                "Per clip (exposure as read by the blur field, median length of the trajectory quality mode "
-               "inverts):", "",
+               "inverts; the same length read on the unencoded original, where above 0 the source itself carries "
+               "motion blur):", "",
                _md(list(ident["per_clip"][0]), [[f"{v:.2f}" if isinstance(v, float) else v for v in row.values()]
                                                  for row in ident["per_clip"]]), "", *identity_notes(ident), ""]
         if "image" in ident:

@@ -1,6 +1,6 @@
 """Stage-one training curves from the committed run logs (no training here): docs/bench/training*.md.
 
-    python bench/training_curve.py [--only training|training_prior|training_fast]
+    python bench/training_curve.py [--only NAME ...]
 
 Writes one markdown file per live run:
 
@@ -11,6 +11,10 @@ Writes one markdown file per live run:
 - ``training_guided_ft``: that solver fine-tuned on the blur field as inference reads it (``make train-stage-one``,
   docs/training/deblur_guided_ft/);
 - ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
+- ``training_prior_wide``: a prior with 4x the parameters, pre-trained the same way (``make train-prior-wide``,
+  docs/training/prior_wide/);
+- ``training_wide``: the guided 3 x 2 solver trained end to end from that prior (``make train-stage-one``,
+  docs/training/deblur_wide/);
 - ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
 
 One row per validation, with the mean training loss since the previous row. A run is resumed across sessions, so
@@ -35,7 +39,8 @@ sys.path.insert(0, ROOT)
 TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
 RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
-        "training_guided_ft": "deblur_guided_ft", "training_prior": "prior_denoiser", "training_fast": "cpfp_lite_real"}
+        "training_guided_ft": "deblur_guided_ft", "training_wide": "deblur_wide", "training_prior": "prior_denoiser",
+        "training_prior_wide": "prior_wide", "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -180,13 +185,15 @@ def fast_curve(run: str) -> list[str]:
 
 
 CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
-          "training_guided_ft": quality_curve, "training_prior": prior_curve, "training_fast": fast_curve}
+          "training_guided_ft": quality_curve, "training_wide": quality_curve, "training_prior": prior_curve,
+          "training_prior_wide": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
           "training_3x2": "Stage one 'quality': the solver fine-tuned at the 3 x 2 setting",
           "training_guided": "Stage one 'quality': the guided prior",
-          "training_guided_ft": "Stage one 'quality': the guided prior fine-tuned on the blur field as shipped "
-                                "(make train-stage-one)",
+          "training_guided_ft": "Stage one 'quality': the guided prior fine-tuned on the blur field as shipped",
+          "training_wide": "Stage one 'quality': the guided solver with the wide prior (make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
+          "training_prior_wide": "Stage one 'quality': pre-training of the wide prior (4x the parameters)",
           "training_fast": "Stage one 'fast': CPFP lite training"}
 
 

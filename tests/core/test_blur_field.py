@@ -118,3 +118,27 @@ def test_readings_below_the_sharp_threshold_read_sharp():
     e, conf = expo.exposure_from_curves(_curves(raw))
     assert abs(e - raw) < 0.02 and conf == 1.0
     assert expo.exposure_from_reading(1.3) == 1.0
+
+
+def test_fast_mode_leaves_sharp_video_alone_and_restores_blurred_video():
+    """Fast mode (CPFP) gates its output by the blur field read as quality mode reads it: a sharp 12 px/frame pan
+    comes back bit for bit, the same pan blurred over 0.8 of the frame interval is changed."""
+    from fractions import Fraction
+
+    from cpgd_core.codec.priors import CodecPriors
+    from cpgd_core.models.cpfp import CPFP, CPFPConfig
+    from cpgd_core.pipeline.restore import restore_video
+
+    torch.manual_seed(0)
+    model = CPFP(CPFPConfig.lite()).eval()   # random weights: any pixel it is let through changes
+    t, h, w = 5, 160, 224
+    zeros = lambda c, s: torch.zeros(t, c, h // s, w // s)  # noqa: E731
+    priors = CodecPriors(flow_to_prev=zeros(2, 4).half(), valid_to_prev=zeros(1, 4).bool(),
+                         flow_to_next=zeros(2, 4).half(), valid_to_next=zeros(1, 4).bool(),
+                         residual=zeros(1, 1).half(), frame_types=["I"] + ["P"] * (t - 1), height=h, width=w,
+                         fps=Fraction(25))
+    sharp = _pan(t, h, w, 12.0, 0.0, exposure=0.0, seed=1)
+    assert torch.equal(restore_video(model, sharp, priors), sharp.clamp(0, 1))
+    blurred = _pan(t, h, w, 12.0, 0.0, exposure=0.8, seed=1)
+    changed = (restore_video(model, blurred, priors) - blurred).abs()[..., 16:-16, 16:-16]
+    assert float((changed > 1e-3).float().mean()) > 0.5
