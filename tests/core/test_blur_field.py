@@ -1,6 +1,8 @@
 """The blur field (cpgd_core.blur): per-pixel trajectory swept during the exposure, exposure read from the blur."""
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -142,3 +144,16 @@ def test_fast_mode_leaves_sharp_video_alone_and_restores_blurred_video():
     blurred = _pan(t, h, w, 12.0, 0.0, exposure=0.8, seed=1)
     changed = (restore_video(model, blurred, priors) - blurred).abs()[..., 16:-16, 16:-16]
     assert float((changed > 1e-3).float().mean()) > 0.5
+
+
+def test_long_real_blur_reads_its_exposure():
+    """Real footage (GoPro snowboarding, 34 px median trajectory) blurred over 0.9 of the frame interval: the
+    derivative correlation of blur this long is read at a smaller size, where the blur is a few pixels, or it
+    reads about half its length."""
+    from cpgd_core.data import realblur
+
+    if not os.path.isdir(realblur.default_dir()):
+        pytest.skip(f"real training clips not present ({realblur.default_dir()})")
+    src = realblur.load_clip("set8_gopro_snowboard")[30:43, 100:356, 300:620]
+    blurry, _ = realblur.blur_from_frames(src, [3, 6, 9], 2.7)
+    assert abs(float(estimate_blur_field(blurry).exposure.median()) - 0.9) < 0.2
