@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, f, indent=1)
     md = ["# Exposure reader on training clips (`bench/exposure_reader.py`)", "",
           f"Clips of the real-footage generator ({SIZE}x{SIZE}, {FRAMES} frames, crf 18-30; split 'train', no "
-          "held-out clip), their motion measured at full resolution as the blur field measures frames under 360p. Blurred clips whose "
-          f"exposure could be read (confidence >= 0.9) and that read above `SHARP_BELOW` = {expo.SHARP_BELOW}.", "",
+          "held-out clip), their motion measured at full resolution as the blur field measures frames under 360p. "
+          f"Blurred clips whose exposure could be read (confidence >= 0.9) and that read above `SHARP_BELOW` = {expo.SHARP_BELOW}.", "",
           "| draw | read at | clips | mean relative error | median estimated / true |",
           "| --- | --- | --- | --- | --- |",
           *[f"| seed {seed} | {where} | {e['clips']} | {100 * e['mean_relative_error']:.0f} % | "

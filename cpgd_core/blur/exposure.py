@@ -14,9 +14,9 @@ motion in it.
 The widths only measure the blur while it is a few pixels long: the derivative of a long box blur is the difference
 of two copies of the sharp derivative a blur length apart, whose correlation keeps the sharp central peak (and
 moves the rest to a dip at the blur length), so long blur read at full size reads short (about 0.6 of its length
-on training clips with 15-35 px trajectories, 0.45-0.62 on GoPro training footage blurred over 0.9 of the frame interval). Each frame
-is therefore read downscaled until its moving pixels' median speed is about ``READ_SPEED`` px per frame
-(``_reading_size``; docs/bench/exposure_reader.md has the errors before and after).
+on training clips with 15-35 px trajectories; 0.45-0.62 on GoPro training footage blurred over 0.9 of the frame
+interval). Each frame is therefore read downscaled until its moving pixels' median speed is about ``READ_SPEED`` px
+per frame (``_reading_size``; docs/bench/exposure_reader.md has the errors before and after).
 
 Sharp video has equal widths both ways and reads 0; readings under ``SHARP_BELOW`` are taken as 0 (what sharp
 footage with directional texture reads). Where too little moves (fewer than ``MIN_VOTES`` of the
