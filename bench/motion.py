@@ -29,6 +29,7 @@ import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cpgd_core.blur import exposure as expo  # noqa: E402
 from cpgd_core.blur import velocity as vel  # noqa: E402
 from cpgd_core.blur.field import estimate_blur_field  # noqa: E402
 from cpgd_core.codec.decode import load_video  # noqa: E402
@@ -280,8 +281,10 @@ def main() -> None:
               "evaluation found with DIS started from them. Off by default.",
               "- The exposure reading (`blur/exposure.py`) compares along- and across-motion derivative correlation "
               "widths at the level 0.4; that level was chosen looking at these held-out clips' curves, so the exposure "
-              "rows are not a clean hold-out. On training clips with very fast motion (median trajectory 40-50 px) "
-              "it read about 0.5 for 0.9 even with the true velocity.",
+              "rows are not a clean hold-out. Each frame is read at a size where its blur is a few pixels long "
+              f"(moving pixels' median speed {expo.READ_SPEED:g} px/frame, chosen on training clips): read at full "
+              "size, long blur reads short (docs/bench/exposure_reader.md: 26-28 % error there, 13-15 % at the "
+              "reading size).",
               ]
     lines = lines[:2] + short + [""] + lines[2:]
     text = "\n".join(lines)
