@@ -115,19 +115,26 @@ def _check_match(frames: torch.Tensor, priors: CodecPriors, what: str = "") -> N
 # -- core: one chunk ---------------------------------------------------------------------------------
 # Fast mode leaves alone what did not move during the exposure: CPFP, trained on blur, also smooths sharp frames
 # (0.8 dB under the input on sharp clips encoded at crf 12-16, docs/bench/eval_quality.md). Whether a pixel is
-# blurred is read from the blur field at its own working size, as quality mode reads it: at a coarser size (short
-# side 180 px) the exposure of a sharp GoPro clip read 0.34 where quality mode reads 0 (-0.33 dB on it). The weight
-# is quality mode's (blur.solver.gate).
+# blurred is read from the blur field, as quality mode reads it up to GATE_SHORT_SIDE px on the short side (at a
+# coarser size a sharp 256 px GoPro clip read exposure 0.34 where quality mode reads 0: -0.33 dB on it) and at that
+# size above it, where the field at quality mode's size would cost fast mode about a tenth of its speed at 720p.
+# The weight is quality mode's (blur.solver.gate).
+GATE_SHORT_SIDE = 256
+
+
 def blur_gate(frames: torch.Tensor) -> Optional[torch.Tensor]:
     """(T, 1, H, W) weight in [0, 1] of the restored frames (0 where the frames are sharp), or None for a single
     frame (no motion to measure: the network's output is kept)."""
     from ..blur.field import estimate_blur_field
     from ..blur.solver import gate
+    from ..blur.velocity import working_scale
     from .nonblind import measured_field
 
-    if frames.shape[0] < 2:
+    t, _, h, w = frames.shape
+    if t < 2:
         return None
-    return gate(measured_field(estimate_blur_field(frames.float().cpu(), exposure="auto")).trajectory)
+    scale = min(working_scale(h, w), GATE_SHORT_SIDE / max(min(h, w), 1))
+    return gate(measured_field(estimate_blur_field(frames.float().cpu(), exposure="auto", scale=scale)).trajectory)
 
 
 @torch.no_grad()
