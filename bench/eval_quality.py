@@ -186,6 +186,7 @@ def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
     fields = [modes.field(ex) for ex in examples]
     runs = {"quality": lambda ex, f: modes.solve(modes.quality, ex, f),
             "fast": lambda ex, f: modes.run_fast(ex["blurry_decoded"].float(), ex["priors"])}
+
     def median_length(f: BlurField) -> float:
         return round(float(nonblind.measured_field(f).trajectory.norm(dim=1).median()), 2)
 

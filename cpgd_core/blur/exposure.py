@@ -83,16 +83,22 @@ def _sampler(gx: np.ndarray, gy: np.ndarray):
     return deriv_at
 
 
+def _voters(velocity: np.ndarray, confidence: Optional[np.ndarray], scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel speed (H, W) and the pixels that vote: fast enough to show their blur, velocity trusted."""
+    speed = np.sqrt((velocity ** 2).sum(-1))
+    ok = speed >= MIN_SPEED * scale
+    if confidence is not None:
+        ok &= confidence > 0.5
+    return speed, ok
+
+
 def _reading_size(grey: np.ndarray, velocity: np.ndarray, confidence: Optional[np.ndarray],
                   scale: float) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], float]:
     """The frame, its velocity and confidence downscaled so that the moving pixels' median speed is about
     ``READ_SPEED`` px per frame (never enlarged, never under ``MIN_READ_SIDE`` px), and the resulting scale."""
     if READ_SPEED is None:
         return grey, velocity, confidence, scale
-    speed = np.sqrt((velocity ** 2).sum(-1))
-    moving = speed >= MIN_SPEED * scale
-    if confidence is not None:
-        moving &= confidence > 0.5
+    speed, moving = _voters(velocity, confidence, scale)
     if moving.sum() < MIN_VOTES * speed.size:
         return grey, velocity, confidence, scale
     h, w = grey.shape
@@ -117,10 +123,7 @@ def frame_curves(grey: np.ndarray, velocity: np.ndarray, confidence: Optional[np
     """
     grey, velocity, confidence, scale = _reading_size(grey, velocity, confidence, scale)
     h, w = grey.shape
-    speed = np.sqrt((velocity ** 2).sum(-1))
-    ok = speed >= MIN_SPEED * scale
-    if confidence is not None:
-        ok &= confidence > 0.5
+    speed, ok = _voters(velocity, confidence, scale)
     m = 4
     ys, xs = np.nonzero(ok[m:-m, m:-m])
     out = Curves(pixels=h * w)
