@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
+from ..cpgd_core.codec.flow import magnitude
 from ..cpgd_core.codec.priors import CodecPriors
 from ..cpgd_core.errors import CPGDInputError
 from .types import CodecPriorsSocket, frames_to_image, image_from_core, image_to_frames, progress_callbacks
@@ -261,7 +262,7 @@ class VisualizePriors(io.ComfyNode):
         e = field.exposure
         how = "given" if exposure >= 0 else (
             f"estimated, confidence {float(field.exposure_confidence.median()):.2f}")
-        length = field.trajectory.norm(dim=1)
+        length = magnitude(field.trajectory)
         info = (f"exposure {float(e.median()):.2f} of the frame interval ({how}; per frame "
                 f"{float(e.min()):.2f}-{float(e.max()):.2f}); blur length median {float(length.median()):.1f} px, "
                 f"99th percentile {float(torch.quantile(length.flatten()[::max(1, length.numel() // 1_000_000)], 0.99)):.1f} px")

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
+from ..codec.flow import magnitude
 from ..errors import CPGDInputError
 from ..fileio import atomic_write, temporary_path
 from .field import BlurField, iter_blur_field
@@ -57,7 +58,7 @@ def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "au
                 fc.write(f.confidence.numpy().astype(np.float16).tobytes())
                 exposures.append(f.exposure)
                 exp_conf.append(f.exposure_confidence)
-                medians.append(float(f.trajectory.norm(dim=0).median()))
+                medians.append(float(magnitude(f.trajectory, dim=0).median()))
                 if progress is not None:
                     progress(len(exposures))
         t = len(exposures)

@@ -26,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..codec.flow import magnitude
+
 # Sample spacing along the path, in pixels: with bilinear sampling, 2 px keeps the line integral within a few
 # 1e-3 of a densely sampled one on natural images, at half the cost of 1 px.
 DEFAULT_SPACING = 2.0
@@ -36,7 +38,7 @@ _BILINEAR, _BORDER = 0, 1
 def sample_count(trajectory: torch.Tensor, spacing: float = DEFAULT_SPACING, max_samples: int = MAX_SAMPLES) -> int:
     """Samples along the path for a (N, 2, H, W) trajectory: the power of two that keeps samples of its
     99.5th-percentile length at most ``spacing`` apart, in [1, max_samples]."""
-    length = trajectory.detach().float().norm(dim=1).flatten()
+    length = magnitude(trajectory.detach().float()).flatten()
     if length.numel() > 1_000_000:   # quantile refuses very large inputs; a strided subset is as good
         length = length[:: math.ceil(length.numel() / 1_000_000)]
     top = float(torch.quantile(length, 0.995)) if length.numel() else 0.0

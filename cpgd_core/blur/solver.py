@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..codec.flow import magnitude
 from ..models.config import JsonConfig
 from ..models.prior_denoiser import PriorDenoiser, PriorDenoiserConfig
 from .operator import TrajectoryBlur
@@ -124,7 +125,7 @@ class UnrolledDeblurConfig(JsonConfig):
 def gate(trajectory: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) weight of the deblurred frame: 0 where the trajectory is shorter than GATE_PX[0], 1 above
     GATE_PX[1]."""
-    length = trajectory.norm(dim=1, keepdim=True)
+    length = magnitude(trajectory, keepdim=True)
     lo, hi = GATE_PX
     return ((length - lo) / (hi - lo)).clamp(0, 1)
 

@@ -18,6 +18,7 @@ import torch
 from ..errors import CPGDInputError
 from .decode import iter_video_chunks, probe
 from .encode import VideoWriter
+from .flow import magnitude
 from .visualize import flow_to_color, residual_heatmap
 
 
@@ -52,7 +53,7 @@ def extract_visualisations(path: str, out_dir: str, start: int = 0, cap: int = 0
             VideoWriter(res_path, fps, crf=20, preset="fast", overwrite=overwrite) as res_out:
         for _, pri, _ in iter_video_chunks(path, chunk, 0, start, cap, every_nth, size):
             if stats["max_flow"] is None:
-                m = pri.flow_to_prev.float().norm(dim=1, keepdim=True)[pri.valid_to_prev]
+                m = magnitude(pri.flow_to_prev.float(), keepdim=True)[pri.valid_to_prev]
                 stats["max_flow"] = max(float(torch.quantile(m, 0.99)) if m.numel() else 1.0, 1.0)
                 a = pri.residual.float().abs().flatten()[::7]
                 stats["residual_scale"] = max(float(torch.quantile(a, 0.995)), 1 / 255)

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .flow import magnitude
+
 
 def _upsample(img: torch.Tensor, size: Optional[tuple[int, int]]) -> torch.Tensor:
     if size is None or tuple(img.shape[-2:]) == tuple(size):
@@ -30,7 +32,7 @@ def flow_to_color(flow: torch.Tensor, valid: Optional[torch.Tensor] = None, max_
     flow = flow.float()
     if valid is None:
         valid = torch.ones_like(flow[:, :1], dtype=torch.bool)
-    mag = flow.norm(dim=1, keepdim=True)
+    mag = magnitude(flow, keepdim=True)
     if max_magnitude is None:
         m = mag[valid]
         max_magnitude = float(torch.quantile(m[:1_000_000], 0.99)) if m.numel() else 1.0
@@ -87,7 +89,7 @@ def trajectory_to_color(trajectory: torch.Tensor, max_length: Optional[float] = 
     diagonals green and violet), saturation = its length; white = sharp.
     """
     t = trajectory.float()
-    length = t.norm(dim=1, keepdim=True)
+    length = magnitude(t, keepdim=True)
     if max_length is None:
         a = length.flatten()
         a = a[:: a.numel() // 1_000_000 + 1]

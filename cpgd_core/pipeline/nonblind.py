@@ -19,6 +19,7 @@ import torch
 from ..blur.field import BlurField, BlurFieldStream, estimate_blur_field
 from ..blur.solver import UnrolledDeblur
 from ..blur import velocity
+from ..codec.flow import magnitude
 from ..errors import CPGDInputError
 from .schedule import feather_weights, windows_1d
 
@@ -94,7 +95,7 @@ def deblur_frame(model: UnrolledDeblur, frame: torch.Tensor, trajectory: torch.T
     y, traj = frame.float()[None], trajectory.float()[None]
     if h * w <= tile_pixels:
         return model(y, traj, check_interrupt=check_interrupt)[0].clamp_(0, 1)
-    margin = int(math.ceil(float(traj.norm(dim=1).max()) / 2)) + PRIOR_MARGIN
+    margin = int(math.ceil(float(magnitude(traj).max()) / 2)) + PRIOR_MARGIN
     side = max(int(math.sqrt(tile_pixels)), 2 * margin + 64)
     ys, xs = windows_1d(h, side, 2 * margin), windows_1d(w, side, 2 * margin)
     wy, wx = feather_weights(ys, h), feather_weights(xs, w)

@@ -15,6 +15,7 @@ import torch
 
 from ..blur.field import EXPOSURE_WINDOW, BlurField, estimate_blur_field, parse_exposure
 from ..blur import velocity
+from ..codec.flow import magnitude
 from ..errors import CPGDInputError
 
 MODES = ("quality", "fast")
@@ -169,7 +170,7 @@ def describe_field(field: BlurField, given: bool) -> str:
     """Exposure and blur lengths of a field as it is inverted (``nonblind.measured_field``), in words (the node's
     info), naming the frames left as they came in because their exposure could not be read."""
     e = field.exposure.float()
-    length = field.trajectory.norm(dim=1).flatten()
+    length = magnitude(field.trajectory).flatten()
     length = length[:: max(1, length.numel() // 1_000_000)]
     how = "given" if given else f"estimated, per frame {float(e.min()):.2f}-{float(e.max()):.2f}"
     text = (f"exposure {float(e.median()):.2f} ({how}), blur length median {float(length.median()):.1f} px, "
