@@ -148,9 +148,13 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
     feathered weights that sum to 1. ``check_interrupt()`` is called before each tile and, inside the
     network, between frames. A model with ``size_multiple`` / ``min_size`` attributes (the official
     network: 16, and 256 px with RAFT) gets frames and tiles padded / enlarged to those instead. For the pack's
-    CPFP, pixels that the blur field finds sharp keep their input value (:func:`blur_gate`).
+    CPFP, pixels that the blur field finds sharp keep their input value (:func:`blur_gate`), and a chunk it finds
+    sharp throughout is returned as it came in without running the network.
     """
     _check_match(frames, priors)
+    blurred = blur_gate(frames) if isinstance(model, CPFP) else None
+    if blurred is not None and not bool(blurred.any()):
+        return frames.float().cpu().clamp(0, 1)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     t, _, h, w = frames.shape
     m = int(getattr(model, "size_multiple", 4))
@@ -188,10 +192,9 @@ def restore_chunk(model: torch.nn.Module, frames: torch.Tensor, priors: CodecPri
                     weight = (wgt_y.view(-1, 1) * wgt_x.view(1, -1))
                     out[..., y0:y1, x0:x1] += pred * weight.float()
     out = out[..., :h, :w].float().clamp_(0, 1)
-    weight = blur_gate(frames) if isinstance(model, CPFP) else None
-    if weight is not None:
+    if blurred is not None:
         inp = frames.float().cpu()
-        out = inp + weight * (out - inp)
+        out = inp + blurred * (out - inp)
     return out
 
 

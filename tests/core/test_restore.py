@@ -40,6 +40,16 @@ class Pointwise(torch.nn.Module):
         return frames * 0.5 + 0.25
 
 
+def blurred_pan(t: int, h: int, w: int, speed: int = 8, blur: int = 6) -> torch.Tensor:
+    """(T, 3, H, W) smooth texture panning ``speed`` px per frame, each frame averaged over ``blur`` px of it:
+    blur the field reads, so fast mode runs its network (it returns frames it finds sharp as they came)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=g), size=(h, w),
+                                           mode="bilinear")[0]
+    return torch.stack([torch.stack([torch.roll(base, speed * i + j, dims=2) for j in range(blur)]).mean(0)
+                        for i in range(t)])
+
+
 def identity_cpfp() -> CPFP:
     """A real CPFP whose last conv is zero: the output is the input through the global skip."""
     torch.manual_seed(0)
@@ -200,8 +210,8 @@ def test_interrupt_reaches_inside_the_network():
     """The restore hands check_interrupt to the network: with one chunk and one tile it is still polled per
     frame, and a Cancel raised there ends the restore."""
     m = identity_cpfp()
-    frames = torch.rand(6, 3, 16, 16)
-    priors = make_priors(6, 16, 16)
+    frames = blurred_pan(6, 48, 64)
+    priors = make_priors(6, 48, 64)
     n = []
     restore_video(m, frames, priors, chunk_size=8, check_interrupt=lambda: n.append(1))
     assert len(n) >= 1 + 1 + 2 * 6  # chunk + tile + each frame of both propagation branches
