@@ -31,8 +31,10 @@ ENV_DIR = "CPGD_REAL_MOTION_DIR"
 # Held-out whole clips (never trained on): one GoPro action clip, one DAVIS clip with a moving bus and a
 # panning camera, two Vimeo-90k septuplets.
 VAL_CLIPS = ("set8_gopro_rafting", "davis_bus", "vimeo_00002_0007", "vimeo_00002_0008")
-STEP_CHOICES = (1, 2, 3)
-STEP_WEIGHTS = (0.5, 0.3, 0.2)
+# Source frames per output frame (mild to strong blur at the same frame rate) and their probabilities.
+STEPS = ((1, 0.5), (2, 0.3), (3, 0.2))
+# Up to 5: blur of 20-40 px at the footage's scale, as 11 averaged frames of 240 fps GoPro video make at 720p.
+LONG_STEPS = ((1, 0.3), (2, 0.2), (3, 0.2), (4, 0.15), (5, 0.15))
 SHUTTER_RANGE = (0.3, 1.0)
 SHARP_SHARE = 0.1          # clips with no blur (exposure 0)
 STILL_SHARE = 0.25         # share of still-photo clips (synth.py) in the "mix" source
@@ -234,10 +236,12 @@ def _true_trajectory(interval, c: int, half: float, n: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ examples
 
-def _draw_timing(rng: np.random.Generator, n: int, num_frames: int, sharp: bool) -> Optional[tuple[int, float, int]]:
+def _draw_timing(rng: np.random.Generator, n: int, num_frames: int, sharp: bool,
+                 steps: tuple[tuple[int, float], ...] = STEPS) -> Optional[tuple[int, float, int]]:
     """(step, exposure, first centre) that fits a clip of n frames, or None."""
+    choices, weights = zip(*steps)
     for _ in range(8):
-        step = int(rng.choice(STEP_CHOICES, p=STEP_WEIGHTS))
+        step = int(rng.choice(choices, p=weights))
         exposure = 0.0 if sharp else float(rng.uniform(*SHUTTER_RANGE)) * step
         half = math.ceil(exposure / 2)
         span = (num_frames - 1) * step + 2 * half
@@ -263,8 +267,10 @@ def _region(rng: np.random.Generator, frames: np.ndarray, size: tuple[int, int])
 
 
 def make_real_clip(rng: np.random.Generator, size: tuple[int, int] = (128, 128), num_frames: int = 5,
-                   split: str = "train", sharp_share: float = SHARP_SHARE, root: Optional[str] = None) -> dict:
-    """A blurry/sharp pair from a random real clip of the split (before encoding).
+                   split: str = "train", sharp_share: float = SHARP_SHARE, root: Optional[str] = None,
+                   steps: tuple[tuple[int, float], ...] = STEPS) -> dict:
+    """A blurry/sharp pair from a random real clip of the split (before encoding); ``steps``: (source frames per
+    output frame, probability) pairs.
 
     Returns dict: blurry, sharp (T, 3, H, W) float32 in [0, 1]; trajectory (T, 2, H, W) float32, the true
     displacement in output pixels each pixel sweeps during its frame's exposure (0 for sharp clips); clip, step,
@@ -279,7 +285,7 @@ def make_real_clip(rng: np.random.Generator, size: tuple[int, int] = (128, 128),
         frames = load_clip(name, root)
         if frames.shape[1] < h or frames.shape[2] < w:
             continue
-        timing = _draw_timing(rng, len(frames), num_frames, bool(rng.random() < sharp_share))
+        timing = _draw_timing(rng, len(frames), num_frames, bool(rng.random() < sharp_share), steps)
         if timing is None:
             continue
         step, exposure, first = timing
@@ -299,8 +305,10 @@ def make_real_clip(rng: np.random.Generator, size: tuple[int, int] = (128, 128),
 
 def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128, 128), num_frames: int = 5,
                           crf_range: tuple[int, int] = CRF_RANGE, split: str = "train",
-                          sharp_share: float = SHARP_SHARE, root: Optional[str] = None) -> dict:
-    """One real-footage sample made exactly like inference input: real blur -> libx264 -> decoded frames + priors.
+                          sharp_share: float = SHARP_SHARE, root: Optional[str] = None,
+                          steps: tuple[tuple[int, float], ...] = STEPS) -> dict:
+    """One real-footage sample made exactly like inference input: real blur -> libx264 -> decoded frames + priors
+    (``steps`` as in ``make_real_clip``).
 
     Returns dict: blurry_decoded (T, 3, H, W) float32, sharp (T, 3, H, W) float32, priors (CodecPriors),
     trajectory (T, 2, H, W) float32 (``make_real_clip``'s), crf, encoding, clip, step, exposure,
@@ -308,7 +316,7 @@ def make_training_example(rng: np.random.Generator, size: tuple[int, int] = (128
     """
     from ..codec.reencode import encode_and_extract
 
-    clip = make_real_clip(rng, size, num_frames, split, sharp_share, root)
+    clip = make_real_clip(rng, size, num_frames, split, sharp_share, root, steps)
     crf = int(rng.integers(crf_range[0], crf_range[1] + 1))
     preset, params = ENCODINGS[int(rng.integers(len(ENCODINGS)))]
     decoded, priors = encode_and_extract(clip["blurry"], fps=24, crf=crf, preset=preset, x264_params=params)

@@ -59,10 +59,11 @@ class BlurCrops(IterableDataset):
     """Endless (blurry, estimated trajectory, sharp) crops from freshly generated real-footage examples."""
 
     def __init__(self, crop: int, size: int, frames: int, seed: int, start_step: int, crops_per_example: int,
-                 sharp_share: float) -> None:
+                 sharp_share: float, long_blur: bool = False) -> None:
         self.crop, self.size, self.frames = crop, size, frames
         self.seed, self.start_step, self.crops = seed, start_step, crops_per_example
         self.sharp_share = sharp_share
+        self.long_blur = long_blur
 
     def __iter__(self) -> Iterator[dict]:
         from ..data import realblur
@@ -71,7 +72,8 @@ class BlurCrops(IterableDataset):
         rng = np.random.default_rng([self.seed, wi.id if wi else 0, self.start_step])
         while True:
             ex = realblur.make_training_example(rng, (self.size, self.size), self.frames, split="train",
-                                                sharp_share=self.sharp_share)
+                                                sharp_share=self.sharp_share,
+                                                steps=realblur.LONG_STEPS if self.long_blur else realblur.STEPS)
             y = ex["blurry_decoded"].float()
             traj = trajectories(ex)
             x = ex["sharp"].float()
@@ -161,7 +163,8 @@ def train(args: argparse.Namespace) -> dict:
         log.log(event="resume", step=step)
     val = real_examples(args.val_seed, args.val_count, args.val_crop, 3)
     val_fields = [trajectories(ex) for ex in val]
-    data = DataLoader(BlurCrops(args.crop, args.size, 3, args.seed, step, args.crops_per_example, args.sharp_share),
+    data = DataLoader(BlurCrops(args.crop, args.size, 3, args.seed, step, args.crops_per_example, args.sharp_share,
+                                args.long_blur),
                       batch_size=args.batch, num_workers=args.workers, worker_init_fn=_single_threaded,
                       persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
                       # fork after the validation set was encoded and its flows computed left the worker
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of each generated example (crops are cut from it)")
     p.add_argument("--crops-per-example", type=int, default=6)
     p.add_argument("--sharp-share", type=float, default=0.1)
+    p.add_argument("--long-blur", action="store_true",
+                   help="also 4 and 5 source frames per output frame (realblur.LONG_STEPS): 20-40 px trajectories")
     p.add_argument("--lr-schedule", type=float, default=1e-2, help="lr of the per-iteration sigma / mu")
     p.add_argument("--val-seed", type=int, default=11)
     p.add_argument("--val-count", type=int, default=6)
