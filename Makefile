@@ -36,10 +36,10 @@ bench: setup
 # Stage-one training (docs/MODEL_CARD.md), step-based and resumable from the checkpoints committed in docs/training/;
 # stop any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"): the schedule does not depend on where it stops.
 # train-stage-one: the default 'quality' mode, the unrolled non-blind solver trained end to end on real-footage blur
-# with estimated trajectories (the current run: docs/training/deblur_wide, the guided 3 x 2 solver with the wide
-# prior of train-prior-wide; its recipe.txt is shared with bench/gpu_session.sh). train-fast: the 'fast' mode's CPFP
-# lite network.
-STAGE_ONE_RUN := docs/training/deblur_wide
+# with estimated trajectories (the current run: docs/training/deblur_long, the shipped solver fine-tuned on blur up
+# to 5 source frames per frame; its recipe.txt is shared with bench/gpu_session.sh). train-fast: the 'fast' mode's
+# CPFP lite network.
+STAGE_ONE_RUN := docs/training/deblur_long
 train-stage-one: setup
 	$(PY) -m cpgd_core.train deblur $$(cat $(STAGE_ONE_RUN)/recipe.txt) --resume --out $(STAGE_ONE_RUN) $(TRAIN_ARGS)
 

@@ -13,8 +13,11 @@ Writes one markdown file per live run:
 - ``training_prior``: the pre-training of its learned prior (``make train-prior``, docs/training/prior_denoiser/);
 - ``training_prior_wide``: a prior with 4x the parameters, pre-trained the same way (``make train-prior-wide``,
   docs/training/prior_wide/);
-- ``training_wide``: the guided 3 x 2 solver trained end to end from that prior (``make train-stage-one``,
-  docs/training/deblur_wide/);
+- ``training_wide``: the guided 3 x 2 solver trained end to end from that prior (docs/training/deblur_wide/);
+- ``training_reader``: the shipped solver fine-tuned with the exposure read at the reading size
+  (docs/training/deblur_reader/);
+- ``training_long``: the shipped solver fine-tuned on blur up to 5 source frames per frame (``--long-blur``,
+  ``make train-stage-one``, docs/training/deblur_long/);
 - ``training_fast``: the 'fast' mode's CPFP lite run (``make train-fast``, docs/training/cpfp_lite_real/).
 
 One row per validation, with the mean training loss since the previous row. A run is resumed across sessions, so
@@ -39,8 +42,9 @@ sys.path.insert(0, ROOT)
 TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
 RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
-        "training_guided_ft": "deblur_guided_ft", "training_wide": "deblur_wide", "training_prior": "prior_denoiser",
-        "training_prior_wide": "prior_wide", "training_fast": "cpfp_lite_real"}
+        "training_guided_ft": "deblur_guided_ft", "training_wide": "deblur_wide", "training_reader": "deblur_reader",
+        "training_long": "deblur_long", "training_prior": "prior_denoiser", "training_prior_wide": "prior_wide",
+        "training_fast": "cpfp_lite_real"}
 
 
 def read_log(path: str) -> list[dict]:
@@ -185,13 +189,16 @@ def fast_curve(run: str) -> list[str]:
 
 
 CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
-          "training_guided_ft": quality_curve, "training_wide": quality_curve, "training_prior": prior_curve,
+          "training_guided_ft": quality_curve, "training_wide": quality_curve, "training_reader": quality_curve,
+          "training_long": quality_curve, "training_prior": prior_curve,
           "training_prior_wide": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
           "training_3x2": "Stage one 'quality': the solver fine-tuned at the 3 x 2 setting",
           "training_guided": "Stage one 'quality': the guided prior",
           "training_guided_ft": "Stage one 'quality': the guided prior fine-tuned on the blur field as shipped",
-          "training_wide": "Stage one 'quality': the guided solver with the wide prior (make train-stage-one)",
+          "training_wide": "Stage one 'quality': the guided solver with the wide prior",
+          "training_reader": "Stage one 'quality': the shipped solver fine-tuned on the exposure reader as shipped",
+          "training_long": "Stage one 'quality': the shipped solver fine-tuned on long blur (make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_prior_wide": "Stage one 'quality': pre-training of the wide prior (4x the parameters)",
           "training_fast": "Stage one 'fast': CPFP lite training"}

@@ -118,3 +118,17 @@ def test_real_clip_carries_its_true_trajectory():
     assert 0 < clip["exposure_fraction"] <= 1.0
     sharp = realblur.make_real_clip(np.random.default_rng(5), (64, 48), 3, split="val", sharp_share=1.0)
     assert sharp["exposure_fraction"] == 0 and torch.count_nonzero(sharp["trajectory"]) == 0
+
+
+@needs_real
+def test_long_blur_draws_steps_the_default_never_does():
+    """``--long-blur`` training draws from realblur.LONG_STEPS (up to 5 source frames per frame, each over an
+    exposure of shutter x step source intervals); the default only from 1-3."""
+    default = {realblur.make_real_clip(np.random.default_rng(s), (64, 48), 3, split="train", sharp_share=0.0)["step"]
+               for s in range(12)}
+    assert default <= {1, 2, 3}
+    long_only = tuple((s, p) for s, p in realblur.LONG_STEPS if s > 3)
+    total = sum(p for _, p in long_only)
+    clip = realblur.make_real_clip(np.random.default_rng(0), (64, 48), 3, split="train", sharp_share=0.0,
+                                   steps=tuple((s, p / total) for s, p in long_only))
+    assert clip["step"] in (4, 5) and clip["exposure"] > 3 * realblur.SHUTTER_RANGE[0]
