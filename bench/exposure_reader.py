@@ -83,6 +83,43 @@ def errors(rows: list[dict]) -> dict:
             "clips": len(rows)}
 
 
+LONG_SEED, LONG_SIZE, LONG_FRAMES = 31, 480, 5
+LONG_STEPS = ((3, 0.3), (4, 0.35), (5, 0.35))
+
+
+def long_readings(count: int) -> dict:
+    """480p training clips blurred over 3-5 frame intervals (trajectories of 10 px and more) and as many sharp ones,
+    read through the whole blur field (half size, as the product reads 480p) with ``MIN_READ_SIDE`` as shipped and
+    at its earlier 96 px: where the reading size bottoms out, long blur reads short."""
+    from cpgd_core.data import realblur
+
+    rng = np.random.default_rng(LONG_SEED)
+    blurred = []
+    while len(blurred) < count:
+        ex = realblur.make_training_example(rng, (LONG_SIZE, LONG_SIZE), LONG_FRAMES, split="train", sharp_share=0.0,
+                                            steps=LONG_STEPS)
+        if float(ex["trajectory"].norm(dim=1).median()) >= 10:
+            blurred.append(ex)
+    sharp = [realblur.make_training_example(rng, (LONG_SIZE, LONG_SIZE), LONG_FRAMES, split="train", sharp_share=1.0)
+             for _ in range(count // 2)]
+    shipped, out = expo.MIN_READ_SIDE, {}
+    try:
+        for side in (shipped, 96):
+            expo.MIN_READ_SIDE = side
+            fields = [estimate_blur_field(ex["blurry_decoded"].float(), ex["priors"], "auto") for ex in blurred]
+            sharp_fields = [estimate_blur_field(ex["blurry_decoded"].float(), ex["priors"], "auto") for ex in sharp]
+            ratio = np.array([float(f.exposure.median()) / ex["exposure_fraction"] for f, ex in zip(fields, blurred)
+                              if float(f.exposure_confidence.median()) >= 0.9])
+            out[side] = {"clips": len(ratio), "of": len(blurred), "median_ratio": float(np.median(ratio)),
+                         "mean_relative_error": float(np.abs(ratio - 1).mean()),
+                         "sharp_inverted": sum(bool(((f.exposure > 0) & (f.exposure_confidence > 0)).any())
+                                               for f in sharp_fields), "sharp": len(sharp)}
+            print(f"  long blur, MIN_READ_SIDE {side}: {out[side]}", flush=True)
+    finally:
+        expo.MIN_READ_SIDE = shipped
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=48, help="clips per draw (about half blurred and readable)")
@@ -91,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     draws = {seed: readings(seed, a.count) for seed in DRAW_SEEDS}
     sharp_rows = readings(SHARP_SEED, a.count // 2, sharp=True)
+    long_blur = long_readings(14)
     blurred = [r for rows in draws.values() for r in usable(rows)]
     x, y = np.array([r["raw"] for r in blurred]), np.array([r["true"] for r in blurred])
     factor = float((x * y).sum() / (x * x).sum())
@@ -105,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         "above_threshold": sum(r["raw"] >= expo.SHARP_BELOW for r in sharp_read)},
               "blurred_under_threshold": {"clips": len(under), "of": len(readable),
                                           "true_lengths_px": sorted(round(r["true_length_px"], 1) for r in under)},
+              "long_blur": {str(k): v for k, v in long_blur.items()},
               "rows": {"draws": {str(k): v for k, v in draws.items()}, "sharp": sharp_rows},
               "seconds": round(time.time() - t0, 1)}
     with open(os.path.splitext(a.md)[0] + ".json", "w") as f:
@@ -129,7 +168,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(f'{v:.2f}' for v in report['sharp']['readings'])}; "
           f"{report['sharp']['above_threshold']} at or above `SHARP_BELOW` (those are inverted). Blurred clips "
           f"(exposure 0.3-1.0) read under it, so left as they are: {len(under)} of {len(readable)} (median true "
-          f"trajectory {', '.join(f'{r:.1f}' for r in report['blurred_under_threshold']['true_lengths_px'])} px).", ""]
+          f"trajectory {', '.join(f'{r:.1f}' for r in report['blurred_under_threshold']['true_lengths_px'])} px).", "",
+          f"## Long blur at 480p (seed {LONG_SEED}: {LONG_SIZE}x{LONG_SIZE}, {LONG_FRAMES} frames, 3-5 frame intervals "
+          "per frame, trajectories of 10 px and more; read through the blur field at half size)", "",
+          "Where the reading size reaches `MIN_READ_SIDE` the blur stays long there and reads short.", "",
+          "| `MIN_READ_SIDE` | blurred clips read | median estimated / true | mean relative error | sharp clips "
+          "inverted |", "| --- | --- | --- | --- | --- |",
+          *[f"| {side} px{' (shipped)' if side == expo.MIN_READ_SIDE else ''} | {v['clips']} of {v['of']} | "
+            f"{v['median_ratio']:.2f} | {100 * v['mean_relative_error']:.0f} % | {v['sharp_inverted']} of "
+            f"{v['sharp']} |" for side, v in long_blur.items()], ""]
     with open(a.md, "w") as f:
         f.write("\n".join(md))
     print(f"least-squares factor {factor:.3f} ({len(blurred)} clips); wrote {a.md} [{time.time() - t0:.0f}s]")
