@@ -320,8 +320,7 @@ def main() -> None:
               "widths at the level 0.4; that level was chosen looking at these held-out clips' curves, so the exposure "
               "rows are not a clean hold-out. Each frame is read at a size where its blur is a few pixels long "
               f"(moving pixels' median speed {expo.READ_SPEED:g} px/frame, chosen on training clips): read at full "
-              "size, long blur reads short (docs/bench/exposure_reader.md: 26-28 % error there, 13-15 % at the "
-              "reading size).",
+              "size, long blur reads short (docs/bench/exposure_reader.md has the errors at both sizes).",
               ]
     lines = lines[:2] + short + [""] + lines[2:]
     text = "\n".join(lines)

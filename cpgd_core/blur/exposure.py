@@ -43,9 +43,8 @@ FALLBACK = 0.5         # exposure where it cannot be read (then the motion is to
 # blur that short gains little where a wrong one costs up to 0.8 dB on sharp frames.
 SHARP_BELOW = 0.25
 READ_SPEED = 6.0       # px per frame the moving pixels' median speed is brought to before reading (None: as given)
-# px: the short side the frame is never read below (too few pixels vote in less). At 96, 480p training clips
-# blurred over 4-5 frame intervals could not shrink far enough and read 0.81 of their exposure (median); at 48, 0.89,
-# with the same readings on sharp clips (a diagnostic on training clips, seed 31).
+# px: the short side the frame is never read below (too few pixels vote in less). At 96, long blur on 480p footage
+# could not shrink far enough and read short (docs/bench/exposure_reader.md, the long-blur table).
 MIN_READ_SIDE = 48
 
 
