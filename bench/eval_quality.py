@@ -167,10 +167,10 @@ def held_out_rows(modes: Modes, examples: list[dict]) -> dict:
         outs[NO_PRIOR].append(modes.solve(modes.no_prior, ex, est))
         outs[FAST].append(modes.run_fast(ex["blurry_decoded"].float(), ex["priors"]))
         outs[Q_FAST].append(modes.run_fast(outs[Q][-1], ex["priors"]))
-        err = torch.minimum((est.trajectory - true.trajectory).norm(dim=1),
-                            (est.trajectory + true.trajectory).norm(dim=1))
+        err = torch.minimum(magnitude(est.trajectory - true.trajectory),
+                            magnitude(est.trajectory + true.trajectory))
         print(f"  clip {i}: {ex['clip']} step {ex['step']} exposure {ex['exposure_fraction']:.2f} crf {ex['crf']}: "
-              f"|true| median {float(true.trajectory.norm(dim=1).median()):.1f} px, error median {float(err.median()):.1f} px; "
+              f"|true| median {float(magnitude(true.trajectory).median()):.1f} px, error median {float(err.median()):.1f} px; "
               f"input {metrics.psnr(outs['blurry input'][-1], ex['sharp']):.2f} quality "
               f"{metrics.psnr(outs[Q][-1], ex['sharp']):.2f} true {metrics.psnr(outs[Q_TRUE][-1], ex['sharp']):.2f}",
               flush=True)
@@ -216,7 +216,7 @@ def identity_rows(modes: Modes, examples: list[dict], image: str = "") -> dict:
             "fast": lambda ex, f: modes.run_fast(ex["blurry_decoded"].float(), ex["priors"])}
 
     def median_length(f: BlurField) -> float:
-        return round(float(nonblind.measured_field(f).trajectory.norm(dim=1).median()), 2)
+        return round(float(magnitude(nonblind.measured_field(f).trajectory).median()), 2)
 
     # The same reading on the unencoded original says whether the source itself carries motion blur (DAVIS is
     # 24 fps footage): there, removing blur counts against the output, so those clips are also reported apart.

@@ -27,6 +27,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpgd_core.blur import exposure as expo  # noqa: E402
 from cpgd_core.blur.field import estimate_blur_field  # noqa: E402
 from cpgd_core.blur.velocity import grey_u8, working_scale  # noqa: E402
+from cpgd_core.codec.flow import magnitude  # noqa: E402
 from cpgd_core.train.deblur import real_examples  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def readings(seed: int, count: int, sharp: bool = False) -> list[dict]:
         full, full_conf = raw_reading(ex, full_size=True)
         rows.append({"clip": ex["clip"], "crf": ex["crf"], "true": float(ex["exposure_fraction"]), "raw": raw,
                      "confidence": conf, "raw_full_size": full, "confidence_full_size": full_conf,
-                     "true_length_px": float(ex["trajectory"].float().norm(dim=1).median())})
+                     "true_length_px": float(magnitude(ex["trajectory"].float()).median())})
         print(f"  {ex['clip']}: true {rows[-1]['true']:.2f} read {raw:.2f} (confidence {conf:.2f}), at full size "
               f"{full:.2f}", flush=True)
     return rows
@@ -84,7 +85,7 @@ def errors(rows: list[dict]) -> dict:
 
 
 LONG_SEED, LONG_SIZE, LONG_FRAMES = 31, 480, 5
-LONG_STEPS = ((3, 0.3), (4, 0.35), (5, 0.35))
+LONG_DRAW_STEPS = ((3, 0.3), (4, 0.35), (5, 0.35))   # 3-5 frame intervals only
 
 
 def long_readings(count: int) -> dict:
@@ -97,8 +98,8 @@ def long_readings(count: int) -> dict:
     blurred = []
     while len(blurred) < count:
         ex = realblur.make_training_example(rng, (LONG_SIZE, LONG_SIZE), LONG_FRAMES, split="train", sharp_share=0.0,
-                                            steps=LONG_STEPS)
-        if float(ex["trajectory"].norm(dim=1).median()) >= 10:
+                                            steps=LONG_DRAW_STEPS)
+        if float(magnitude(ex["trajectory"]).median()) >= 10:
             blurred.append(ex)
     sharp = [realblur.make_training_example(rng, (LONG_SIZE, LONG_SIZE), LONG_FRAMES, split="train", sharp_share=1.0)
              for _ in range(count // 2)]

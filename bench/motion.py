@@ -35,6 +35,7 @@ from cpgd_core.blur import velocity as vel  # noqa: E402
 from cpgd_core.blur.field import estimate_blur_field  # noqa: E402
 from cpgd_core.codec.decode import load_video  # noqa: E402
 from cpgd_core.codec.encode import write_video  # noqa: E402
+from cpgd_core.codec.flow import magnitude  # noqa: E402
 from cpgd_core.codec.priors import CodecPriors  # noqa: E402
 from cpgd_core.data import realblur  # noqa: E402
 
@@ -83,7 +84,7 @@ def traj_error(est: torch.Tensor, true: torch.Tensor) -> np.ndarray:
     """Sign-invariant end-point error per pixel (the blur is symmetric), border excluded, flattened."""
     b = BORDER
     e, t = est[..., b:-b, b:-b], torch.as_tensor(true)[..., b:-b, b:-b]
-    err = torch.minimum((e - t).norm(dim=1), (e + t).norm(dim=1))
+    err = torch.minimum(magnitude(e - t), magnitude(e + t))
     return err.flatten().numpy()
 
 
@@ -206,9 +207,9 @@ def main() -> None:
             summary[(label, s)] = float(np.median(e))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     raft = _raft_path()
-    lines.append("| RAFT refinement | not measured: no `raft-things.pth` on this machine |" + " |" * (2 * len(BLURRED) - 1)
-                 if raft is None else
-                 "| RAFT refinement | (weights found; not wired into this bench yet) |" + " |" * (2 * len(BLURRED) - 1))
+    why = "not measured: no `raft-things.pth` on this machine" if raft is None else \
+        "(weights found; not wired into this bench yet)"
+    lines.append(f"| RAFT refinement | {why} |" + " |" * (2 * len(BLURRED) - 1))
 
     lines += ["", "## Exposure (fraction of the frame interval), estimated per clip window", "",
               "| clip | setting | true | estimated (median over frames) | confidence | error |", "|---|---|---|---|---|---|"]
@@ -228,14 +229,14 @@ def main() -> None:
         lines.append(f"| {name} | {setting} | {true:.2f} | {est:.2f} | {conf:.2f} | {err} |")
         if setting == "sharp":
             b = BORDER
-            sharp_med.append(f.trajectory[..., b:-b, b:-b].norm(dim=1).flatten())
+            sharp_med.append(magnitude(f.trajectory[..., b:-b, b:-b]).flatten())
     sharp_all = float(torch.cat(sharp_med).median())
     lines += ["", f"Mean relative exposure error over the blurred clips whose exposure could be read (confidence > 0): "
               f"{100 * np.mean(rel):.0f} %. Clips where too little moves (Vimeo septuplets: under 1 px per frame) get "
               f"the fallback {0.5} with confidence 0; their trajectories are too short for it to matter.", "",
               f"Sharp clips (no exposure): median |trajectory| of the blur field {sharp_all:.2f} px "
               f"(DIS times a full exposure: "
-              f"{float(torch.cat([dis_velocity(fr)[..., BORDER:-BORDER, BORDER:-BORDER].norm(dim=1).flatten() for _, s, fr, _, _ in clips if s == 'sharp']).median()):.2f} px)."]
+              f"{float(torch.cat([magnitude(dis_velocity(fr)[..., BORDER:-BORDER, BORDER:-BORDER]).flatten() for _, s, fr, _, _ in clips if s == 'sharp']).median()):.2f} px)."]
 
     # how much of the generator's blur the line model explains, before the codec adds its own error
     lines += ["", "## How well the blur model explains this blur (true trajectories, before encoding)", "",
@@ -282,7 +283,7 @@ def main() -> None:
                   f"`real_blur_no_gt/gopro_GOPR0384_11_00_blurry_20.mkv` (GoPro_Large test scene, {len(rf)} frames "
                   f"{rf.shape[-1]}x{rf.shape[-2]}; the dataset averages 7-13 frames of 240 fps video, so its exposure "
                   f"is about 0.86-0.92): exposure read {float(e.median()):.2f} (per frame {float(e.min()):.2f}-"
-                  f"{float(e.max()):.2f}), median |trajectory| {float(field.trajectory.norm(dim=1).median()):.1f} px. "
+                  f"{float(e.max()):.2f}), median |trajectory| {float(magnitude(field.trajectory).median()):.1f} px. "
                   "No truth to score it against; if the shutter was 0.86-0.92 of the interval the reading is "
                   f"{100 * (1 - float(e.median()) / 0.86):.0f}-{100 * (1 - float(e.median()) / 0.92):.0f} % short, "
                   "unless the blur is shorter than DIS's velocity says (the reading is the blur length over that "

@@ -42,6 +42,7 @@ import cpgd_core.codec.stream as decode_mod  # noqa: E402  (the decoding pipelin
 import cpgd_core.codec.reencode as reencode_mod  # noqa: E402
 from cpgd_core.codec.decode import frame_to_rgb, iter_decoded, load_video  # noqa: E402
 from cpgd_core.codec.encode import write_video  # noqa: E402
+from cpgd_core.codec.flow import magnitude  # noqa: E402
 from cpgd_core.codec.reencode import encode_and_extract  # noqa: E402
 from cpgd_core.data.synth import load_photo, make_blur_clip, pan_zoom_path, render_path  # noqa: E402
 
@@ -63,7 +64,7 @@ def _epe(pri, true: torch.Tensor, which: str = "prev", mean: bool = False) -> fl
     v = (pri.valid_to_prev if which == "prev" else pri.valid_to_next)[:, 0]
     s = pri.flow_stride
     t = true[:, :, s // 2::s, s // 2::s][..., :f.shape[-2], :f.shape[-1]]
-    e = (f - t).norm(dim=1)[v]
+    e = magnitude(f - t)[v]
     if not e.numel():
         return float("nan")
     return float(e.mean() if mean else e.median())
@@ -183,7 +184,7 @@ def timing(frames: int, frames_4k: int, reps: int, tmp: str,
     s = pri.flow_stride
     dis = torch.from_numpy(np.stack(dis_flows)).permute(0, 3, 1, 2)[:, :, s // 2::s, s // 2::s]
     t = true[1:n, :, s // 2::s, s // 2::s][..., :dis.shape[-2], :dis.shape[-1]]
-    dis_epe = float((dis - t).norm(dim=1).median())
+    dis_epe = float(magnitude(dis - t).median())
     pri_epe, raw_epe = _epe(pri, true[:n]), _epe(raw, true[:n])
     speed = timer.ms("dis") / timer.ms(f"{clips[0][0]}|full priors (iter_decoded)")
     rows.append((clips[0][0], f"median EPE of the past field, frames 1-{n - 1}: priors {pri_epe:.3f} px "
