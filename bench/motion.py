@@ -71,6 +71,40 @@ def make_clip(name: str, setting: str, frames: int) -> Optional[dict]:
     return out
 
 
+# Sharp frames with small motion, as a high-speed camera records them (the 240 fps frames evaluated outside this
+# repository move about 2.7 px per frame): GoPro footage interpolated to 8 frames per interval, and still photos
+# panned or zoomed (the held-out photos; Lanczos, so the resampling adds no blur).
+HIGH_RATE_CLIPS = ("set8_gopro_hypersmooth", "set8_gopro_motorbike", "set8_gopro_rafting", "set8_gopro_snowboard")
+HIGH_RATE_PHOTO_MOTION = ((4.5, 1.0, 1.0), (6.0, 2.0, 1.0), (1.0, 0.5, 1.02))   # dx, dy px per frame; zoom per frame
+HIGH_RATE_SIZE = (640, 360)   # the photos' frames (at most)
+
+
+def high_rate_clips(frames: int = 8) -> list[tuple[str, np.ndarray]]:
+    """(name, (T, 3, H, W) uint8 sharp frames) of sharp small-motion clips, unencoded (cached)."""
+    from cpgd_core.data import synth
+
+    path = os.path.join(CACHE, f"high_rate_{frames}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            return [(k, z[k]) for k in z.files]
+    w, h = HIGH_RATE_SIZE
+    out = {}
+    for name in HIGH_RATE_CLIPS:
+        sub = realblur.sharp_subframes(realblur.load_clip(name), 3, frames, 8)   # whole 960x540 frames
+        out[f"{name}_x8"] = sub.transpose(0, 3, 1, 2)
+    for name in synth.photo_names("val"):
+        img = synth.load_photo(name)
+        size = (min(w, img.shape[1] - 40) // 2 * 2, min(h, img.shape[0] - 40) // 2 * 2)
+        flags = cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP
+        for dx, dy, zoom in HIGH_RATE_PHOTO_MOTION:
+            seq = [cv2.warpAffine(img, m[:2], size, flags=flags, borderMode=cv2.BORDER_REFLECT101)
+                   for m in synth.pan_zoom_path(img.shape, size, frames, dx, dy, zoom)]
+            out[f"photo_{name}_{dx:g}px_zoom{zoom:g}"] = np.stack(seq).transpose(0, 3, 1, 2)
+    os.makedirs(CACHE, exist_ok=True)
+    np.savez(path, **out)
+    return list(out.items())
+
+
 def decode(blurry_u8: np.ndarray) -> tuple[torch.Tensor, CodecPriors]:
     """The clip as a user would have it: libx264 medium crf 16 (B-frames), then the pack's loader."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,8 @@ TRAINING = os.path.join(ROOT, "docs", "training")
 # markdown name in docs/bench -> run folder in docs/training
 RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
         "training_guided_ft": "deblur_guided_ft", "training_wide": "deblur_wide", "training_reader": "deblur_reader",
-        "training_long": "deblur_long", "training_prior": "prior_denoiser", "training_prior_wide": "prior_wide",
+        "training_long": "deblur_long", "training_4x2": "deblur_4x2", "training_line": "deblur_line",
+        "training_prior": "prior_denoiser", "training_prior_wide": "prior_wide",
         "training_fast": "cpfp_lite_real"}
 
 
@@ -190,7 +191,8 @@ def fast_curve(run: str) -> list[str]:
 
 CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
           "training_guided_ft": quality_curve, "training_wide": quality_curve, "training_reader": quality_curve,
-          "training_long": quality_curve, "training_prior": prior_curve,
+          "training_long": quality_curve, "training_4x2": quality_curve, "training_line": quality_curve,
+          "training_prior": prior_curve,
           "training_prior_wide": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
           "training_3x2": "Stage one 'quality': the solver fine-tuned at the 3 x 2 setting",
@@ -198,7 +200,10 @@ TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled 
           "training_guided_ft": "Stage one 'quality': the guided prior fine-tuned on the blur field as shipped",
           "training_wide": "Stage one 'quality': the guided solver with the wide prior",
           "training_reader": "Stage one 'quality': the shipped solver fine-tuned on the exposure reader as shipped",
-          "training_long": "Stage one 'quality': the shipped solver fine-tuned on long blur (make train-stage-one)",
+          "training_long": "Stage one 'quality': the shipped solver fine-tuned on long blur",
+          "training_4x2": "Stage one 'quality': the shipped solver fine-tuned at 4 iterations x 2 CG steps",
+          "training_line": "Stage one 'quality': the shipped solver fine-tuned with half its blur along straight paths "
+                           "(make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_prior_wide": "Stage one 'quality': pre-training of the wide prior (4x the parameters)",
           "training_fast": "Stage one 'fast': CPFP lite training"}

@@ -59,11 +59,12 @@ class BlurCrops(IterableDataset):
     """Endless (blurry, estimated trajectory, sharp) crops from freshly generated real-footage examples."""
 
     def __init__(self, crop: int, size: int, frames: int, seed: int, start_step: int, crops_per_example: int,
-                 sharp_share: float, long_blur: bool = False) -> None:
+                 sharp_share: float, long_blur: bool = False, line_share: float = 0.0) -> None:
         self.crop, self.size, self.frames = crop, size, frames
         self.seed, self.start_step, self.crops = seed, start_step, crops_per_example
         self.sharp_share = sharp_share
         self.long_blur = long_blur
+        self.line_share = line_share
 
     def __iter__(self) -> Iterator[dict]:
         from ..data import realblur
@@ -73,7 +74,8 @@ class BlurCrops(IterableDataset):
         while True:
             ex = realblur.make_training_example(rng, (self.size, self.size), self.frames, split="train",
                                                 sharp_share=self.sharp_share,
-                                                steps=realblur.LONG_STEPS if self.long_blur else realblur.STEPS)
+                                                steps=realblur.LONG_STEPS if self.long_blur else realblur.STEPS,
+                                                line_share=self.line_share)
             y = ex["blurry_decoded"].float()
             traj = trajectories(ex)
             x = ex["sharp"].float()
@@ -164,7 +166,7 @@ def train(args: argparse.Namespace) -> dict:
     val = real_examples(args.val_seed, args.val_count, args.val_crop, 3)
     val_fields = [trajectories(ex) for ex in val]
     data = DataLoader(BlurCrops(args.crop, args.size, 3, args.seed, step, args.crops_per_example, args.sharp_share,
-                                args.long_blur),
+                                args.long_blur, args.line_share),
                       batch_size=args.batch, num_workers=args.workers, worker_init_fn=_single_threaded,
                       persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
                       # fork after the validation set was encoded and its flows computed left the worker
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharp-share", type=float, default=0.1)
     p.add_argument("--long-blur", action="store_true",
                    help="also 4 and 5 source frames per output frame (realblur.LONG_STEPS): 20-40 px trajectories")
+    p.add_argument("--line-share", type=float, default=0.0,
+                   help="share of clips whose blur follows the straight-path model exactly (realblur.line_blur), as "
+                        "consistent with it as averaged high-frame-rate frames are")
     p.add_argument("--lr-schedule", type=float, default=1e-2, help="lr of the per-iteration sigma / mu")
     p.add_argument("--val-seed", type=int, default=11)
     p.add_argument("--val-count", type=int, default=6)

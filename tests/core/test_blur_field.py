@@ -103,12 +103,13 @@ def test_bad_input_is_refused():
         estimate_blur_field(torch.zeros(2, 1, 32, 32))
 
 
-def _curves(exposure: float, scene_width: float = 0.4) -> expo.Curves:
-    """Correlation curves whose along-motion width exceeds the across one by an exposure of ``exposure``."""
+def _curves(exposure: float, scene_width: float = 0.4, speed: float = 20.0) -> expo.Curves:
+    """Correlation curves whose along-motion width exceeds the across one by an exposure of ``exposure``, voted by
+    pixels moving ``speed`` px per frame."""
     lags = expo.LAG_STEP * np.arange(1, int(expo.MAX_LAG / expo.LAG_STEP) + 1)
     line = lambda width: 1 - (1 - expo.LEVEL) * lags / (width / 2)  # noqa: E731  falls to LEVEL at width / 2
     along = line(np.sqrt(scene_width ** 2 + exposure ** 2))
-    return expo.Curves(along * 100, line(scene_width) * 100, 100.0, 100.0, votes=100, pixels=100)
+    return expo.Curves(along * 100, line(scene_width) * 100, 100.0, 100.0, votes=100, pixels=100, speed=100 * speed)
 
 
 def test_readings_below_the_sharp_threshold_read_sharp():
@@ -120,6 +121,28 @@ def test_readings_below_the_sharp_threshold_read_sharp():
     e, conf = expo.exposure_from_curves(_curves(raw))
     assert abs(e - raw) < 0.02 and conf == 1.0
     assert expo.exposure_from_reading(1.3) == 1.0
+
+
+def test_blur_too_short_to_tell_from_texture_reads_sharp():
+    """The same reading is a blur where the pixels move fast, and sharp where at their speed it would be shorter
+    than SHARP_LENGTH px (sharp high-frame-rate frames read such blur from their texture and lost 1-2 dB inverted)."""
+    raw = 0.6
+    slow = 0.8 * expo.SHARP_LENGTH / raw
+    assert expo.exposure_from_curves(_curves(raw, speed=slow))[0] == 0.0
+    e, conf = expo.exposure_from_curves(_curves(raw, speed=1.5 * expo.SHARP_LENGTH / raw))
+    assert abs(e - raw) < 0.02 and conf == 1.0
+    summed = _curves(raw, speed=slow) + _curves(raw, speed=3 * slow)   # the window's mean speed decides
+    assert abs(summed.speed / summed.votes - 2 * slow) < 1e-6 and expo.exposure_from_curves(summed)[0] > 0
+
+
+def test_curves_record_the_voters_speed_at_full_size():
+    """frame_curves reads a downscaled frame but records its voters' speed in full-size pixels per frame."""
+    frames = _pan(3, 160, 224, 12.0, 0.0, exposure=0.6, seed=1)
+    grey = (frames[1].mean(0) * 255).round().to(torch.uint8).numpy()
+    velocity = np.zeros(grey.shape + (2,), np.float32)
+    velocity[..., 0] = 12.0
+    curves = expo.frame_curves(grey, velocity)
+    assert curves.votes > 0 and abs(curves.speed / curves.votes - 12.0) < 0.3
 
 
 def test_fast_mode_leaves_sharp_video_alone_and_restores_blurred_video():

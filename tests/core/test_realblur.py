@@ -56,6 +56,24 @@ def test_interpolated_exposure_matches_true_motion_blur():
     assert psnr(sharp[inner], expected[inner]) < psnr(blurry[inner], expected[inner]) - 6.0
 
 
+def test_sharp_subframes_are_the_pan_at_a_higher_frame_rate():
+    """Sub-frames of a texture panning 8 px per frame, 4 per interval: the real frames where they fall on one, the
+    texture 2 px further on in between (as rendered), each sharp."""
+    h, w, speed = 64, 96, 8.0
+    tex = _texture(h, w)
+    frames = np.stack([(_shifted(tex, speed * i, h, w) * 255).round().astype(np.uint8) for i in range(3)])
+    sub = realblur.sharp_subframes(frames, 0, 7, 4)
+    assert sub.shape == (7, h, w, 3) and sub.dtype == np.uint8
+    assert np.array_equal(sub[0], frames[0]) and np.array_equal(sub[4], frames[1])
+    inner = (slice(4, -4), slice(12, -12))
+    for k in (1, 2, 3, 5):
+        expected = torch.from_numpy(_shifted(tex, speed * k / 4, h, w)[inner])
+        got = torch.from_numpy(sub[k][inner].astype(np.float32) / 255)
+        assert psnr(got, expected) > 38.0
+    with pytest.raises(CPGDInputError, match="sub-frames"):
+        realblur.sharp_subframes(frames, 0, 10, 4)
+
+
 def test_exposure_outside_the_clip_is_refused():
     frames = np.zeros((3, 16, 16, 3), np.uint8)
     with pytest.raises(CPGDInputError, match="leaves the clip"):
@@ -118,6 +136,41 @@ def test_real_clip_carries_its_true_trajectory():
     assert 0 < clip["exposure_fraction"] <= 1.0
     sharp = realblur.make_real_clip(np.random.default_rng(5), (64, 48), 3, split="val", sharp_share=1.0)
     assert sharp["exposure_fraction"] == 0 and torch.count_nonzero(sharp["trajectory"]) == 0
+
+
+def test_line_blur_is_the_straight_path_model():
+    """A uniform pan rendered by line_blur equals the truly rendered box blur (linear light); a zero trajectory
+    leaves the frame as it is."""
+    h, w, length = 64, 96, 10.0
+    tex = _texture(h, w)
+    sharp = torch.from_numpy(_shifted(tex, 0.0, h, w)).permute(2, 0, 1)[None].clamp(0, 1)
+    traj = torch.zeros(1, 2, h, w)
+    traj[:, 0] = length
+    got = realblur.line_blur(sharp, traj)
+    taus = np.linspace(-length / 2, length / 2, 81)
+    truth = np.mean([np.clip(_shifted(tex, t, h, w), 0, 1) ** realblur.GAMMA for t in taus], 0) ** (1 / realblur.GAMMA)
+    inner = (..., slice(4, -4), slice(12, -12))
+    expected = torch.from_numpy(truth).permute(2, 0, 1)[None]
+    assert psnr(got[inner], expected[inner]) > 45.0
+    assert psnr(sharp[inner], expected[inner]) < 35.0
+    assert torch.allclose(realblur.line_blur(sharp, torch.zeros(1, 2, h, w)), sharp, atol=1e-5)
+
+
+@needs_real
+def test_line_share_rerenders_the_blur_and_leaves_other_draws_alone():
+    """line_share 1 re-renders the blur along the clip's true trajectories (the straight-path operator explains it
+    far better than the generator's own blur); line_share 0 draws exactly the clip drawn without it."""
+    from cpgd_core.blur.operator import TrajectoryBlur
+
+    base = realblur.make_real_clip(np.random.default_rng(9), (96, 96), 3, split="val", sharp_share=0.0)
+    same = realblur.make_real_clip(np.random.default_rng(9), (96, 96), 3, split="val", sharp_share=0.0, line_share=0.0)
+    assert torch.equal(base["blurry"], same["blurry"]) and not base["line"]
+    line = realblur.make_real_clip(np.random.default_rng(9), (96, 96), 3, split="val", sharp_share=0.0, line_share=1.0)
+    assert line["line"] and torch.equal(line["sharp"], base["sharp"])
+    g = realblur.GAMMA
+    model = TrajectoryBlur(line["trajectory"], samples=32)(line["sharp"] ** g).clamp(0, 1) ** (1 / g)
+    inner = (..., slice(16, -16), slice(16, -16))
+    assert psnr(model[inner], line["blurry"][inner]) > psnr(model[inner], base["blurry"][inner]) + 3.0
 
 
 @needs_real
