@@ -6,6 +6,8 @@ Arrays (NumPy ``.npz``, uncompressed):
   during frame t's exposure (sign-invariant);
 - ``exposure`` float32 (T,): exposure as a fraction of the frame interval (estimated unless given);
 - ``exposure_confidence`` float32 (T,): how well it could be read (1 where given);
+- ``blur_length`` float32 (T,), only where the exposure was read: the blur it means at the moving pixels' mean speed,
+  px (under ``exposure.SHARP_LENGTH`` the pack does not invert it);
 - ``confidence`` float16 (T, 1, H, W): where the trajectory is trustworthy (half precision: it is a weight).
 
 Written while streaming: each frame's arrays go to scratch files beside the output as they come, and are copied
@@ -48,7 +50,7 @@ def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "au
         raise CPGDInputError(f"output file already exists: {out_path} (use --overwrite)")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
     scratch = {k: temporary_path(f"{out_path}.{k}") for k in ("trajectory", "confidence")}  # (hidden)
-    exposures, exp_conf, medians = [], [], []
+    exposures, exp_conf, lengths, medians = [], [], [], []
     hw = None
     try:
         with open(scratch["trajectory"], "wb") as ft, open(scratch["confidence"], "wb") as fc:
@@ -58,6 +60,7 @@ def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "au
                 fc.write(f.confidence.numpy().astype(np.float16).tobytes())
                 exposures.append(f.exposure)
                 exp_conf.append(f.exposure_confidence)
+                lengths.append(f.blur_length)
                 medians.append(float(magnitude(f.trajectory, dim=0).median()))
                 if progress is not None:
                     progress(len(exposures))
@@ -68,6 +71,8 @@ def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "au
                 _add_array(zf, "confidence", scratch["confidence"], np.float16, (t, 1) + hw)
                 zf.writestr("exposure.npy", _npy(np.asarray(exposures, np.float32)))
                 zf.writestr("exposure_confidence.npy", _npy(np.asarray(exp_conf, np.float32)))
+                if lengths and all(v is not None for v in lengths):
+                    zf.writestr("blur_length.npy", _npy(np.asarray(lengths, np.float32)))
     finally:
         for p in scratch.values():
             if os.path.exists(p):
@@ -97,4 +102,5 @@ def load_blur_field(path: str) -> BlurField:
         conf = (torch.from_numpy(z["confidence"].astype(np.float32)) if "confidence" in z.files
                 else torch.ones(traj.shape[0], 1, *traj.shape[-2:]))
         ec = torch.from_numpy(z["exposure_confidence"]) if "exposure_confidence" in z.files else None
-        return BlurField(traj, torch.from_numpy(z["exposure"].astype(np.float32)), conf, ec)
+        length = torch.from_numpy(z["blur_length"]) if "blur_length" in z.files else None
+        return BlurField(traj, torch.from_numpy(z["exposure"].astype(np.float32)), conf, ec, length)

@@ -18,9 +18,10 @@ on training clips with 15-35 px trajectories; 0.45-0.62 on GoPro training footag
 interval). Each frame is therefore read downscaled until its moving pixels' median speed is about ``READ_SPEED`` px
 per frame (``_reading_size``; docs/bench/exposure_reader.md has the errors before and after).
 
-Sharp video has equal widths both ways and reads 0; readings under ``SHARP_BELOW``, or whose blur at the voting
-pixels' speed is shorter than ``SHARP_LENGTH`` px, are taken as 0 (what sharp footage with directional texture
-reads). Where too little moves (fewer than ``MIN_VOTES`` of the
+Sharp video has equal widths both ways and reads 0; readings under ``SHARP_BELOW`` are taken as 0 (what sharp
+footage with directional texture reads). A reading whose blur at the voting pixels' speed (``blur_length``) is
+shorter than ``SHARP_LENGTH`` px stays in the field as measured, but is not inverted: that short, a blur cannot be
+told from the texture's own anisotropy. Where too little moves (fewer than ``MIN_VOTES`` of the
 pixels faster than ``MIN_SPEED``) the exposure cannot be read and the trajectories are too short to matter:
 ``FALLBACK`` with confidence 0.
 """
@@ -43,11 +44,11 @@ FALLBACK = 0.5         # exposure where it cannot be read (then the motion is to
 # anisotropy, codec), blurred ones 0.33 and above (the blur generator's exposures are 0.3-1.0), and inverting a
 # blur that short gains little where a wrong one costs up to 0.8 dB on sharp frames.
 SHARP_BELOW = 0.25
-# px (full size): a reading whose blur, at the voting pixels' mean speed, is shorter than this is read as sharp too.
-# A blur of a few pixels is as wide as the derivative's own correlation, so scene anisotropy and the codec read as
-# such a blur: sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) 2.7-3.8 px
-# (and lost 1-2 dB inverted), blurred clips 4 px and more (docs/bench/exposure_reader.md). Set with a margin above
-# the sharp readings: a false blur costs 1-2 dB, a blur this short left alone a few tenths.
+# px (full size): blur read shorter than this is measured but not inverted (``pipeline.nonblind.measured``). A blur of
+# a few pixels is as wide as the derivative's own correlation, so scene anisotropy and the codec read as such a blur:
+# sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) 2.7-3.8 px (and lost
+# 1-2 dB inverted), blurred clips 4 px and more (docs/bench/exposure_reader.md). Set with a margin above the sharp
+# readings: a false blur inverted costs 1-2 dB, a blur this short left alone a few tenths.
 SHARP_LENGTH = 5.0
 READ_SPEED = 6.0       # px per frame the moving pixels' median speed is brought to before reading (None: as given)
 # px: the short side the frame is never read below (too few pixels vote in less). At 96, long blur on 480p footage
@@ -198,11 +199,10 @@ def read_curves(curves: Curves) -> tuple[float, float]:
     return e, float(share * (1.0 if e <= 1.1 else 0.5))
 
 
-def exposure_from_reading(raw: float, speed: Optional[float] = None) -> float:
-    """Exposure in [0, 1] from a raw reading: 0 under ``SHARP_BELOW``, or when the blur it means at ``speed`` (the
-    voting pixels' mean speed, full-size px per frame) is shorter than ``SHARP_LENGTH``. The reading is not scaled:
-    read at the size ``_reading_size`` chooses it has no overall bias to correct (docs/bench/exposure_reader.md)."""
-    if raw < SHARP_BELOW or (speed is not None and raw * speed < SHARP_LENGTH):
+def exposure_from_reading(raw: float) -> float:
+    """Exposure in [0, 1] from a raw reading: 0 under ``SHARP_BELOW``. The reading is not scaled: read at the
+    size ``_reading_size`` chooses it has no overall bias to correct (docs/bench/exposure_reader.md)."""
+    if raw < SHARP_BELOW:
         return 0.0
     return float(np.clip(raw, 0.0, 1.0))
 
@@ -212,4 +212,10 @@ def exposure_from_curves(curves: Curves) -> tuple[float, float]:
     raw, confidence = read_curves(curves)
     if confidence <= 0:
         return raw, confidence
-    return exposure_from_reading(raw, curves.speed / max(curves.votes, 1)), confidence
+    return exposure_from_reading(raw), confidence
+
+
+def blur_length(curves: Curves, exposure: float) -> float:
+    """The blur an exposure means at the voting pixels' mean speed, in full-size px (0 where nothing voted): what
+    ``SHARP_LENGTH`` is compared with."""
+    return float(exposure) * curves.speed / max(curves.votes, 1)

@@ -40,12 +40,15 @@ class BlurField:
     - ``confidence`` (T, 1, H, W) float32 in [0, 1]: where the trajectory is trustworthy (low at occlusions
       and where the motion could not be matched).
     - ``exposure_confidence`` (T,) float32 in [0, 1] or None: how well the exposure could be read (1 when given).
+    - ``blur_length`` (T,) float32 or None: the blur the read exposure means at the moving pixels' mean speed, px
+      (``exposure.blur_length``); None when the exposure was given, not read.
     """
 
     trajectory: torch.Tensor
     exposure: torch.Tensor
     confidence: torch.Tensor
     exposure_confidence: Optional[torch.Tensor] = None
+    blur_length: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.trajectory.shape[0])
@@ -54,13 +57,14 @@ class BlurField:
 @dataclass
 class BlurFrame:
     """One frame of a streamed blur field: trajectory (2, H, W), confidence (1, H, W), exposure and its
-    confidence, and its index in the stream."""
+    confidence, the blur length it was read as (None when given), and its index in the stream."""
 
     index: int
     trajectory: torch.Tensor
     confidence: torch.Tensor
     exposure: float
     exposure_confidence: float
+    blur_length: Optional[float] = None
 
 
 def parse_exposure(exposure: Union[float, str]) -> Optional[float]:
@@ -169,6 +173,7 @@ class BlurFieldStream:
         p = self.frames.popleft()
         index = self.first
         self.first += 1
+        length = None
         if self.fixed is not None:
             e, ec = self.fixed, 1.0
         else:
@@ -177,9 +182,10 @@ class BlurFieldStream:
             for c in [*self.behind, p.curves, *ahead]:
                 total = total + c
             e, ec = expo.exposure_from_curves(total)
+            length = expo.blur_length(total, e)
             self.behind.append(p.curves)
         traj, conf = self._full_size(p.velocity, p.confidence)
-        return BlurFrame(index, traj * e, conf, float(e), float(ec))
+        return BlurFrame(index, traj * e, conf, float(e), float(ec), length)
 
     def _full_size(self, v: np.ndarray, conf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         v, conf = v.astype(np.float32), conf.astype(np.float32)
@@ -194,7 +200,9 @@ def _stack(frames: list[BlurFrame]) -> BlurField:
     return BlurField(trajectory=torch.stack([f.trajectory for f in frames]),
                      exposure=torch.tensor([f.exposure for f in frames], dtype=torch.float32),
                      confidence=torch.stack([f.confidence for f in frames]),
-                     exposure_confidence=torch.tensor([f.exposure_confidence for f in frames], dtype=torch.float32))
+                     exposure_confidence=torch.tensor([f.exposure_confidence for f in frames], dtype=torch.float32),
+                     blur_length=None if any(f.blur_length is None for f in frames)
+                     else torch.tensor([f.blur_length for f in frames], dtype=torch.float32))
 
 
 def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = None,

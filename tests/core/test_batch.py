@@ -38,12 +38,12 @@ TOL_MEAN, TOL_MAX = 0.1, 4
 
 
 def _clip(path, n, fps, w=64, h=48, audio=False, keyint=None, seed=0, blurred=False) -> str:
-    """A panning texture; ``blurred``: faster, each frame averaged over 6 px of the pan (fast mode returns frames
+    """A panning texture; ``blurred``: faster, each frame averaged over 14 px of the pan (fast mode returns frames
     it finds sharp without running its network, so only blurred clips take the network's time)."""
     g = torch.Generator().manual_seed(seed)
     base = torch.nn.functional.interpolate(torch.rand(1, 3, h // 2, w // 2, generator=g), size=(h, w),
                                            mode="bilinear")[0]
-    speed, blur = (8, 6) if blurred else (2, 1)
+    speed, blur = (16, 14) if blurred else (2, 1)
     frames = torch.stack([torch.stack([torch.roll(base, speed * i + j, dims=2) for j in range(blur)]).mean(0)
                           for i in range(n)])
     sound = None

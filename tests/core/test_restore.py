@@ -40,7 +40,7 @@ class Pointwise(torch.nn.Module):
         return frames * 0.5 + 0.25
 
 
-def blurred_pan(t: int, h: int, w: int, speed: int = 8, blur: int = 6) -> torch.Tensor:
+def blurred_pan(t: int, h: int, w: int, speed: int = 16, blur: int = 14) -> torch.Tensor:
     """(T, 3, H, W) smooth texture panning ``speed`` px per frame, each frame averaged over ``blur`` px of it:
     blur the field reads, so fast mode runs its network (it returns frames it finds sharp as they came)."""
     g = torch.Generator().manual_seed(0)
