@@ -46,10 +46,11 @@ FALLBACK = 0.5         # exposure where it cannot be read (then the motion is to
 SHARP_BELOW = 0.25
 # px (full size): blur read shorter than this is measured but not inverted (``pipeline.nonblind.measured``). A blur of
 # a few pixels is as wide as the derivative's own correlation, so scene anisotropy and the codec read as such a blur:
-# sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) 2.7-3.8 px (and lost
-# 1-2 dB inverted), blurred clips 4 px and more (docs/bench/exposure_reader.md). Set with a margin above the sharp
-# readings: a false blur inverted costs 1-2 dB, a blur this short left alone a few tenths.
-SHARP_LENGTH = 5.0
+# sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) up to 3.8 px (4.1 at fast
+# mode's gate size), and lost 1-2 dB inverted; blurred clips read 2.5 px and more, and each gained 0.3-0.9 dB
+# inverted (docs/bench/exposure_reader.md, docs/bench/eval_quality.md). The two overlap: this sits just above the
+# sharp readings, and costs the blur of a few pixels under it its gain.
+SHARP_LENGTH = 4.5
 READ_SPEED = 6.0       # px per frame the moving pixels' median speed is brought to before reading (None: as given)
 # px: the short side the frame is never read below (too few pixels vote in less). At 96, long blur on 480p footage
 # could not shrink far enough and read short (docs/bench/exposure_reader.md, the long-blur table).
