@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         "blur_px_of_those_above_sharp_below": sorted(round(r["raw"] * r["speed"], 1) for r in sharp_read
                                                                      if r["raw"] >= expo.SHARP_BELOW),
                         "above_threshold": sum(inverted(r) for r in sharp_read)},
-              "blurred_read_px_min": min(r["raw"] * r["speed"] for r in blurred),
+              "blurred_read_px_min": min(r["raw"] * r["speed"] for r in readable if r["raw"] >= expo.SHARP_BELOW),
               "high_rate": high_rate,
               "blurred_under_threshold": {"clips": len(under), "of": len(readable),
                                           "true_lengths_px": sorted(round(r["true_length_px"], 1) for r in under)},
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(f'{v:.2f}' for v in report['sharp']['readings'])}; "
           f"those at or above `SHARP_BELOW` mean a blur of "
           f"{', '.join(f'{v:.1f}' for v in report['sharp']['blur_px_of_those_above_sharp_below'])} px at their "
-          f"pixels' speed, where the blurred clips read {report['blurred_read_px_min']:.1f} px and more: "
+          f"pixels' speed (the blurred clips above `SHARP_BELOW` read from "
+          f"{report['blurred_read_px_min']:.1f} px up, so the two overlap): "
           f"{report['sharp']['above_threshold']} read a blur of `SHARP_LENGTH` = {expo.SHARP_LENGTH:g} px or "
           f"more (those are inverted). Blurred clips (exposure 0.3-1.0) that are not inverted, left as they are: "
           f"{len(under)} of {len(readable)} (median true trajectory "
