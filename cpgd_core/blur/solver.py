@@ -8,6 +8,9 @@ Restores x from a blurry frame y = B x + n, B the trajectory blur of :mod:`.oper
   PriorDenoiser`) at noise level sigma_k, or the colour-coupled TV proximal map as the untrained baseline,
 
 with sigma_k falling geometrically over the iterations and mu_k = (noise / sigma_k)^2 (DPIR, Zhang et al. 2021).
+The data step works on the frames as they are (sRGB) or, with ``data_space='linear'``, in linear light, where a
+shutter (and the training blur's generator) averages: the straight-path model fits the generator's blur 2-3 dB
+better there (docs/bench/motion.md); the prior step always sees sRGB.
 :class:`UnrolledDeblur` holds the schedule as learnable per-iteration scalars beside the shared denoiser, so the
 whole loop trains end to end on blur made from real footage with *estimated* trajectories and learns to absorb
 their error. Where the trajectory is shorter than ``GATE_PX`` the input is kept: there is nothing to invert, and
@@ -23,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..codec.flow import magnitude
+from ..data.synth import GAMMA
 from ..models.config import JsonConfig
 from ..models.prior_denoiser import PriorDenoiser, PriorDenoiserConfig
 from .operator import TrajectoryBlur
@@ -100,7 +104,8 @@ class UnrolledDeblurConfig(JsonConfig):
     """iterations: HQS iterations; cg_steps: CG iterations per data step; sigma_start / sigma_end: the prior's noise
     level at the first and last iteration ([0, 1] units); noise: assumed error of the blur model and the codec in
     y, sets mu_k = (noise / sigma_k)^2; prior: 'learned', 'tv', or 'none' (the data steps alone: the ablation);
-    tv_scale: TV weight = tv_scale * sigma_k."""
+    tv_scale: TV weight = tv_scale * sigma_k; data_space: 'srgb' or 'linear', where the data step inverts the
+    blur."""
 
     iterations: int = 4
     cg_steps: int = 3
@@ -110,6 +115,7 @@ class UnrolledDeblurConfig(JsonConfig):
     prior: str = "learned"
     tv_scale: float = 1.0
     tv_iterations: int = 20
+    data_space: str = "srgb"
     denoiser: PriorDenoiserConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -120,6 +126,24 @@ class UnrolledDeblurConfig(JsonConfig):
                                                   for k, v in self.denoiser.items()})
         if self.prior not in ("learned", "tv", "none"):
             raise ValueError(f"prior must be 'learned', 'tv' or 'none', got {self.prior!r}")
+        if self.data_space not in ("srgb", "linear"):
+            raise ValueError(f"data_space must be 'srgb' or 'linear', got {self.data_space!r}")
+
+
+# sRGB <-> linear light as the training blur's generator takes it (a 2.2 power law), with a straight segment under
+# LINEAR_KNEE (linear) so that the way back has a bounded derivative at black, where a data step may land.
+LINEAR_KNEE = 1e-3
+_SRGB_KNEE = LINEAR_KNEE ** (1 / GAMMA)
+
+
+def to_linear(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0, 1)
+    return torch.where(x <= _SRGB_KNEE, x * (LINEAR_KNEE / _SRGB_KNEE), x.clamp_min(_SRGB_KNEE).pow(GAMMA))
+
+
+def to_srgb(u: torch.Tensor) -> torch.Tensor:
+    u = u.clamp(0, 1)
+    return torch.where(u <= LINEAR_KNEE, u * (_SRGB_KNEE / LINEAR_KNEE), u.clamp_min(LINEAR_KNEE).pow(1 / GAMMA))
 
 
 def gate(trajectory: torch.Tensor) -> torch.Tensor:
@@ -161,7 +185,8 @@ class UnrolledDeblur(nn.Module):
         blur = blur or TrajectoryBlur(trajectory)
         if blur.identity:
             return y
-        bty = blur.adjoint(y)
+        linear = self.config.data_space == "linear"
+        bty = blur.adjoint(to_linear(y) if linear else y)
         guided = self.denoiser is not None and self.config.denoiser.guide > 0
         guide = torch.cat([y, trajectory / GUIDE_TRAJECTORY_PX], 1) if guided else None
         z = y
@@ -169,7 +194,9 @@ class UnrolledDeblur(nn.Module):
             if check_interrupt is not None:
                 check_interrupt()
             mu = self.log_mu[k].exp()
-            x = conjugate_gradient(lambda v: blur.normal(v) + mu * v, bty + mu * z, z, self.config.cg_steps)
+            start = to_linear(z) if linear else z
+            x = conjugate_gradient(lambda v: blur.normal(v) + mu * v, bty + mu * start, start, self.config.cg_steps)
+            x = to_srgb(x) if linear else x
             if check_interrupt is not None:
                 check_interrupt()
             z = self.prior_step(x, self.log_sigma[k].exp(), guide)

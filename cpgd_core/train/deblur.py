@@ -128,7 +128,7 @@ def build_model(args: argparse.Namespace) -> UnrolledDeblur:
         prior = trained.denoiser
     elif args.init:
         prior = load_network(args.init, "prior_denoiser")
-    config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps)
+    config = UnrolledDeblurConfig(iterations=args.iterations, cg_steps=args.cg_steps, data_space=args.data_space)
     # the prior's widths and depths are the initialising network's (the pre-trained prior decides the size)
     base = prior.config if prior is not None else config.denoiser
     config.denoiser = replace(base, guide=GUIDE_CHANNELS if args.guide else 0)
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharp-share", type=float, default=0.1)
     p.add_argument("--long-blur", action="store_true",
                    help="also 4 and 5 source frames per output frame (realblur.LONG_STEPS): 20-40 px trajectories")
+    p.add_argument("--data-space", choices=("srgb", "linear"), default="srgb",
+                   help="where the data steps invert the blur: the frames as they are, or linear light (as a shutter "
+                        "averages)")
     p.add_argument("--line-share", type=float, default=0.0,
                    help="share of clips whose blur follows the straight-path model exactly (realblur.line_blur), as "
                         "consistent with it as averaged high-frame-rate frames are")

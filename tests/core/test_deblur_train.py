@@ -70,14 +70,14 @@ def test_solver_trains_end_to_end_from_the_prior(tmp_path):
     assert (small.config.iterations, small.config.cg_steps) == (1, 2)
     assert torch.equal(small.log_sigma, model.log_sigma[:1])
     # a trained solver as --init: fine-tuned at another iteration count from its own prior and schedule (on blur
-    # rendered along the straight paths, --line-share)
+    # rendered along the straight paths, --line-share, its data steps in linear light)
     tuned = str(tmp_path / "tuned")
     assert main(["deblur", "--out", tuned, "--init", os.path.join(out, "deblur_final.safetensors"), "--steps", "1",
                  "--batch", "1", "--crop", "48", "--size", "64", "--workers", "0", "--val-count", "1", "--val-crop",
                  "64", "--val-every", "100", "--iterations", "1", "--cg-steps", "1", "--lr", "0", "--lr-schedule",
-                 "0", "--line-share", "1"]) == 0
+                 "0", "--line-share", "1", "--data-space", "linear"]) == 0
     tuned_model = load_network(os.path.join(tuned, "deblur_final.safetensors"), "unrolled_deblur")
-    assert torch.equal(tuned_model.log_sigma, model.log_sigma[:1])
+    assert torch.equal(tuned_model.log_sigma, model.log_sigma[:1]) and tuned_model.config.data_space == "linear"
     prior = load_network(init, "prior_denoiser")
     # the solver's prior started from the pre-trained one and moved with training
     assert any(not torch.equal(a, b) for a, b in zip(model.denoiser.state_dict().values(),
