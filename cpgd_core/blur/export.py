@@ -6,8 +6,8 @@ Arrays (NumPy ``.npz``, uncompressed):
   during frame t's exposure (sign-invariant);
 - ``exposure`` float32 (T,): exposure as a fraction of the frame interval (estimated unless given);
 - ``exposure_confidence`` float32 (T,): how well it could be read (1 where given);
-- ``blur_length`` float32 (T,), only where the exposure was read: the blur it means at the moving pixels' mean speed,
-  px (under ``exposure.SHARP_LENGTH`` the pack does not invert it);
+- ``blur_length`` float32 (T,), only where the exposure was read: the blur the reading means at the moving pixels'
+  mean speed, px (under ``exposure.SHARP_LENGTH`` the exposure reads 0);
 - ``confidence`` float16 (T, 1, H, W): where the trajectory is trustworthy (half precision: it is a weight).
 
 Written while streaming: each frame's arrays go to scratch files beside the output as they come, and are copied

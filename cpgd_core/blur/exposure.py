@@ -19,9 +19,9 @@ interval). Each frame is therefore read downscaled until its moving pixels' medi
 per frame (``_reading_size``; docs/bench/exposure_reader.md has the errors before and after).
 
 Sharp video has equal widths both ways and reads 0; readings under ``SHARP_BELOW`` are taken as 0 (what sharp
-footage with directional texture reads). A reading whose blur at the voting pixels' speed (``blur_length``) is
-shorter than ``SHARP_LENGTH`` px stays in the field as measured, but is not inverted: that short, a blur cannot be
-told from the texture's own anisotropy. Where too little moves (fewer than ``MIN_VOTES`` of the
+footage with directional texture reads), and so are readings whose blur at the voting pixels' speed
+(``blur_length``) is shorter than ``SHARP_LENGTH`` px: that short, a blur cannot be told from the texture's own
+anisotropy (sharp frames with small motion, as from a high-speed camera, read one). Where too little moves (fewer than ``MIN_VOTES`` of the
 pixels faster than ``MIN_SPEED``) the exposure cannot be read and the trajectories are too short to matter:
 ``FALLBACK`` with confidence 0.
 """
@@ -44,12 +44,12 @@ FALLBACK = 0.5         # exposure where it cannot be read (then the motion is to
 # anisotropy, codec), blurred ones 0.33 and above (the blur generator's exposures are 0.3-1.0), and inverting a
 # blur that short gains little where a wrong one costs up to 0.8 dB on sharp frames.
 SHARP_BELOW = 0.25
-# px (full size): blur read shorter than this is measured but not inverted (``pipeline.nonblind.measured``). A blur of
-# a few pixels is as wide as the derivative's own correlation, so scene anisotropy and the codec read as such a blur:
-# sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) up to 3.8 px (4.1 at fast
-# mode's gate size), and lost 1-2 dB inverted; blurred clips read 2.5 px and more, and each gained 0.3-0.9 dB
-# inverted (docs/bench/exposure_reader.md, docs/bench/eval_quality.md). The two overlap: this sits just above the
-# sharp readings, and costs the blur of a few pixels under it its gain.
+# px (full size): a reading whose blur at the voting pixels' mean speed (``blur_length``) is shorter than this reads
+# sharp too. A blur of a few pixels is as wide as the derivative's own correlation, so scene anisotropy and the codec
+# read as such a blur: sharp training clips read 1.3-3.3 px, sharp frames with small motion (high frame rate) up to
+# 3.8 px (4.1 at fast mode's gate size), and lost 1-2 dB inverted; blurred clips read 1.3 px and more, and each
+# gained 0.3-0.9 dB inverted (docs/bench/exposure_reader.md, docs/bench/eval_quality.md). The two overlap: this sits
+# just above the sharp readings, and costs the blur of a few pixels under it its gain.
 SHARP_LENGTH = 4.5
 READ_SPEED = 6.0       # px per frame the moving pixels' median speed is brought to before reading (None: as given)
 # px: the short side the frame is never read below (too few pixels vote in less). At 96, long blur on 480p footage
@@ -200,23 +200,26 @@ def read_curves(curves: Curves) -> tuple[float, float]:
     return e, float(share * (1.0 if e <= 1.1 else 0.5))
 
 
-def exposure_from_reading(raw: float) -> float:
-    """Exposure in [0, 1] from a raw reading: 0 under ``SHARP_BELOW``. The reading is not scaled: read at the
-    size ``_reading_size`` chooses it has no overall bias to correct (docs/bench/exposure_reader.md)."""
-    if raw < SHARP_BELOW:
+def exposure_from_reading(raw: float, length: Optional[float] = None) -> float:
+    """Exposure in [0, 1] from a raw reading: 0 under ``SHARP_BELOW``, or where the blur it means (``length``, px,
+    from :func:`blur_length`) is shorter than ``SHARP_LENGTH``. The reading is not scaled: read at the size
+    ``_reading_size`` chooses it has no overall bias to correct (docs/bench/exposure_reader.md)."""
+    if raw < SHARP_BELOW or (length is not None and length < SHARP_LENGTH):
         return 0.0
     return float(np.clip(raw, 0.0, 1.0))
 
 
-def exposure_from_curves(curves: Curves) -> tuple[float, float]:
-    """Exposure (fraction of the frame interval, in [0, 1]) and its confidence in [0, 1]."""
+def blur_length(curves: Curves, raw: float) -> float:
+    """The blur a raw reading means at the voting pixels' mean speed, in full-size px (0 where nothing voted):
+    what ``SHARP_LENGTH`` is compared with."""
+    return float(raw) * curves.speed / max(curves.votes, 1)
+
+
+def exposure_from_curves(curves: Curves) -> tuple[float, float, float]:
+    """Exposure (fraction of the frame interval, in [0, 1]), its confidence in [0, 1], and the blur length the
+    reading means (px, before the sharp thresholds; 0 where it could not be read)."""
     raw, confidence = read_curves(curves)
     if confidence <= 0:
-        return raw, confidence
-    return exposure_from_reading(raw), confidence
-
-
-def blur_length(curves: Curves, exposure: float) -> float:
-    """The blur an exposure means at the voting pixels' mean speed, in full-size px (0 where nothing voted): what
-    ``SHARP_LENGTH`` is compared with."""
-    return float(exposure) * curves.speed / max(curves.votes, 1)
+        return raw, confidence, 0.0
+    length = blur_length(curves, raw)
+    return exposure_from_reading(raw, length), confidence, length

@@ -40,8 +40,9 @@ class BlurField:
     - ``confidence`` (T, 1, H, W) float32 in [0, 1]: where the trajectory is trustworthy (low at occlusions
       and where the motion could not be matched).
     - ``exposure_confidence`` (T,) float32 in [0, 1] or None: how well the exposure could be read (1 when given).
-    - ``blur_length`` (T,) float32 or None: the blur the read exposure means at the moving pixels' mean speed, px
-      (``exposure.blur_length``); None when the exposure was given, not read.
+    - ``blur_length`` (T,) float32 or None: the blur the exposure reading means at the moving pixels' mean speed, px,
+      before the sharp thresholds (``exposure.blur_length``: under ``exposure.SHARP_LENGTH`` the exposure reads 0);
+      None when the exposure was given, not read.
     """
 
     trajectory: torch.Tensor
@@ -181,8 +182,7 @@ class BlurFieldStream:
             ahead = [q.curves for q in list(self.frames)[:self.half] if q.curves is not None]
             for c in [*self.behind, p.curves, *ahead]:
                 total = total + c
-            e, ec = expo.exposure_from_curves(total)
-            length = expo.blur_length(total, e)
+            e, ec, length = expo.exposure_from_curves(total)
             self.behind.append(p.curves)
         traj, conf = self._full_size(p.velocity, p.confidence)
         return BlurFrame(index, traj * e, conf, float(e), float(ec), length)

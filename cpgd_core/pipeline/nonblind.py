@@ -17,7 +17,6 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import torch
 
 from ..blur.field import BlurField, BlurFieldStream, estimate_blur_field
-from ..blur.exposure import SHARP_LENGTH
 from ..blur.solver import UnrolledDeblur
 from ..blur import velocity
 from ..codec.flow import magnitude
@@ -109,15 +108,10 @@ def deblur_frame(model: UnrolledDeblur, frame: torch.Tensor, trajectory: torch.T
     return out.clamp_(0, 1)
 
 
-def measured(trajectory: torch.Tensor, exposure_confidence: Optional[float],
-             blur_length: Optional[float] = None) -> torch.Tensor:
+def measured(trajectory: torch.Tensor, exposure_confidence: Optional[float]) -> torch.Tensor:
     """The trajectory to invert: none where the exposure could not be read (confidence 0: the field's fallback
-    exposure is a guess, and inverting a guessed blur damages sharp frames, 3 dB on a sharp held-out clip), nor
-    where the read blur is shorter than ``exposure.SHARP_LENGTH`` px (sharp frames with small motion read such a
-    blur from their texture, and lost 1-2 dB inverted)."""
+    exposure is a guess, and inverting a guessed blur damages sharp frames, 3 dB on a sharp held-out clip)."""
     if exposure_confidence is not None and float(exposure_confidence) <= 0:
-        return torch.zeros_like(trajectory)
-    if blur_length is not None and float(blur_length) < SHARP_LENGTH:
         return torch.zeros_like(trajectory)
     return trajectory
 
@@ -126,12 +120,10 @@ def measured_field(field: BlurField) -> BlurField:
     """The field as it is inverted: :func:`measured` on each frame."""
     from dataclasses import replace
 
-    confidence, length = field.exposure_confidence, field.blur_length
-    if confidence is None and length is None:
+    confidence = field.exposure_confidence
+    if confidence is None:
         return field
-    return replace(field, trajectory=torch.stack([
-        measured(traj, None if confidence is None else confidence[t], None if length is None else length[t])
-        for t, traj in enumerate(field.trajectory)]))
+    return replace(field, trajectory=torch.stack([measured(traj, c) for traj, c in zip(field.trajectory, confidence)]))
 
 
 def deblur_frames(model: UnrolledDeblur, frames: torch.Tensor, field: Optional[BlurField] = None,
@@ -165,7 +157,7 @@ def deblur_stream(model: UnrolledDeblur, frames: Iterable[torch.Tensor], height:
     def emit(ready) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         for bf in ready:
             frame = pending.popleft()
-            traj = measured(bf.trajectory, bf.exposure_confidence, bf.blur_length)
+            traj = measured(bf.trajectory, bf.exposure_confidence)
             yield deblur_frame(model, frame, traj, check_interrupt), traj, float(bf.exposure)
 
     for frame in frames:

@@ -181,9 +181,9 @@ def describe_field(field: BlurField, given: bool) -> str:
     if unread:
         text += (f"; the exposure could not be read on {unread} of {len(field)} frames (too little moves): they are "
                  f"returned as they came in (set exposure to a value to deblur them)")
-    short = 0 if field.blur_length is None else int(((field.blur_length < SHARP_LENGTH)
-                                                       & (field.exposure > 0)).sum())
+    short = 0 if field.blur_length is None else int(((field.blur_length > 0) & (field.blur_length < SHARP_LENGTH)
+                                                      & (field.exposure == 0)).sum())
     if short:
-        text += (f"; on {short} of {len(field)} frames the blur read is under {SHARP_LENGTH:g} px, too short to tell "
-                 f"from the texture: they are returned as they came in (set exposure to a value to deblur them)")
+        text += (f"; {short} of {len(field)} frames read as sharp, their blur under {SHARP_LENGTH:g} px (too short to "
+                 f"tell from the texture): they are returned as they came in (set exposure to a value to deblur them)")
     return text
