@@ -29,7 +29,8 @@ SHIPPED = "cpfp_lite (shipped)"
 def media(comfy, tmp_path_factory) -> dict:
     """Input-folder clips: a synthetic blurry clip (with its sharp frames), a shorter one, a constant one;
     and a models/cpgd folder holding two files the CPFP loader must refuse."""
-    clip = make_blur_clip(load_photo("chelsea"), N, (W, H), subframes=9, seed=1, motion=2.5)
+    # motion 5: about 6 px of blur at this size, above the blur field's floor (exposure.SHARP_LENGTH)
+    clip = make_blur_clip(load_photo("chelsea"), N, (W, H), subframes=9, seed=1, motion=5.0)
     d = comfy.input_dir
     write_video(os.path.join(d, "cpfp_blurry.mp4"), clip["blurry"], FPS, crf=20, preset="superfast",
                 x264_params="bframes=0", overwrite=True)
