@@ -420,20 +420,16 @@ def summary_md(report: dict) -> str:
              f"{r[Q_TRUE]['psnr'] - inp:+.2f} / {r[TV_EST]['psnr'] - inp:+.2f} / {r[TV_TRUE]['psnr'] - inp:+.2f} dB",
              "(printed beside it)", ""],
             ["same, fast mode (CPFP lite)", f"{r[FAST]['psnr'] - inp:+.2f} dB", "", ""]]
-    if "real_line" in report:
-        rl = report["real_line"]
-        li = rl["blurry input"]["psnr"]
-        rows.append(["same clips, blur rendered along the straight paths (as consistent with the model as averaged "
-                     "240 fps frames): quality / true trajectories / TV prior (true) / fast",
-                     f"{li:.2f} → {rl[Q]['psnr']:.2f} dB ({rl[Q]['psnr'] - li:+.2f} / {rl[Q_TRUE]['psnr'] - li:+.2f} / "
-                     f"{rl[TV_TRUE]['psnr'] - li:+.2f} / {rl[FAST]['psnr'] - li:+.2f})", "", ""])
-    if "long_blur" in report:
-        lb = report["long_blur"]
-        li = lb["blurry input"]["psnr"]
-        rows.append(["held-out long blur, crf 16 (closer to the 11-frame GoPro evaluation): quality / true "
-                     "trajectories / TV prior (true) / fast",
-                     f"{li:.2f} → {lb[Q]['psnr']:.2f} dB ({lb[Q]['psnr'] - li:+.2f} / {lb[Q_TRUE]['psnr'] - li:+.2f} / "
-                     f"{lb[TV_TRUE]['psnr'] - li:+.2f} / {lb[FAST]['psnr'] - li:+.2f})", "", ""])
+    for key, label in (("real_line", "same clips, blur rendered along the straight paths (as consistent with the "
+                                      "model as averaged 240 fps frames)"),
+                       ("long_blur", "held-out long blur, crf 16 (closer to the 11-frame GoPro evaluation)")):
+        if key in report:
+            b = report[key]
+            bi = b["blurry input"]["psnr"]
+            rows.append([f"{label}: quality / true trajectories / TV prior (true) / fast",
+                         f"{bi:.2f} → {b[Q]['psnr']:.2f} dB ("
+                         + " / ".join(f"{b[row]['psnr'] - bi:+.2f}" for row in (Q, Q_TRUE, TV_TRUE, FAST)) + ")",
+                         "", ""])
     for key, label in (("identity_train_crf", "crf 18-30"), ("identity_high_quality", "crf 12-16"),
                        ("identity_high_rate", "small motion, as from a high-speed camera, crf 16")):
         for mode, v in report.get(key, {}).items():
