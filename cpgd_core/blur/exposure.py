@@ -97,7 +97,7 @@ def _sampler(gx: np.ndarray, gy: np.ndarray):
 
 def _voters(velocity: np.ndarray, confidence: Optional[np.ndarray], scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel speed (H, W) and the pixels that vote: fast enough to show their blur, velocity trusted."""
-    speed = np.sqrt((velocity ** 2).sum(-1))
+    speed = np.hypot(velocity[..., 0], velocity[..., 1])
     ok = speed >= MIN_SPEED * scale
     if confidence is not None:
         ok &= confidence > 0.5

@@ -2,11 +2,11 @@
 
 Blur model (``operator.py``): ``y(p) = mean over s in [-1/2, 1/2] of x(p + s * trajectory(p))``, sign-invariant.
 The trajectory is the per-pixel velocity between decoded frames (``velocity.py``: DIS at half size, both ways,
-occlusion-aware) times the exposure as a fraction of the frame interval (``exposure.py``: read from the blur along the
+occlusion-aware, its time centre chosen per frame by re-blurring the neighbours) times the exposure as a fraction of the frame interval (``exposure.py``: read from the blur along the
 motion, per window of ``EXPOSURE_WINDOW`` frames, so it follows a clip whose exposure changes).
 
 Streaming (``BlurFieldStream``, ``iter_blur_field``): frames go in one at a time and come out a few frames later
-(``EXPOSURE_WINDOW // 2 + 1``), holding only those frames' half-size motion: flat memory in video length.
+(``EXPOSURE_WINDOW // 2 + 2``), holding only those frames' half-size motion: flat memory in video length.
 ``estimate_blur_field`` is the same stream over frames in memory.
 """
 from __future__ import annotations
@@ -93,7 +93,11 @@ class _Pending:
     prev_back: Optional[np.ndarray] = None
     to_next: Optional[np.ndarray] = None
     next_back: Optional[np.ndarray] = None
-    velocity: Optional[np.ndarray] = None
+    agree_next: Optional[np.ndarray] = None  # forward-backward agreement of each side (velocity.fb_confidence)
+    agree_prev: Optional[np.ndarray] = None
+    central: Optional[np.ndarray] = None  # smoothed central-difference velocity, working size (float32)
+    accel: Optional[np.ndarray] = None    # its change across the frame (velocity.acceleration), or None
+    velocity: Optional[np.ndarray] = None  # the final one (time centre chosen), float16
     confidence: Optional[np.ndarray] = None
     curves: Optional[expo.Curves] = None
 
@@ -105,13 +109,15 @@ class BlurFieldStream:
     """
 
     def __init__(self, height: int, width: int, exposure: Union[float, str] = "auto", preset: str = "medium",
-                 scale: Optional[float] = None, codec_start: bool = False) -> None:
+                 scale: Optional[float] = None, codec_start: bool = False, time_centre: bool = True) -> None:
         self.height, self.width = height, width
         self.fixed = parse_exposure(exposure)
         self.scale = vel.working_scale(height, width) if scale is None else float(scale)
         self.size = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
         self.engine = vel.dis(preset)
         self.codec_start = codec_start
+        self.time_centre = time_centre and self.fixed != 0.0
+        self.settled: Optional[_Pending] = None  # the last frame whose velocity is final (a neighbour of the next)
         self.frames: deque[_Pending] = deque()   # from the oldest not yet emitted
         self.first = 0                           # stream index of frames[0]
         self.count = 0
@@ -137,6 +143,8 @@ class BlurFieldStream:
             cur.to_prev = vel.refined_flow(self.engine, cur.grey, prev.grey, cur.init_prev)
             prev.next_back = cur.to_prev
             self._measure(prev)
+            if len(self.frames) >= 2:
+                self._settle(self.frames[-2], prev)
         self.frames.append(cur)
         self.count += 1
         return self._emit(final=False)
@@ -147,18 +155,40 @@ class BlurFieldStream:
             return []
         if self.count < 2:
             raise CPGDInputError(f"a blur field needs at least 2 consecutive frames, got {self.count}")
-        self._measure(self.frames[-1])
+        last = self.frames[-1]
+        self._measure(last)
+        if len(self.frames) >= 2:
+            self._settle(self.frames[-2], last)
+        self._settle(last, None)
         return self._emit(final=True)
 
     def _measure(self, p: _Pending) -> None:
-        v, conf = vel.frame_velocity(p.to_next, p.next_back, p.to_prev, p.prev_back)
+        p.agree_next, p.agree_prev = vel.side_confidences(p.to_next, p.next_back, p.to_prev, p.prev_back)
+        v, conf = vel.frame_velocity(p.to_next, p.next_back, p.to_prev, p.prev_back, (p.agree_next, p.agree_prev))
+        p.central = vel.smooth_velocity(v, conf)
+        p.accel = vel.acceleration(p.to_next, p.to_prev, p.agree_next, p.agree_prev) if self.time_centre else None
         # (held until the exposure window ahead is measured: half precision keeps that small at 4K)
-        p.velocity = vel.smooth_velocity(v, conf).astype(np.float16)
         p.confidence = conf.astype(np.float16)
+        p.init_prev = p.init_next = p.next_back = p.prev_back = None  # (what is no longer needed leaves memory now)
+
+    def _settle(self, p: _Pending, after: Optional[_Pending]) -> None:
+        """Make ``p``'s velocity final once both its neighbours are measured (``after`` None: it has no next)."""
+        before = self.settled
+        alpha = 0.0
+        if p.accel is not None and before is not None and after is not None:
+            sides = [(q.grey.astype(np.float32), q.central, to_q, agreement) for q, to_q, agreement in
+                     ((after, p.to_next, p.agree_next), (before, p.to_prev, p.agree_prev))]
+            alpha = vel.select_time_centre(p.grey.astype(np.float32), p.central, p.accel, sides,
+                                           self.fixed or vel.SELECT_EXPOSURE)
+        v = p.central + alpha * p.accel if alpha else p.central
+        p.velocity = v.astype(np.float16)
         if self.fixed is None:
-            p.curves = expo.frame_curves(p.grey, p.velocity.astype(np.float32), conf, self.scale)
-        p.grey = p.init_prev = p.init_next = None  # (what is no longer needed leaves memory now)
-        p.to_prev = p.prev_back = p.to_next = p.next_back = None
+            p.curves = expo.frame_curves(p.grey, v, p.confidence.astype(np.float32), self.scale)
+        p.accel = None
+        p.to_prev = p.to_next = p.agree_next = p.agree_prev = None
+        if before is not None:  # (its luma and central velocity were kept for p alone)
+            before.grey = before.central = None
+        self.settled = p
 
     def _emit(self, final: bool) -> list[BlurFrame]:
         out = []
@@ -209,7 +239,8 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
                         exposure: Union[float, str] = "auto",
                         progress: Optional[Callable[[int, int], None]] = None,
                         check_interrupt: Optional[Callable[[], None]] = None, *,
-                        codec_start: bool = False, scale: Optional[float] = None) -> BlurField:
+                        codec_start: bool = False, scale: Optional[float] = None,
+                        time_centre: bool = True) -> BlurField:
     """The blur field of decoded frames.
 
     Args:
@@ -218,6 +249,8 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
             motion search (off by default: no better on real blur, twice the cost; see ``velocity.py``).
         exposure: fraction of the frame interval the shutter was open, or 'auto' to estimate it (per window of
             ``EXPOSURE_WINDOW`` frames).
+        time_centre: choose each frame's time centre (``velocity.select_time_centre``); False: the central
+            difference everywhere (the bench's ablation).
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise CPGDInputError(f"frames must be (T, 3, H, W), got {tuple(frames.shape)}")
@@ -227,7 +260,7 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
     if priors is not None and (len(priors) != t_count or (priors.height, priors.width) != (h, w)):
         raise CPGDInputError(f"priors ({len(priors)} frames, {priors.width}x{priors.height}) are not aligned with "
                              f"the frames ({t_count} frames, {w}x{h})")
-    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start, scale=scale)
+    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start, scale=scale, time_centre=time_centre)
     out: list[BlurFrame] = []
     for t in range(t_count):
         if check_interrupt is not None:

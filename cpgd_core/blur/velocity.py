@@ -11,6 +11,15 @@ forward-backward agreement, so at an occlusion the side that still sees the pixe
 one agrees), and the result is smoothed by a confidence-weighted Gaussian (a blur kernel varies slowly; single
 wrong matches should not make their own).
 
+Two frames a frame interval either side say where a pixel goes over two intervals, not how it moves during the
+exposure: a shaken camera changes speed and direction faster than that (real footage blurred over 3-5 source frames:
+the best per-frame "time centre" below roughly halves the error of some frames, docs/bench/motion.md). The
+exposure's velocity is taken as ``v + alpha * a`` with ``a = (f(t->t+1) + f(t->t-1)) / 2`` (the change of velocity
+across the frame: ``alpha`` -1 is the backward flow, 0 the central difference, +1 the forward flow), one ``alpha``
+per frame, chosen where the blur says so (``select_time_centre``): blurs commute, so frame t blurred
+with its neighbour's trajectory must match the neighbour, aligned to t, blurred with t's, once both trajectories
+are right.
+
 The codec's vectors can start the search (``refined_flow``: DIS from them and from zero, per pixel the better
 explanation of the frames), but on real blur they did not help: x264's search range cuts fast motion short and
 starting there traps DIS (docs/bench/motion.md; the held-out GoPro evaluation found the same), and it doubles the
@@ -28,6 +37,15 @@ PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPT
            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 HALF_SIZE_FROM = 360   # frames at least this many px on their short side are measured at half size
 SMOOTH_SIGMA = 2.0     # px of the working scale
+# Time centres tried per frame (``select_time_centre``), the scale of the working size they are compared at (a
+# quarter of the pixels: the comparison is of blur tens of pixels long), the share by which one must explain the
+# neighbours better than the central difference to replace it (below it, as on mild blur, the choice is noise:
+# it raised the error there), and the exposure the comparison blurs with when the clip's is still unknown (the
+# choice barely depends on it: blurs scale together).
+TIME_CENTRES = (-1.0, -0.5, 0.0, 0.5, 1.0)
+SELECT_SCALE = 0.5
+SELECT_MARGIN = 0.01
+SELECT_EXPOSURE = 0.75
 
 
 def working_scale(height: int, width: int) -> float:
@@ -118,28 +136,45 @@ def fb_confidence(f_ab: np.ndarray, f_ba: np.ndarray, sigma: float = 1.0) -> np.
     """
     xs, ys = _grid(*f_ab.shape[:2])
     back = cv2.remap(f_ba, xs + f_ab[..., 0], ys + f_ab[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    err = ((f_ab + back) ** 2).sum(-1)
-    tol = sigma ** 2 + 0.01 * ((f_ab ** 2).sum(-1) + (back ** 2).sum(-1))
+    # (per channel, not .sum(-1): numpy reduces a last axis of 2 several times slower, and this runs per frame)
+    sx, sy = f_ab[..., 0] + back[..., 0], f_ab[..., 1] + back[..., 1]
+    err = sx * sx + sy * sy
+    tol = sigma ** 2 + 0.01 * (_square_norm(f_ab) + _square_norm(back))
     return np.exp(-err / (2 * tol)).astype(np.float32)
 
 
+def _square_norm(v: np.ndarray) -> np.ndarray:
+    x, y = v[..., 0], v[..., 1]
+    return x * x + y * y
+
+
 def frame_velocity(to_next: Optional[np.ndarray], next_back: Optional[np.ndarray],
-                   to_prev: Optional[np.ndarray], prev_back: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                   to_prev: Optional[np.ndarray], prev_back: Optional[np.ndarray],
+                   sides: Optional[tuple[Optional[np.ndarray], Optional[np.ndarray]]] = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Velocity (H, W, 2) and its confidence (H, W) of one frame from its fields to and from its neighbours.
 
     ``to_next`` is on t into t+1, ``next_back`` on t+1 into t; ``to_prev`` on t into t-1, ``prev_back`` on t-1
-    into t (None where the neighbour does not exist). Each side is weighted by its forward-backward agreement.
+    into t (None where the neighbour does not exist). Each side is weighted by its forward-backward agreement
+    (``sides``: those agreements, next then previous, where the caller has them already).
     """
+    cn, cp = sides or side_confidences(to_next, next_back, to_prev, prev_back)
     if to_next is not None and to_prev is not None:
-        cn, cp = fb_confidence(to_next, next_back), fb_confidence(to_prev, prev_back)
         wn, wp = cn + 1e-3, cp + 1e-3
         v = (wn[..., None] * to_next - wp[..., None] * to_prev) / (wn + wp)[..., None]
         return v.astype(np.float32), np.maximum(cn, cp)
     if to_next is not None:
-        return to_next.astype(np.float32), fb_confidence(to_next, next_back)
+        return to_next.astype(np.float32), cn
     if to_prev is not None:
-        return (-to_prev).astype(np.float32), fb_confidence(to_prev, prev_back)
+        return (-to_prev).astype(np.float32), cp
     raise ValueError("a velocity needs at least one neighbouring frame")
+
+
+def side_confidences(to_next: Optional[np.ndarray], next_back: Optional[np.ndarray], to_prev: Optional[np.ndarray],
+                     prev_back: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Forward-backward agreement (``fb_confidence``) of the next and of the previous side (None where absent)."""
+    return (None if to_next is None else fb_confidence(to_next, next_back),
+            None if to_prev is None else fb_confidence(to_prev, prev_back))
 
 
 def smooth_velocity(v: np.ndarray, confidence: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
@@ -194,3 +229,68 @@ def codec_velocity(priors, index: Optional[slice] = None) -> torch.Tensor:
     v = torch.where(vn & vp, 0.5 * (nxt - prv), torch.where(vn, nxt, -prv))
     return torch.nn.functional.interpolate(v, size=(priors.height, priors.width), mode="bilinear",
                                            align_corners=False)
+
+
+def acceleration(to_next: Optional[np.ndarray], to_prev: Optional[np.ndarray], conf_next: Optional[np.ndarray],
+                 conf_prev: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """``a = (f(t->t+1) + f(t->t-1)) / 2`` (H, W, 2), smoothed and faded out where either side disagrees with its
+    way back (``conf_*``: ``fb_confidence`` of each side; an occlusion makes it meaningless); None without both
+    neighbours."""
+    if to_next is None or to_prev is None:
+        return None
+    both = np.minimum(conf_next, conf_prev)
+    return (smooth_velocity(0.5 * (to_next + to_prev), both) * both[..., None]).astype(np.float32)
+
+
+def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    xs, ys = _grid(*flow.shape[:2])
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(a, size, interpolation=cv2.INTER_AREA) if a.shape[1::-1] != size else a
+
+
+def select_time_centre(grey: np.ndarray, velocity: np.ndarray, accel: np.ndarray, sides: list[tuple],
+                       exposure: float = SELECT_EXPOSURE) -> float:
+    """The ``alpha`` of ``TIME_CENTRES`` whose velocity ``velocity + alpha * accel`` best explains the neighbours.
+
+    Args:
+        grey: (h, w) float32 luma of frame t at the working size; ``velocity``, ``accel``: (h, w, 2) of frame t.
+        sides: per neighbour ``(grey_n, velocity_n, flow_to_n, agreement)``: its luma and (central) velocity at
+            the working size, the field on t into it, and that field's ``fb_confidence``.
+        exposure: the fraction the trajectories are velocities times.
+
+    Per neighbour, ``|B(k_n) y_t - B(k_t) y_n|`` over the pixels whose match holds both ways (``y_n`` and ``k_n``
+    aligned to t): zero for the right pair of trajectories, since blurs commute. 0 (the central difference) unless
+    another is better by ``SELECT_MARGIN``.
+    """
+    from .operator import TrajectoryBlur, sample_count
+
+    h, w = grey.shape
+    size = (max(8, round(w * SELECT_SCALE)), max(8, round(h * SELECT_SCALE)))
+    r = size[0] / w
+    k_t = torch.from_numpy(np.stack([_shrink(exposure * (velocity + a * accel), size) * r for a in TIME_CENTRES])
+                           ).permute(0, 3, 1, 2)
+    y_t = torch.from_numpy(_shrink(grey, size))[None, None]
+    m = 2  # px at the reduced size: the warps' replicated borders say nothing
+    terms = []
+    for grey_n, velocity_n, to_n, agreement in sides:
+        ok = torch.from_numpy(_shrink(agreement, size) > 0.5)[m:-m, m:-m]
+        if bool(ok.any()):
+            k_n = torch.from_numpy(_shrink(_warp(exposure * velocity_n, to_n), size) * r).permute(2, 0, 1)[None]
+            terms.append((k_n, torch.from_numpy(_shrink(_warp(grey_n, to_n), size))[None, None], ok))
+    if not terms:
+        return 0.0
+    # one sample count for every blur here: torch.quantile over every pixel of each would cost more than the blurs
+    samples = sample_count(torch.cat([k_t] + [k_n for k_n, _, _ in terms])[:, :, ::4, ::4])
+    cost = torch.zeros(len(TIME_CENTRES))
+    for k_n, y_n, ok in terms:
+        lhs = TrajectoryBlur(k_n, samples)(y_t)[0, 0]
+        rhs = TrajectoryBlur(k_t, samples)(y_n.expand(len(TIME_CENTRES), 1, -1, -1).contiguous())[:, 0]
+        cost += (rhs - lhs).abs()[:, m:-m, m:-m][:, ok].mean(1)
+    centre = TIME_CENTRES.index(0.0)
+    best = int(torch.argmin(cost))
+    if float(cost[best]) >= float(cost[centre]) * (1 - SELECT_MARGIN):
+        return 0.0
+    return float(TIME_CENTRES[best])

@@ -102,9 +102,10 @@ def load_solver(iterations: int = 0, device: Union[str, torch.device] = "cpu") -
 
 
 def context_frames(exposure: Union[str, float]) -> int:
-    """Frames on either side that decide a frame's blur field: its two neighbours for the velocity, and with an
-    estimated exposure the window the exposure is read over (each of whose frames needs its neighbours)."""
-    return 1 if parse_exposure(exposure) is not None else EXPOSURE_WINDOW // 2 + 1
+    """Frames on either side that decide a frame's blur field: its neighbours for the velocity and theirs (a
+    frame's time centre is chosen against its neighbours' velocities), and with an estimated exposure the window
+    the exposure is read over (each of whose frames needs the same)."""
+    return 2 if parse_exposure(exposure) is not None else EXPOSURE_WINDOW // 2 + 2
 
 
 def quality_blocks(solver: DeviceSolver, path: str, exposure: Union[str, float] = "auto", start: int = 0,

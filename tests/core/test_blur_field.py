@@ -10,7 +10,7 @@ import torch
 
 from cpgd_core.blur import exposure as expo
 from cpgd_core.blur.field import BlurField, BlurFieldStream, estimate_blur_field
-from cpgd_core.blur.velocity import grey_u8
+from cpgd_core.blur.velocity import grey_u8, select_time_centre
 from cpgd_core.errors import CPGDInputError
 
 
@@ -90,6 +90,38 @@ def test_stream_matches_the_batch_form_and_holds_few_frames():
     assert held <= stream.half + 2  # flat memory: the exposure window ahead, not the clip
     assert torch.equal(torch.stack([f.trajectory for f in out]), batch.trajectory)
     assert torch.equal(torch.tensor([f.exposure for f in out]), batch.exposure)
+
+
+def test_each_frame_takes_the_motion_of_its_own_exposure():
+    """A camera that speeds up at once: 3 px per frame interval, then 13, each frame blurred by the motion during its
+    own exposure. Around the change the central difference says 5.5 px for the last slow frame and 10.5 for the first
+    fast one; the time centre chosen from the blur gives each its own motion (3 and 13)."""
+    speed = np.array([3.0, 3.0, 3.0, 13.0, 13.0, 13.0])
+    centre = np.concatenate([[0.0], np.cumsum((speed[:-1] + speed[1:]) / 2)])   # the speed holds +-1/2 interval
+    tex = _texture(120, 160, seed=4)
+    frames = []
+    for c, u in zip(centre, speed):
+        lin = np.mean([_at(tex, c + u * s, 0.0, 120, 160) ** 2.2 for s in np.linspace(-0.4, 0.4, 33)], 0)
+        frames.append(lin ** (1 / 2.2))
+    frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+    def lengths(field):   # frames 2 and 3, either side of the change
+        return field.trajectory[2:4, 0, 16:-16, 16:-16].abs().flatten(1).median(1).values
+
+    central = lengths(estimate_blur_field(frames, exposure=0.8, time_centre=False))
+    chosen = lengths(estimate_blur_field(frames, exposure=0.8))
+    true = torch.tensor([3.0, 13.0]) * 0.8
+    assert torch.allclose(central, torch.tensor([5.5, 10.5]) * 0.8, atol=0.5)
+    assert torch.allclose(chosen, true, atol=0.5)
+
+
+def test_time_centre_stays_central_where_no_match_holds():
+    """Where no pixel's match holds both ways (occluded, unmatched) nothing can choose: the central difference."""
+    rng = np.random.default_rng(0)
+    grey = rng.random((40, 48)).astype(np.float32)
+    v = np.full((40, 48, 2), 3.0, np.float32)
+    side = (grey, v, v, np.zeros((40, 48), np.float32))
+    assert select_time_centre(grey, v, v, [side, side]) == 0.0
 
 
 def test_bad_input_is_refused():
