@@ -183,7 +183,11 @@ class BlurFieldStream:
         v = p.central + alpha * p.accel if alpha else p.central
         p.velocity = v.astype(np.float16)
         if self.fixed is None:
-            p.curves = expo.frame_curves(p.grey, v, p.confidence.astype(np.float32), self.scale)
+            # Read along the central difference, as the exposure thresholds were calibrated (SHARP_LENGTH sits
+            # just above sharp readings made that way: read along a chosen time centre, a DAVIS clip whose source
+            # carries a blur of about 5 px crossed it and lost 6.5 dB inverted, docs/bench/eval_quality.md history)
+            p.curves = expo.frame_curves(p.grey, p.central.astype(np.float16).astype(np.float32),
+                                         p.confidence.astype(np.float32), self.scale)
         p.accel = None
         p.to_prev = p.to_next = p.agree_next = p.agree_prev = None
         if before is not None:  # (its luma and central velocity were kept for p alone)
