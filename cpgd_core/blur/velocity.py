@@ -87,9 +87,7 @@ def dis_flow(engine: "cv2.DISOpticalFlow", a: np.ndarray, b: np.ndarray,
 
 def photometric_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, window: int = 7) -> np.ndarray:
     """Local mean of |a(p) - b(p + flow(p))| over a window (H, W) float32: how well a field explains the frames."""
-    xs, ys = _grid(*a.shape[:2])
-    wb = cv2.remap(b, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.blur(cv2.absdiff(a, wb).astype(np.float32), (window, window))
+    return cv2.blur(cv2.absdiff(a, _warp(b, flow)).astype(np.float32), (window, window))
 
 
 def refined_flow(engine: "cv2.DISOpticalFlow", a: np.ndarray, b: np.ndarray,
@@ -128,14 +126,20 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRIDS[(h, w)]
 
 
+def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``p + flow(p)`` (bilinear, edges replicated): the frame a field points into, on its own
+    grid."""
+    xs, ys = _grid(*flow.shape[:2])
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def fb_confidence(f_ab: np.ndarray, f_ba: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Soft forward-backward agreement of a field on a (into b) with the field on b (into a), (H, W) in [0, 1].
 
     Where a pixel of a does not come back to itself (occlusion, wrong match) its motion is not to be trusted;
     the tolerance grows with the motion (Sundaram et al.), since long vectors carry proportionally more error.
     """
-    xs, ys = _grid(*f_ab.shape[:2])
-    back = cv2.remap(f_ba, xs + f_ab[..., 0], ys + f_ab[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = _warp(f_ba, f_ab)
     # (per channel, not .sum(-1): numpy reduces a last axis of 2 several times slower, and this runs per frame)
     sx, sy = f_ab[..., 0] + back[..., 0], f_ab[..., 1] + back[..., 1]
     err = sx * sx + sy * sy
@@ -240,11 +244,6 @@ def acceleration(to_next: Optional[np.ndarray], to_prev: Optional[np.ndarray], c
         return None
     both = np.minimum(conf_next, conf_prev)
     return (smooth_velocity(0.5 * (to_next + to_prev), both) * both[..., None]).astype(np.float32)
-
-
-def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    xs, ys = _grid(*flow.shape[:2])
-    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
