@@ -47,6 +47,7 @@ from cpgd_core.data.realblur import VAL_CLIPS  # noqa: E402
 from cpgd_core.data.synth import CRF_RANGE  # noqa: E402
 from cpgd_core.pipeline import nonblind  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
+from cpgd_core.precision import cpu_multiplies_bf16  # noqa: E402
 from cpgd_core.train.deblur import real_examples  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
@@ -416,11 +417,37 @@ def iteration_rows(modes: Modes, examples: list[dict], gopro_frames: int = 3) ->
     return res
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
+def matmul_gflops(n: int = 2048, rounds: int = 10) -> float:
+    """fp32 matrix-multiply rate of this machine now (GFLOP/s, torch's threads): sessions get different CPUs (the
+    same code ran 2.3x slower on one than on another), so frames/s are printed beside the rate they ran at."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        a @ b
+    return 2 * n ** 3 * rounds / (time.perf_counter() - t0) / 1e9
+
+
 def speed_rows(modes: Modes, frames: int = 6) -> dict:
     """Frames per second at 1280x720 (the real GoPro clip) per mode; quality includes the blur field."""
     path = os.path.join(GOPRO_NO_GT, sorted(os.listdir(GOPRO_NO_GT))[0])
     x, priors, _, _ = load_video(path, cap=frames)
-    res = {"size": f"{x.shape[-1]}x{x.shape[-2]}", "frames": frames}
+    res = {"size": f"{x.shape[-1]}x{x.shape[-2]}", "frames": frames, "cpu": cpu_model(),
+           "bf16_hardware": cpu_multiplies_bf16(), "matmul_gflops": matmul_gflops()}
     for mode in ("quality", "fast"):
         restore_file_clip(modes, mode, x[:2], priors.slice(0, 2))   # warm-up
         t0 = time.perf_counter()
@@ -467,7 +494,9 @@ def summary_md(report: dict) -> str:
     sp = report.get("speed")
     if isinstance(sp, dict):
         for mode, bar in (("quality", 0.25), ("fast", 1.0)):
-            rows.append([f"{sp['size']} on this machine, {mode} mode", f"{sp[mode]:.2f} frames/s",
+            rate = (f" ({sp['cpu']}, {'bf16 in hardware, ' if sp['bf16_hardware'] else ''}fp32 matrix multiply "
+                    f"{sp['matmul_gflops']:.0f} GFLOP/s)") if "matmul_gflops" in sp else ""
+            rows.append([f"{sp['size']} on this machine{rate}, {mode} mode", f"{sp[mode]:.2f} frames/s",
                          f">= {bar} frames/s", "yes" if sp[mode] >= bar else "no"])
     if "sample" in report:
         sm = report["sample"]
@@ -621,7 +650,10 @@ def main(argv: list[str] | None = None) -> int:
         sp = speed_rows(modes)
         report["speed"] = sp
         md += [f"## Speed, {sp['size']}, {sp['frames']} frames, {report['torch_threads']} CPU threads", "",
-               _md(["mode", "frames/s"], [[m, sp[m]] for m in ("quality", "fast")]), ""]
+               _md(["mode", "frames/s"], [[m, sp[m]] for m in ("quality", "fast")]), "",
+               f"CPU: {sp['cpu']} ({'multiplies bf16 in hardware: fast mode runs bf16' if sp['bf16_hardware'] else 'no bf16 in hardware: both modes run fp32'}), "
+               f"fp32 matrix multiply {sp['matmul_gflops']:.0f} GFLOP/s during the run. Sessions get different "
+               "CPUs (the same code has measured more than 2x apart), so compare frames/s on the same CPU.", ""]
     report["seconds"] = round(time.time() - t0, 1)
     md += [f"Run time {report['seconds']:.0f} s on {report['torch_threads']} CPU threads.", ""]
     os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)

@@ -29,7 +29,8 @@ RUNS = {"deblur_reader": "run 7: exposure read at the reading size",
         "deblur_long": "run 8: long blur (--long-blur)",
         "deblur_4x2": "run 9: 4 iterations x 2 CG steps",
         "deblur_line": "run 10: half the blur along straight paths (--line-share 0.5)",
-        "deblur_linear": "run 11: linear-light data steps (--data-space linear), --line-share 0.5"}
+        "deblur_linear": "run 11: linear-light data steps (--data-space linear), --line-share 0.5",
+        "deblur_longline": "run 12: the shipped solver fine-tuned on long blur, --line-share 0.75"}
 
 
 @torch.no_grad()
