@@ -36,7 +36,7 @@ bench: setup
 # Stage-one training (docs/MODEL_CARD.md), step-based and resumable from the checkpoints committed in docs/training/;
 # stop any time (TRAIN_ARGS="--time-limit 3600" or "--stop-at N"): the schedule does not depend on where it stops.
 # train-stage-one: the default 'quality' mode, the unrolled non-blind solver trained end to end on real-footage blur
-# with estimated trajectories (the current run: docs/training/deblur_longline, the shipped solver fine-tuned on long
+# with estimated trajectories (the last run, finished and not shipped: docs/training/deblur_longline, the shipped solver fine-tuned on long
 # blur, three quarters of it along straight paths; its recipe.txt is shared with bench/gpu_session.sh). train-fast: the 'fast' mode's
 # CPFP lite network.
 STAGE_ONE_RUN := docs/training/deblur_longline
