@@ -47,7 +47,7 @@ from cpgd_core.data.realblur import VAL_CLIPS  # noqa: E402
 from cpgd_core.data.synth import CRF_RANGE  # noqa: E402
 from cpgd_core.pipeline import nonblind  # noqa: E402
 from cpgd_core.pipeline.restore import restore_video  # noqa: E402
-from cpgd_core.precision import cpu_multiplies_bf16  # noqa: E402
+from cpgd_core.precision import cpu_info, cpu_multiplies_bf16  # noqa: E402
 from cpgd_core.train.deblur import real_examples  # noqa: E402
 from cpgd_core.weights import default_cpfp_path, load_cpfp  # noqa: E402
 
@@ -417,17 +417,7 @@ def iteration_rows(modes: Modes, examples: list[dict], gopro_frames: int = 3) ->
     return res
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown CPU"
+BF16_NONE = "no bf16 in hardware: both modes run fp32"
 
 
 def matmul_gflops(n: int = 2048, rounds: int = 10) -> float:
@@ -446,7 +436,7 @@ def speed_rows(modes: Modes, frames: int = 6) -> dict:
     """Frames per second at 1280x720 (the real GoPro clip) per mode; quality includes the blur field."""
     path = os.path.join(GOPRO_NO_GT, sorted(os.listdir(GOPRO_NO_GT))[0])
     x, priors, _, _ = load_video(path, cap=frames)
-    res = {"size": f"{x.shape[-1]}x{x.shape[-2]}", "frames": frames, "cpu": cpu_model(),
+    res = {"size": f"{x.shape[-1]}x{x.shape[-2]}", "frames": frames, "cpu": cpu_info().get("model name", "unknown CPU"),
            "bf16_hardware": cpu_multiplies_bf16(), "matmul_gflops": matmul_gflops()}
     for mode in ("quality", "fast"):
         restore_file_clip(modes, mode, x[:2], priors.slice(0, 2))   # warm-up
@@ -651,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         report["speed"] = sp
         md += [f"## Speed, {sp['size']}, {sp['frames']} frames, {report['torch_threads']} CPU threads", "",
                _md(["mode", "frames/s"], [[m, sp[m]] for m in ("quality", "fast")]), "",
-               f"CPU: {sp['cpu']} ({'multiplies bf16 in hardware: fast mode runs bf16' if sp['bf16_hardware'] else 'no bf16 in hardware: both modes run fp32'}), "
+               f"CPU: {sp['cpu']} ({'bf16 in hardware: fast mode runs bf16' if sp['bf16_hardware'] else BF16_NONE}), "
                f"fp32 matrix multiply {sp['matmul_gflops']:.0f} GFLOP/s during the run. Sessions get different "
                "CPUs (the same code has measured more than 2x apart), so compare frames/s on the same CPU.", ""]
     report["seconds"] = round(time.time() - t0, 1)

@@ -14,17 +14,25 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (x86 AMX, from /proc/cpuinfo; False where that is unreadable).
-    Elsewhere bf16 on the CPU is emulated and slower than fp32."""
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``model name``, ``flags``, ...); empty where unreadable."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    return False
+    return info
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AMX, from /proc/cpuinfo; False where that is unreadable).
+    Elsewhere bf16 on the CPU is emulated and slower than fp32."""
+    return "amx_bf16" in cpu_info().get("flags", "").split()
 
 
 def validated_in_bf16(model: object) -> bool:
