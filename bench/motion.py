@@ -205,6 +205,11 @@ def main() -> None:
         "blur field, codec vectors as a second start (codec_start)":
             lambda f, p, e: estimate_blur_field(f, p, e, codec_start=True).trajectory,
     }
+    raft = _raft_path()
+    if raft is not None:
+        refiner = vel.RaftRefiner.from_file(raft)
+        sources[f"blur field, RAFT refinement ({vel.RAFT_ITERS} iterations, raft-things.pth)"] = \
+            lambda f, p, e: estimate_blur_field(f, p, e, raft=refiner).trajectory
     rows = []
     for label, fn in sources.items():
         errs: dict[str, list] = {s: [] for s in BLURRED}
@@ -243,10 +248,9 @@ def main() -> None:
             cells += [f"{np.median(e):.2f}", f"{np.mean(e):.2f}"]
             summary[(label, s)] = float(np.median(e))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    raft = _raft_path()
-    why = "not measured: no `raft-things.pth` on this machine" if raft is None else \
-        "(weights found; not wired into this bench yet)"
-    lines.append(f"| RAFT refinement | {why} |" + " |" * (2 * len(BLURRED) - 1))
+    if raft is None:
+        lines.append("| blur field, RAFT refinement | not measured: no `raft-things.pth` on this machine (set "
+                     "`CPGD_RAFT` or put it in `models/`) |" + " |" * (2 * len(BLURRED) - 1))
 
     lines += ["", "## Exposure (fraction of the frame interval), estimated per clip window", "",
               "| clip | setting | true | estimated (median over frames) | confidence | error |", "|---|---|---|---|---|---|"]
@@ -304,11 +308,25 @@ def main() -> None:
         estimate_blur_field(f720, p720, 0.5)
         t_fixed.append((time.perf_counter() - t0) / len(f720))
     td, tf, tx = (float(np.median(t)) for t in (t_dis, t_field, t_fixed))
+    # RAFT's time does not depend on its weights: random ones where the file is missing, one round (it is slow here)
+    from cpgd_core.models.raft import RAFT
+
+    torch.manual_seed(0)
+    timed = vel.RaftRefiner(RAFT().eval()) if raft is None else refiner
+    t0 = time.perf_counter()
+    estimate_blur_field(f720, p720, "auto", raft=timed)
+    t_raft = (time.perf_counter() - t0) / len(f720)
+    from cpgd_core.precision import cpu_info
+
     lines += ["", "## Time per 1280x720 frame (wall clock, median of 3 rounds, shared 2-core machine)", "",
+              f"CPU: {cpu_info().get('model name', 'unknown')}.", "",
               "| | s / frame |", "|---|---|",
               f"| OpenCV DIS medium, both directions, full size | {td:.3f} |",
               f"| blur field, exposure estimated | {tf:.3f} |",
-              f"| blur field, exposure given | {tx:.3f} |"]
+              f"| blur field, exposure given | {tx:.3f} |",
+              f"| blur field, exposure estimated, RAFT refinement ({vel.RAFT_ITERS} iterations at half size, CPU; "
+              f"{'raft-things.pth' if raft else 'random weights: the time is the same with trained ones'}; one round)"
+              f" | {t_raft:.3f} |"]
     # 4. real blur without ground truth: what the exposure reads on real GoPro footage (240 fps averaged)
     real = os.path.join(os.path.dirname(realblur.default_dir()), "real_blur_no_gt",
                         "gopro_GOPR0384_11_00_blurry_20.mkv")

@@ -27,6 +27,7 @@ from ..codec.flow import magnitude
 from ..errors import CPGDInputError
 from ..fileio import atomic_write, temporary_path
 from .field import BlurField, iter_blur_field
+from .velocity import RaftRefiner
 
 _COPY_CHUNK = 16 << 20
 
@@ -43,9 +44,10 @@ def _add_array(zf: zipfile.ZipFile, name: str, raw_path: str, dtype: np.dtype, s
 def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "auto", start: int = 0, cap: int = 0,
                      every_nth: int = 1, size: Optional[tuple[int, int]] = None, overwrite: bool = False,
                      progress: Optional[Callable[[int], None]] = None,
-                     check_interrupt: Optional[Callable[[], None]] = None) -> dict:
+                     check_interrupt: Optional[Callable[[], None]] = None,
+                     raft: Optional[RaftRefiner] = None) -> dict:
     """Stream the blur field of ``path`` into ``out_path`` (.npz); returns a summary (frames, size, exposures,
-    median |trajectory|)."""
+    median |trajectory|). ``raft``: refine the motion with RAFT (``velocity.RaftRefiner``)."""
     if os.path.exists(out_path) and not overwrite:
         raise CPGDInputError(f"output file already exists: {out_path} (use --overwrite)")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
@@ -54,7 +56,7 @@ def write_blur_field(path: str, out_path: str, exposure: Union[float, str] = "au
     hw = None
     try:
         with open(scratch["trajectory"], "wb") as ft, open(scratch["confidence"], "wb") as fc:
-            for f in iter_blur_field(path, exposure, start, cap, every_nth, size, check_interrupt):
+            for f in iter_blur_field(path, exposure, start, cap, every_nth, size, check_interrupt, raft=raft):
                 hw = tuple(f.trajectory.shape[-2:])
                 ft.write(f.trajectory.numpy().astype(np.float32, copy=False).tobytes())
                 fc.write(f.confidence.numpy().astype(np.float16).tobytes())

@@ -2,7 +2,8 @@
 
 Blur model (``operator.py``): ``y(p) = mean over s in [-1/2, 1/2] of x(p + s * trajectory(p))``, sign-invariant.
 The trajectory is the per-pixel velocity between decoded frames (``velocity.py``: DIS at half size, both ways,
-occlusion-aware, its time centre chosen per frame by re-blurring the neighbours) times the exposure as a fraction of the frame interval (``exposure.py``: read from the blur along the
+refined by RAFT where its weights are given, occlusion-aware, its time centre chosen per frame by re-blurring the
+neighbours) times the exposure as a fraction of the frame interval (``exposure.py``: read from the blur along the
 motion, per window of ``EXPOSURE_WINDOW`` frames, so it follows a clip whose exposure changes).
 
 Streaming (``BlurFieldStream``, ``iter_blur_field``): frames go in one at a time and come out a few frames later
@@ -100,6 +101,7 @@ class _Pending:
     velocity: Optional[np.ndarray] = None  # the final one (time centre chosen), float16
     confidence: Optional[np.ndarray] = None
     curves: Optional[expo.Curves] = None
+    codes: Optional[tuple] = None          # RAFT features and context (velocity.RaftRefiner.encode), while paired
 
 
 class BlurFieldStream:
@@ -109,13 +111,15 @@ class BlurFieldStream:
     """
 
     def __init__(self, height: int, width: int, exposure: Union[float, str] = "auto", preset: str = "medium",
-                 scale: Optional[float] = None, codec_start: bool = False, time_centre: bool = True) -> None:
+                 scale: Optional[float] = None, codec_start: bool = False, time_centre: bool = True,
+                 raft: Optional[vel.RaftRefiner] = None) -> None:
         self.height, self.width = height, width
         self.fixed = parse_exposure(exposure)
         self.scale = vel.working_scale(height, width) if scale is None else float(scale)
         self.size = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
         self.engine = vel.dis(preset)
         self.codec_start = codec_start
+        self.raft = raft
         self.time_centre = time_centre and self.fixed != 0.0
         self.settled: Optional[_Pending] = None  # the last frame whose velocity is final (a neighbour of the next)
         self.frames: deque[_Pending] = deque()   # from the oldest not yet emitted
@@ -126,9 +130,9 @@ class BlurFieldStream:
 
     def push(self, grey: np.ndarray, flow_to_prev: Optional[np.ndarray] = None,
              valid_to_prev: Optional[np.ndarray] = None, flow_to_next: Optional[np.ndarray] = None,
-             valid_to_next: Optional[np.ndarray] = None) -> list[BlurFrame]:
-        """Add the next frame: (H, W) uint8 luma, and its codec fields on the codec grid ((2, h, w) px, (1, h, w)
-        bool), or None. Returns the frames that are complete."""
+             valid_to_next: Optional[np.ndarray] = None, rgb: Optional[np.ndarray] = None) -> list[BlurFrame]:
+        """Add the next frame: (H, W) uint8 luma, its codec fields on the codec grid ((2, h, w) px, (1, h, w)
+        bool) or None, and (H, W, 3) uint8 RGB (needed with ``raft``). Returns the frames that are complete."""
         if grey.shape != (self.height, self.width):
             raise CPGDInputError(f"frame {self.count} is {grey.shape[1]}x{grey.shape[0]}, the stream's frames are "
                                  f"{self.width}x{self.height}")
@@ -136,11 +140,19 @@ class BlurFieldStream:
         cur = _Pending(vel.downscale(grey, self.scale),
                        vel.codec_init(flow_to_prev, valid_to_prev, self.size, self.scale) if codec else None,
                        vel.codec_init(flow_to_next, valid_to_next, self.size, self.scale) if codec else None)
+        if self.raft is not None:
+            if rgb is None:
+                raise ValueError("RAFT refinement needs each frame's RGB (push(..., rgb=...))")
+            cur.codes = self.raft.encode(vel.downscale(rgb, self.scale))
         if self.frames:  # (the previous frame is always held: it is measured only now)
             prev = self.frames[-1]
             prev.to_next = vel.refined_flow(self.engine, prev.grey, cur.grey, prev.init_next)
-            cur.prev_back = prev.to_next
             cur.to_prev = vel.refined_flow(self.engine, cur.grey, prev.grey, cur.init_prev)
+            if self.raft is not None:
+                prev.to_next = self.raft.refine(prev.codes, cur.codes, prev.to_next)
+                cur.to_prev = self.raft.refine(cur.codes, prev.codes, cur.to_prev)
+                prev.codes = None
+            cur.prev_back = prev.to_next
             prev.next_back = cur.to_prev
             self._measure(prev)
             if len(self.frames) >= 2:
@@ -244,7 +256,7 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
                         progress: Optional[Callable[[int, int], None]] = None,
                         check_interrupt: Optional[Callable[[], None]] = None, *,
                         codec_start: bool = False, scale: Optional[float] = None,
-                        time_centre: bool = True) -> BlurField:
+                        time_centre: bool = True, raft: Optional[vel.RaftRefiner] = None) -> BlurField:
     """The blur field of decoded frames.
 
     Args:
@@ -255,6 +267,7 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
             ``EXPOSURE_WINDOW`` frames).
         time_centre: choose each frame's time centre (``velocity.select_time_centre``); False: the central
             difference everywhere (the bench's ablation).
+        raft: refine each DIS field with RAFT (``velocity.RaftRefiner``), or None.
     """
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise CPGDInputError(f"frames must be (T, 3, H, W), got {tuple(frames.shape)}")
@@ -264,7 +277,8 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
     if priors is not None and (len(priors) != t_count or (priors.height, priors.width) != (h, w)):
         raise CPGDInputError(f"priors ({len(priors)} frames, {priors.width}x{priors.height}) are not aligned with "
                              f"the frames ({t_count} frames, {w}x{h})")
-    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start, scale=scale, time_centre=time_centre)
+    stream = BlurFieldStream(h, w, exposure, codec_start=codec_start, scale=scale, time_centre=time_centre,
+                             raft=raft)
     out: list[BlurFrame] = []
     for t in range(t_count):
         if check_interrupt is not None:
@@ -275,6 +289,8 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
                           valid_to_prev=priors.valid_to_prev[t].numpy(),
                           flow_to_next=priors.flow_to_next[t].float().numpy(),
                           valid_to_next=priors.valid_to_next[t].numpy())
+        if raft is not None:
+            fields["rgb"] = vel.rgb_u8(frames[t])
         out += stream.push(vel.grey_u8(frames[t]), **fields)
         if progress is not None:
             progress(t + 1, t_count)
@@ -285,18 +301,19 @@ def estimate_blur_field(frames: torch.Tensor, priors: Optional[CodecPriors] = No
 def iter_blur_field(path: str, exposure: Union[float, str] = "auto", start: int = 0, cap: int = 0,
                     every_nth: int = 1, size: Optional[tuple[int, int]] = None,
                     check_interrupt: Optional[Callable[[], None]] = None,
-                    codec_start: bool = False) -> Iterator[BlurFrame]:
+                    codec_start: bool = False, raft: Optional[vel.RaftRefiner] = None) -> Iterator[BlurFrame]:
     """Stream the blur field of a video file frame by frame (flat memory). Frame selection as
-    ``codec.decode.iter_decoded``; ``codec_start`` as in :func:`estimate_blur_field`."""
+    ``codec.decode.iter_decoded``; ``codec_start`` and ``raft`` as in :func:`estimate_blur_field`."""
     from ..codec.decode import iter_decoded
 
     stream: Optional[BlurFieldStream] = None
     for f in iter_decoded(path, start, cap, every_nth, size, export_mvs=codec_start,
                           check_interrupt=check_interrupt):
         if stream is None:
-            stream = BlurFieldStream(f.rgb.shape[0], f.rgb.shape[1], exposure, codec_start=codec_start)
-        grey = cv2.cvtColor(np.ascontiguousarray(f.rgb), cv2.COLOR_RGB2GRAY)
-        yield from stream.push(grey, f.flow_to_prev, f.valid_to_prev, f.flow_to_next, f.valid_to_next)
+            stream = BlurFieldStream(f.rgb.shape[0], f.rgb.shape[1], exposure, codec_start=codec_start, raft=raft)
+        rgb = np.ascontiguousarray(f.rgb)
+        yield from stream.push(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), f.flow_to_prev, f.valid_to_prev,
+                               f.flow_to_next, f.valid_to_next, rgb if raft is not None else None)
     if stream is None:
         raise CPGDInputError(f"no frames in the requested range of {path}")
     yield from stream.finish()

@@ -24,6 +24,10 @@ The codec's vectors can start the search (``refined_flow``: DIS from them and fr
 explanation of the frames), but on real blur they did not help: x264's search range cuts fast motion short and
 starting there traps DIS (docs/bench/motion.md; the held-out GoPro evaluation found the same), and it doubles the
 cost. It is off by default (``codec_start``).
+
+With RAFT weights (``raft-things.pth``, the file the official CPGD-Net path runs) ``RaftRefiner`` refines each DIS
+field as the official path refines the codec vectors: RAFT at the working size, started from the field, a few
+iterations; each frame's features are computed once and paired in both directions.
 """
 from __future__ import annotations
 
@@ -53,17 +57,22 @@ def working_scale(height: int, width: int) -> float:
     return 0.5 if min(height, width) >= HALF_SIZE_FROM else 1.0
 
 
+def rgb_u8(frame: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float RGB in [0, 1] -> (H, W, 3) uint8."""
+    return (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 def grey_u8(frame: torch.Tensor) -> np.ndarray:
     """(3, H, W) float RGB in [0, 1] -> (H, W) uint8 luma, the input DIS takes."""
-    rgb = (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(rgb_u8(frame), cv2.COLOR_RGB2GRAY)
 
 
-def downscale(grey: np.ndarray, scale: float) -> np.ndarray:
+def downscale(image: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W) or (H, W, C) image resized by ``scale`` (area averaging)."""
     if scale == 1.0:
-        return grey
-    h, w = grey.shape
-    return cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def dis(preset: str = "medium") -> "cv2.DISOpticalFlow":
@@ -104,6 +113,62 @@ def refined_flow(engine: "cv2.DISOpticalFlow", a: np.ndarray, b: np.ndarray,
     started = dis_flow(engine, a, b, init)
     better = photometric_error(a, b, started) < photometric_error(a, b, scratch)
     return np.where(better[..., None], started, scratch)
+
+
+# The official path refines codec vectors with 4 RAFT iterations (cpgd_official_spec.md, get_bi_flows); a DIS
+# field is a closer start than those vectors.
+RAFT_ITERS = 4
+
+
+class RaftRefiner:
+    """RAFT-large refining DIS fields at the working size (``raft-things.pth``, loaded by ``weights.load_raft``).
+
+    ``encode`` a frame once ((h, w, 3) uint8 RGB at the working size), then ``refine`` a field on one encoded frame
+    into another, started from that field ((h, w, 2) px). RAFT needs sides that are multiples of 8 and at least 128,
+    and its convex upsampling reads zeros beyond the outer cells of its 1/8 grid, so frames are padded by one cell
+    all round and up to the next multiple (edge pixels repeated) and the result cropped.
+    """
+
+    def __init__(self, model: torch.nn.Module, iters: int = RAFT_ITERS) -> None:
+        if iters < 1:
+            raise ValueError(f"RAFT refinement needs at least 1 iteration, got {iters}")
+        self.model = model.eval()
+        self.iters = iters
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_file(cls, path: str, device: Optional[str] = None, iters: int = RAFT_ITERS) -> "RaftRefiner":
+        """Load ``raft-things.pth`` (CPGDInputError if it is not RAFT-large weights) onto ``device`` (default:
+        CUDA when available)."""
+        from ..weights import load_raft
+
+        return cls(load_raft(path, device or ("cuda" if torch.cuda.is_available() else "cpu")), iters)
+
+    @staticmethod
+    def _pads(h: int, w: int) -> tuple[int, int]:
+        """(bottom, right) padding after the 8 px added above and to the left."""
+        return (max(128, -(-(h + 16) // 8) * 8) - h - 8, max(128, -(-(w + 16) // 8) * 8) - w - 8)
+
+    @torch.inference_mode()
+    def encode(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(matching features, context) of one frame."""
+        bottom, right = self._pads(*rgb.shape[:2])
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        x = torch.nn.functional.pad(x, (8, right, 8, bottom), mode="replicate")
+        return self.model.features(x), self.model.context(x)
+
+    @torch.inference_mode()
+    def refine(self, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
+               flow: np.ndarray) -> np.ndarray:
+        """The field on frame ``a`` into ``b`` (both from ``encode``), started from ``flow`` (h, w, 2) float32."""
+        h, w = flow.shape[:2]
+        bottom, right = self._pads(h, w)
+        start = np.pad(flow, ((8, bottom), (8, right), (0, 0)), mode="edge")
+        grid = (start.shape[1] // 8, start.shape[0] // 8)
+        start = cv2.resize(start, grid, interpolation=cv2.INTER_AREA) / 8   # in 1/8-grid pixels
+        init = torch.from_numpy(np.ascontiguousarray(start.transpose(2, 0, 1)))[None].to(self.device)
+        out = self.model.iterate(a[0], b[0], a[1], self.iters, init)
+        return np.ascontiguousarray(out[0, :, 8:8 + h, 8:8 + w].permute(1, 2, 0).float().cpu().numpy())
 
 
 def central_velocity(to_next: Optional[np.ndarray], to_prev: Optional[np.ndarray]) -> np.ndarray:

@@ -91,11 +91,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="also write DIR/<name>_blur_field.npz: per-pixel blur trajectory (T, 2, H, W) and exposure (T,)")
     ap.add_argument("--exposure", default="auto",
                     help="with --blur-field: exposure as a fraction of the frame interval (0-1), or auto (estimated)")
+    ap.add_argument("--raft", default=None, metavar="RAFT_PTH",
+                    help="with --blur-field: refine the motion with RAFT from this raft-things.pth (the official "
+                         "CPGD-Net's optical-flow weights; CUDA when available, slow on a CPU)")
     a = ap.parse_args(argv)
+    raft = None
+    if a.raft and not a.blur_field:
+        raise CPGDInputError("--raft refines the blur field's motion: add --blur-field")
     if a.blur_field:
         from ..blur.field import parse_exposure
+        from ..blur.velocity import RaftRefiner
 
         parse_exposure(a.exposure)  # (a bad value fails before the first decoding pass, not after it)
+        if a.raft:
+            if not os.path.isfile(a.raft):
+                raise CPGDInputError(f"RAFT weights not found: {a.raft}")
+            raft = RaftRefiner.from_file(a.raft)
     size = _size(a.size)
     extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, size, overwrite=a.overwrite)
     if a.blur_field:
@@ -103,10 +114,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         stem = os.path.splitext(os.path.basename(a.input))[0]
         r = write_blur_field(a.input, os.path.join(a.out, f"{stem}_blur_field.npz"), a.exposure, a.start, a.cap,
-                             a.every_nth, size, overwrite=a.overwrite)
+                             a.every_nth, size, overwrite=a.overwrite, raft=raft)
         e = r["exposure"]
         print(f"wrote {r['path']}: {r['frames']} frames {r['width']}x{r['height']}, exposure "
               f"{float(np.median(e)):.2f} of the frame interval (range {float(e.min()):.2f}-{float(e.max()):.2f}, "
               f"{'given' if a.exposure != 'auto' else 'estimated'}), median |trajectory| "
-              f"{r['median_trajectory']:.2f} px")
+              f"{r['median_trajectory']:.2f} px{', motion refined by RAFT' if raft is not None else ''}")
     return 0

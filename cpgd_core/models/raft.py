@@ -196,12 +196,24 @@ class RAFT(nn.Module):
         pyramid pools the 1/8 grid three times). flow_init: (N, 2, H/8, W/8) in 1/8-grid pixels or None.
         Returns the upsampled flow in input pixels, (N, 2, H, W); with ``all_iterations`` (iters, N, 2, H, W).
         """
+        f1, f2 = self.features(torch.cat([image1, image2])).chunk(2)
+        return self.iterate(f1, f2, self.context(image1), iters, flow_init, all_iterations, record)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> (N, 256, H/8, W/8) float32 matching features. Per image (instance
+        norm), so a video's frames are encoded once and paired in both directions."""
+        return self.fnet(2 * images - 1).float()
+
+    def context(self, image1: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> (N, hidden + context, H/8, W/8): the context of the frame the flow is on."""
+        return self.cnet(2 * image1 - 1)
+
+    def iterate(self, f1: torch.Tensor, f2: torch.Tensor, ctx: torch.Tensor, iters: int,
+                flow_init: Optional[torch.Tensor] = None, all_iterations: bool = False,
+                record: Optional[dict] = None) -> torch.Tensor:
+        """The recurrent updates from features (``features``) and context (``context``); as ``forward``."""
         cfg = self.config
-        image1, image2 = 2 * image1 - 1, 2 * image2 - 1
-        fmaps = self.fnet(torch.cat([image1, image2])).float()
-        f1, f2 = fmaps.chunk(2)
         corr_fn = CorrPyramid(f1, f2, cfg.corr_levels, cfg.corr_radius)
-        ctx = self.cnet(image1)
         net, inp = torch.tanh(ctx[:, :cfg.hidden_dim]), torch.relu(ctx[:, cfg.hidden_dim:])
         if record is not None:
             record.update(fmap1=f1, fmap2=f2, cnet_out=ctx, update0_in_net=net, update0_in_inp=inp)

@@ -252,3 +252,67 @@ def test_exported_field_keeps_the_blur_length_it_was_read_as(tmp_path):
     assert loaded.blur_length is not None and float(loaded.blur_length.min()) > expo.SHARP_LENGTH
     assert float(loaded.exposure.min()) > 0 and torch.equal(measured_field(loaded).trajectory, loaded.trajectory)
     assert load_blur_field(given["path"]).blur_length is None
+
+
+def _still_raft(seed: int = 0):
+    """RAFT-large with random weights whose flow head predicts no update: refinement must return its start."""
+    from cpgd_core.models.raft import RAFT
+
+    torch.manual_seed(seed)
+    net = RAFT().eval()
+    with torch.no_grad():
+        net.update_block.flow_head.conv2.weight.zero_()
+        net.update_block.flow_head.conv2.bias.zero_()
+    return net
+
+
+def test_raft_refinement_starts_from_the_given_field_at_any_size():
+    """The DIS field goes onto RAFT's 1/8 grid (px / 8) and comes back padded and cropped: a RAFT that adds
+    nothing returns the start, whatever the frame size (RAFT needs multiples of 8, at least 128)."""
+    from cpgd_core.blur.velocity import RaftRefiner
+
+    refiner = RaftRefiner(_still_raft(), iters=2)
+    rng = np.random.default_rng(0)
+    for h, w in ((90, 150), (136, 200)):
+        a, b = (rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(2))
+        start = np.zeros((h, w, 2), np.float32)
+        start[..., 0], start[..., 1] = 3.0, -2.0
+        out = refiner.refine(refiner.encode(a), refiner.encode(b), start)
+        assert out.shape == (h, w, 2) and out.dtype == np.float32
+        assert np.allclose(out, start, atol=1e-4)
+    with pytest.raises(ValueError):
+        RaftRefiner(_still_raft(), iters=0)
+
+
+def test_raft_refined_field_runs_through_the_stream():
+    """With a refiner the stream encodes each frame once, refines both fields of each pair from DIS, and uses
+    RAFT's fields; it needs each frame's colour."""
+    from cpgd_core.blur.velocity import RaftRefiner
+    from cpgd_core.models.raft import RAFT
+
+    class Counting(RaftRefiner):
+        calls = {"encode": 0, "refine": 0}
+
+        def encode(self, rgb):
+            self.calls["encode"] += 1
+            return super().encode(rgb)
+
+        def refine(self, a, b, flow):
+            self.calls["refine"] += 1
+            return super().refine(a, b, flow)
+
+    frames = _pan(4, 96, 128, 3.0, -1.5)
+    plain = estimate_blur_field(frames, exposure=0.5)
+    counting = Counting(_still_raft(), iters=1)
+    still = estimate_blur_field(frames, exposure=0.5, raft=counting)
+    assert counting.calls == {"encode": 4, "refine": 6}
+    torch.manual_seed(1)
+    moved = estimate_blur_field(frames, exposure=0.5, raft=RaftRefiner(RAFT().eval(), iters=2))
+    assert still.trajectory.shape == moved.trajectory.shape == plain.trajectory.shape
+    # (a still RAFT returns DIS's field as RAFT's 1/8 grid holds it: close to DIS on a smooth pan)
+    inner = (..., slice(16, -16), slice(16, -16))
+    assert float((still.trajectory - plain.trajectory)[inner].abs().median()) < 0.1
+    assert float((moved.trajectory - still.trajectory)[inner].abs().max()) > 0.01
+    stream = BlurFieldStream(96, 128, 0.5, raft=RaftRefiner(_still_raft(), iters=1))
+    with pytest.raises(ValueError, match="RGB"):
+        stream.push(grey_u8(frames[0]))

@@ -67,3 +67,33 @@ def test_priors_cli_exports_the_blur_field(tmp_path):
     r2 = subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--out", out, "--blur-field",
                          "--exposure", "2", "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 2 and "exposure must be" in r2.stderr
+
+
+def test_priors_cli_refines_the_blur_field_with_raft_weights(tmp_path):
+    """--raft loads raft-things.pth (the official layout, 'module.' prefixes) and refines the exported motion;
+    weights that are not RAFT, a missing file, or --raft without --blur-field are refused by name."""
+    import numpy as np
+    import torch
+
+    from cpgd_core.models.raft import RAFT
+
+    src = _pan_clip(tmp_path)
+    torch.manual_seed(3)
+    raft = tmp_path / "raft-things.pth"
+    torch.save({"module." + k: v for k, v in RAFT().state_dict().items()}, str(raft))
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "cpgd_core", "priors", src, "--cap", "4",  # noqa: E731
+                                         *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    plain = run("--out", str(tmp_path / "a"), "--blur-field", "--exposure", "0.5")
+    refined = run("--out", str(tmp_path / "b"), "--blur-field", "--exposure", "0.5", "--raft", str(raft))
+    assert plain.returncode == 0 and refined.returncode == 0, refined.stderr
+    assert "motion refined by RAFT" in refined.stdout and "RAFT" not in plain.stdout
+    with np.load(str(tmp_path / "a" / "in_blur_field.npz")) as za, np.load(str(tmp_path / "b" / "in_blur_field.npz")) as zb:
+        assert za["trajectory"].shape == zb["trajectory"].shape == (4, 2, 96, 160)
+        assert not np.allclose(za["trajectory"], zb["trajectory"], atol=0.05)   # random RAFT weights move it
+    torch.save({"weight": torch.zeros(3)}, str(tmp_path / "other.pth"))
+    wrong = run("--out", str(tmp_path / "c"), "--blur-field", "--raft", str(tmp_path / "other.pth"))
+    assert wrong.returncode == 2 and "other.pth" in wrong.stderr and "RAFT" in wrong.stderr
+    missing = run("--out", str(tmp_path / "d"), "--blur-field", "--raft", str(tmp_path / "nope.pth"))
+    assert missing.returncode == 2 and "nope.pth" in missing.stderr
+    alone = run("--out", str(tmp_path / "e"), "--raft", str(raft))
+    assert alone.returncode == 2 and "--blur-field" in alone.stderr
