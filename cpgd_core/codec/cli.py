@@ -93,7 +93,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="with --blur-field: exposure as a fraction of the frame interval (0-1), or auto (estimated)")
     ap.add_argument("--raft", default=None, metavar="RAFT_PTH",
                     help="with --blur-field: refine the motion with RAFT from this raft-things.pth (the official "
-                         "CPGD-Net's optical-flow weights; CUDA when available, slow on a CPU)")
+                         "CPGD-Net's optical-flow weights; CUDA when available, slow on a CPU; its correlation "
+                         "volume takes about 0.4 GB at 1080p, 6 GB at 4K)")
     a = ap.parse_args(argv)
     raft = None
     if a.raft and not a.blur_field:
