@@ -79,7 +79,7 @@ def test_output_shapes_and_zero_init():
     assert len(outs) == 5  # tiny: 4 input blocks + middle (the default config gives 13)
     assert [tuple(o.shape[1:]) for o in outs] == [(32, 16, 16), (32, 16, 16), (32, 8, 8), (64, 8, 8), (64, 8, 8)]
     assert all(float(o.abs().max()) == 0.0 for o in outs)  # zero convs
-    assert all(float(m.weight.abs().max()) == 0.0 for n, m in net.named_modules() if n.endswith(".mask"))
+    assert all(float(m.weight.detach().abs().max()) == 0.0 for n, m in net.named_modules() if n.endswith(".mask"))
 
 
 def test_zero_mask_equals_no_modulation():
