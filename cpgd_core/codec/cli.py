@@ -105,9 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         parse_exposure(a.exposure)  # (a bad value fails before the first decoding pass, not after it)
         if a.raft:
-            if not os.path.isfile(a.raft):
-                raise CPGDInputError(f"RAFT weights not found: {a.raft}")
-            raft = RaftRefiner.from_file(a.raft)
+            raft = RaftRefiner.from_file(a.raft)   # (a missing or foreign file is refused by the weights reader)
     size = _size(a.size)
     extract_visualisations(a.input, a.out, a.start, a.cap, a.every_nth, size, overwrite=a.overwrite)
     if a.blur_field:
